@@ -1,0 +1,40 @@
+"""charnn: character-level recurrent language models. Train on any text, generate in its style.
+
+    import charnn
+    from charnn.train import train  # a module of the same name, so not re-exported here
+
+    corpus = charnn.load_corpus("great-expectations")
+    vocab = charnn.Vocabulary.from_text(corpus.text)
+    train(corpus, vocab, charnn.ModelConfig(vocab_size=len(vocab)), charnn.TrainConfig(epochs=1), "runs/ge")
+    ckpt = charnn.load_checkpoint("runs/ge")
+    print(charnn.generate_text(ckpt.model, ckpt.vocab, "Pip", 200)[0])
+
+Names are imported lazily, so `import charnn` alone does not load PyTorch.
+"""
+
+import importlib
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "CharnnError": "charnn.errors",
+    "ModelConfig": "charnn.config",
+    "TrainConfig": "charnn.config",
+    "SampleConfig": "charnn.config",
+    "Corpus": "charnn.corpus",
+    "load_corpus": "charnn.corpus",
+    "Vocabulary": "charnn.vocab",
+    "CharRNN": "charnn.model",
+    "Checkpoint": "charnn.checkpoint",
+    "load_checkpoint": "charnn.checkpoint",
+    "generate": "charnn.sample",
+    "generate_text": "charnn.sample",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'charnn' has no attribute {name!r}")

@@ -1,0 +1,199 @@
+"""Self-describing checkpoints: a folder with ``model.safetensors`` and ``checkpoint.json``.
+
+The JSON holds the format version, the vocabulary, the model configuration, the training
+record and the corpus reference, so generating needs nothing else. Weights are read only
+through safetensors: loading never executes code. A checkpoint is written into a temporary
+folder beside its final name, flushed, then renamed into place, so a reader never sees half
+of one.
+"""
+
+import hashlib
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from charnn.config import ModelConfig
+from charnn.errors import CheckpointError, ConfigError
+from charnn.model import CharRNN
+from charnn.vocab import Vocabulary
+
+FORMAT_VERSION = 1
+WEIGHTS = "model.safetensors"
+METADATA = "checkpoint.json"
+BEST = "best"
+_CHECKPOINT_NAME = re.compile(r"^ckpt_(\d+)(?:_(\d+))?$")
+
+
+@dataclass
+class Checkpoint:
+    model: CharRNN
+    vocab: Vocabulary
+    training: dict[str, Any]
+    corpus: dict[str, Any]
+    path: Path
+
+    @property
+    def config(self) -> ModelConfig:
+        return self.model.config
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(
+    directory: Path,
+    model: CharRNN,
+    vocab: Vocabulary,
+    training: dict[str, Any],
+    corpus: dict[str, Any],
+) -> Path:
+    """Write a checkpoint folder atomically; an existing one of the same name is replaced."""
+    directory = Path(directory)
+    tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir(parents=True)
+        weights = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
+        save_file(weights, tmp / WEIGHTS)
+        metadata = {
+            "format_version": FORMAT_VERSION,
+            "vocabulary": vocab.to_json(),
+            "model": model.config.to_dict(),
+            "training": training,
+            "corpus": corpus,
+            "weights_sha256": _sha256(tmp / WEIGHTS),
+        }
+        (tmp / METADATA).write_text(json.dumps(metadata, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        for name in (WEIGHTS, METADATA):
+            _fsync(tmp / name)
+        _fsync(tmp)
+        _replace_dir(tmp, directory)
+        _fsync(directory.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return directory
+
+
+def _replace_dir(source: Path, target: Path) -> None:
+    # rename() cannot replace a non-empty folder, so move the old one aside first.
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        shutil.rmtree(old, ignore_errors=True)
+        os.rename(target, old)
+        os.rename(source, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(source, target)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def is_checkpoint(path: Path) -> bool:
+    return (Path(path) / METADATA).is_file()
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """The numbered checkpoints of a run, oldest first (by epoch, then step)."""
+    found = []
+    for child in Path(run_dir).iterdir():
+        match = _CHECKPOINT_NAME.match(child.name)
+        if match and is_checkpoint(child):
+            # An epoch's final checkpoint comes after those written during that epoch.
+            found.append(((int(match[1]), int(match[2]) if match[2] else 1 << 62), child))
+    return [path for _, path in sorted(found)]
+
+
+def resolve(path: Path) -> Path:
+    """A checkpoint folder as it is; a run folder gives its best checkpoint, else its newest."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"no such checkpoint or run folder: {path}")
+    if is_checkpoint(path):
+        return path
+    if not path.is_dir():
+        raise CheckpointError(f"{path} is not a checkpoint folder (it needs {METADATA} and {WEIGHTS})")
+    if is_checkpoint(path / BEST):
+        return path / BEST
+    checkpoints = list_checkpoints(path)
+    if not checkpoints:
+        raise CheckpointError(f"{path} holds no checkpoint (expected a folder with {METADATA} and {WEIGHTS})")
+    return checkpoints[-1]
+
+
+def read_metadata(path: Path) -> dict[str, Any]:
+    try:
+        metadata = json.loads((Path(path) / METADATA).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {path} is missing {METADATA}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"checkpoint {path}: {METADATA} is corrupt ({error})") from None
+    if not isinstance(metadata, dict):
+        raise CheckpointError(f"checkpoint {path}: {METADATA} is corrupt (not a JSON object)")
+    version = metadata.get("format_version")
+    if not isinstance(version, int):
+        raise CheckpointError(f"checkpoint {path}: {METADATA} has no format_version")
+    if version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"checkpoint {path} has format version {version}, newer than this charnn reads "
+            f"({FORMAT_VERSION}); upgrade charnn"
+        )
+    return metadata
+
+
+def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> Checkpoint:
+    """Load a checkpoint folder, or the checkpoint a run folder points to (see `resolve`)."""
+    path = resolve(Path(path))
+    metadata = read_metadata(path)
+    weights_path = path / WEIGHTS
+    if not weights_path.is_file():
+        raise CheckpointError(f"checkpoint {path} is missing {WEIGHTS}")
+    expected = metadata.get("weights_sha256")
+    if expected is not None and _sha256(weights_path) != expected:
+        raise CheckpointError(f"checkpoint {path}: {WEIGHTS} does not match its checksum (corrupt or altered)")
+    try:
+        vocab = Vocabulary.from_json(metadata["vocabulary"])
+        config = ModelConfig.from_dict(metadata["model"])
+    except (KeyError, TypeError, ValueError, ConfigError) as error:
+        raise CheckpointError(f"checkpoint {path}: {METADATA} is incomplete or invalid ({error})") from None
+    if len(vocab) != config.vocab_size:
+        raise CheckpointError(
+            f"checkpoint {path}: vocabulary has {len(vocab)} characters but the model expects {config.vocab_size}"
+        )
+    try:
+        state = load_file(weights_path)
+    except (SafetensorError, OSError, ValueError) as error:
+        raise CheckpointError(f"checkpoint {path}: {WEIGHTS} is corrupt ({error})") from None
+    model = CharRNN(config)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        first = str(error).strip().splitlines()[0]
+        raise CheckpointError(f"checkpoint {path}: weights do not match the configuration ({first})") from None
+    model.to(device).eval()
+    return Checkpoint(
+        model=model,
+        vocab=vocab,
+        training=metadata.get("training", {}),
+        corpus=metadata.get("corpus", {}),
+        path=path,
+    )

@@ -1,0 +1,134 @@
+"""Find, fetch, read and normalise a corpus.
+
+A corpus is named by a path to a text file, a folder (every ``*.txt`` inside, sorted, joined
+by a blank line), an ``http(s)://`` URL (downloaded once into the cache), or a registered name
+such as ``great-expectations`` (looked for as ``NAME.txt`` in ``$CHARNN_CORPUS_DIR``, then in
+the cache, then downloaded).
+
+>>> normalize("\\ufeffa\\r\\nb")
+'a\\nb'
+"""
+
+import hashlib
+import os
+import re
+import tempfile
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from charnn.errors import CorpusError
+
+REGISTERED = {
+    "great-expectations": "https://www.gutenberg.org/files/1400/1400-0.txt",
+    "tinyshakespeare": "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt",
+}
+
+_GUTENBERG_START = re.compile(r"^\*\*\* ?START OF.*$", re.MULTILINE)
+_GUTENBERG_END = re.compile(r"^\*\*\* ?END OF.*$", re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class Corpus:
+    name: str  # what the user typed: a registered name, a path or a URL
+    text: str
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("CHARNN_CACHE") or Path.home() / ".cache" / "charnn")
+
+
+def normalize(text: str) -> str:
+    """Drop a byte-order mark, turn CRLF into LF, cut a Project Gutenberg header and licence."""
+    text = text.removeprefix("\ufeff").replace("\r\n", "\n")
+    start = _GUTENBERG_START.search(text)
+    if start:
+        text = text[start.end() :]
+    end = _GUTENBERG_END.search(text)
+    if end:
+        text = text[: end.start()]
+    if start or end:
+        text = text.strip("\n") + "\n"
+    return text
+
+
+def decode(data: bytes, encoding: str = "utf-8", source: str = "corpus") -> str:
+    try:
+        return data.decode(encoding)
+    except LookupError:
+        raise CorpusError(f"unknown encoding {encoding!r}; pass a Python codec name to --encoding") from None
+    except UnicodeDecodeError as error:
+        raise CorpusError(
+            f"{source}: byte {error.start} is not valid {encoding} ({error.reason}); "
+            "pass the right --encoding (for example latin-1)"
+        ) from None
+
+
+def read_text_file(path: Path, encoding: str = "utf-8") -> str:
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise CorpusError(f"cannot read {path}: {error.strerror}") from None
+    return normalize(decode(data, encoding, str(path)))
+
+
+def load_corpus(spec: str, encoding: str = "utf-8") -> Corpus:
+    """Resolve `spec` (path, folder, URL or registered name) and return its normalised text."""
+    text = _resolve(spec, encoding)
+    if not text:
+        raise CorpusError(f"corpus {spec!r} is empty; give a text file with some content")
+    return Corpus(name=spec, text=text)
+
+
+def _resolve(spec: str, encoding: str) -> str:
+    if spec.startswith(("http://", "https://")):
+        return read_text_file(_download(spec), encoding)
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        files = sorted(p for p in path.glob("*.txt") if p.is_file())
+        if not files:
+            raise CorpusError(f"folder {path} holds no *.txt files")
+        return "\n\n".join(read_text_file(p, encoding).strip("\n") for p in files) + "\n"
+    if path.is_file():
+        return read_text_file(path, encoding)
+    if spec in REGISTERED:
+        return read_text_file(_find_registered(spec), encoding)
+    if os.sep in spec or spec.endswith(".txt") or path.suffix:
+        raise CorpusError(f"no such file or folder: {spec}")
+    known = ", ".join(sorted(REGISTERED))
+    raise CorpusError(f"unknown corpus {spec!r}: give a file, a folder, a URL, or one of: {known}")
+
+
+def _find_registered(name: str) -> Path:
+    local = os.environ.get("CHARNN_CORPUS_DIR")
+    if local and (Path(local) / f"{name}.txt").is_file():
+        return Path(local) / f"{name}.txt"
+    cached = cache_dir() / f"{name}.txt"
+    if cached.is_file():
+        return cached
+    return _download(REGISTERED[name], cached)
+
+
+def _download(url: str, target: Path | None = None) -> Path:
+    """Fetch `url` into the cache once; a failed download leaves nothing behind."""
+    if target is None:
+        digest = hashlib.sha256(url.encode()).hexdigest()[:16]
+        target = cache_dir() / f"url-{digest}.txt"
+    if target.is_file():
+        return target
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with urllib.request.urlopen(url, timeout=60) as response:
+            data = response.read()
+        with tempfile.NamedTemporaryFile(dir=target.parent, delete=False) as tmp:
+            tmp.write(data)
+        os.replace(tmp.name, target)
+    except (urllib.error.URLError, OSError, ValueError) as error:
+        reason = getattr(error, "reason", None) or error
+        raise CorpusError(f"cannot download {url}: {reason}; download it yourself and pass the file's path") from None
+    return target

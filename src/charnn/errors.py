@@ -1,0 +1,42 @@
+"""Typed errors for every mistake a user can make.
+
+Library code raises these; each edge translates them: the CLI into a one-line message and
+exit code 2, the server into an HTTP 4xx with a JSON body. Anything else is a bug.
+"""
+
+
+class CharnnError(Exception):
+    """A problem the user can fix; its message says what went wrong and what to do."""
+
+
+class ConfigError(CharnnError, ValueError):
+    """An option out of range, or options that contradict each other."""
+
+
+class CorpusError(CharnnError):
+    """A corpus that cannot be found, read or decoded, or that is too small."""
+
+
+class UnknownCharactersError(CharnnError, KeyError):
+    """Text holds characters the vocabulary does not know."""
+
+    def __init__(self, characters):
+        self.characters = sorted(set(characters))
+        shown = ", ".join(repr(c) for c in self.characters)
+        super().__init__(f"unknown characters (not in the model's vocabulary): {shown}")
+
+    def __str__(self):
+        # KeyError would quote the message; keep it readable.
+        return self.args[0]
+
+
+class CheckpointError(CharnnError):
+    """A checkpoint that is missing, incomplete, corrupt, or from a newer charnn."""
+
+
+class RunDirError(CharnnError):
+    """An output folder that cannot be used for a new run."""
+
+
+class TrainingError(CharnnError):
+    """Training cannot start or cannot go on (no such device, a diverging loss)."""

@@ -1,0 +1,64 @@
+"""The character-level recurrent network: Embedding -> GRU/LSTM/RNN layers -> Linear.
+
+State is explicit: ``forward(tokens, state) -> (logits, state)``; the module keeps no
+per-caller state, so one loaded model can serve many callers at once.
+
+>>> model = CharRNN(ModelConfig(vocab_size=10, embedding_dim=8, hidden_size=16))
+>>> logits, state = model(torch.zeros(2, 5, dtype=torch.long))
+>>> tuple(logits.shape)
+(2, 5, 10)
+"""
+
+import torch
+from torch import nn
+
+from charnn.config import ModelConfig
+
+# For an LSTM the state is (h, c); for GRU and RNN it is h. Each is (num_layers, B, hidden).
+State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
+
+_CELLS = {"gru": nn.GRU, "lstm": nn.LSTM, "rnn": nn.RNN}
+
+
+class CharRNN(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.embedding = nn.Embedding(config.vocab_size, config.embedding_dim)
+        self.rnn = _CELLS[config.cell](
+            input_size=config.embedding_dim,
+            hidden_size=config.hidden_size,
+            num_layers=config.num_layers,
+            dropout=config.dropout if config.num_layers > 1 else 0.0,
+            batch_first=True,
+        )
+        self.dropout = nn.Dropout(config.dropout)
+        self.head = nn.Linear(config.hidden_size, config.vocab_size)
+
+    def forward(self, tokens: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
+        x = self.embedding(tokens)  # (B, T, E)
+        x, state = self.rnn(x, state)  # (B, T, H)
+        return self.head(self.dropout(x)), state  # (B, T, V)
+
+    def init_state(self, batch_size: int, device=None, dtype=None) -> State:
+        p = self.head.weight
+        shape = (self.config.num_layers, batch_size, self.config.hidden_size)
+        h = torch.zeros(shape, device=device or p.device, dtype=dtype or p.dtype)
+        return (h, torch.zeros_like(h)) if self.config.cell == "lstm" else h
+
+    def summary(self) -> list[tuple[str, str, int]]:
+        """(layer, output shape, parameter count) rows, with B = batch and T = time."""
+        c = self.config
+        rnn = f"{c.cell.upper()} x{c.num_layers}" if c.num_layers > 1 else c.cell.upper()
+        return [
+            ("Embedding", f"(B, T, {c.embedding_dim})", _count(self.embedding)),
+            (rnn, f"(B, T, {c.hidden_size})", _count(self.rnn)),
+            ("Linear", f"(B, T, {c.vocab_size})", _count(self.head)),
+        ]
+
+    def num_parameters(self) -> int:
+        return _count(self)
+
+
+def _count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
