@@ -70,16 +70,17 @@ def config_from_args(args: argparse.Namespace, cls, **fixed):
 
 def cmd_train(args: argparse.Namespace) -> int:
     from charnn.corpus import load_corpus
-    from charnn.train import train
+    from charnn.train import check_run_dir, train
     from charnn.vocab import Vocabulary
 
+    # Cheap checks first: flags and the output folder, before reading a large corpus.
     train_config = config_from_args(args, TrainConfig)
-    config_from_args(args, ModelConfig, vocab_size=1)  # check model flags before reading the corpus
+    config_from_args(args, ModelConfig, vocab_size=1)
+    check_run_dir(args.out, args.overwrite)
     corpus = load_corpus(args.corpus, args.encoding)
     vocab = Vocabulary.from_text(corpus.text)
     model_config = config_from_args(args, ModelConfig, vocab_size=len(vocab))
-    print(f"corpus {corpus.name}: {len(corpus.text):,} characters, {len(vocab)} distinct", file=sys.stderr)
-    with Progress() as progress:
+    with Progress(f"corpus {corpus.name}: {len(corpus.text):,} characters, {len(vocab)} distinct") as progress:
         result = train(corpus, vocab, model_config, train_config, args.out, progress.on_event, args.overwrite)
     print(f"stopped by {result.stopped_by}; last checkpoint: {result.last_checkpoint}", file=sys.stderr)
     print(f'generate with: charnn generate {args.out} --prime "..."', file=sys.stderr)
@@ -89,7 +90,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 class Progress:
     """A tqdm bar on a terminal; plain log lines when stderr is a file or a pipe (CI)."""
 
-    def __init__(self):
+    def __init__(self, heading: str):
+        self.heading = heading
         self.bar = None
         self.interactive = sys.stderr.isatty()
 
@@ -101,6 +103,8 @@ class Progress:
             self.bar.close()
 
     def on_event(self, event) -> None:
+        if event.kind == "start":
+            print(self.heading, file=sys.stderr, flush=True)
         if self.interactive:
             self._draw(event)
         elif event.kind in ("start", "log", "epoch", "checkpoint"):

@@ -127,15 +127,21 @@ def evaluate(
     return total / count
 
 
-def prepare_run_dir(run_dir: Path, overwrite: bool) -> bool:
-    """Make `run_dir` ready for a new run; True if this call created it."""
+def check_run_dir(run_dir: Path, overwrite: bool) -> None:
+    """Refuse a folder that cannot take a new run; changes nothing."""
+    run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise RunDirError(f"--out {run_dir} is a file, not a folder")
+    if run_dir.is_dir() and any(run_dir.iterdir()) and not overwrite:
+        raise RunDirError(
+            f"{run_dir} already holds files (another run?); pass --overwrite to replace it or choose another --out"
+        )
+
+
+def prepare_run_dir(run_dir: Path, overwrite: bool) -> bool:
+    """Make `run_dir` ready for a new run; True if this call created it."""
+    check_run_dir(run_dir, overwrite)
     if run_dir.is_dir() and any(run_dir.iterdir()):
-        if not overwrite:
-            raise RunDirError(
-                f"{run_dir} already holds files (another run?); pass --overwrite to replace it or choose another --out"
-            )
         for child in run_dir.iterdir():
             shutil.rmtree(child) if child.is_dir() else child.unlink()
         return False

@@ -1,0 +1,94 @@
+import json
+
+import pytest
+import torch
+
+from charnn.checkpoint import FORMAT_VERSION, METADATA, WEIGHTS, list_checkpoints, load_checkpoint, resolve
+from charnn.errors import CheckpointError
+
+
+def test_checkpoint_describes_itself(tiny_run):
+    path = resolve(tiny_run)
+    assert sorted(p.name for p in path.iterdir()) == [METADATA, WEIGHTS]
+    metadata = json.loads((path / METADATA).read_text(encoding="utf-8"))
+    assert metadata["format_version"] == FORMAT_VERSION
+    assert "你" in metadata["vocabulary"]
+    assert metadata["model"]["hidden_size"] == 32
+    assert metadata["training"]["epoch"] == 2
+    assert len(metadata["corpus"]["sha256"]) == 64
+
+
+def test_one_checkpoint_per_epoch_and_newest_is_resolved(tiny_run):
+    assert [p.name for p in list_checkpoints(tiny_run)] == ["ckpt_1", "ckpt_2"]
+    assert resolve(tiny_run).name == "ckpt_2"
+
+
+def test_reloaded_checkpoint_gives_bit_identical_logits(tiny_run, tmp_path):
+    from charnn.checkpoint import save_checkpoint
+
+    ckpt = load_checkpoint(tiny_run)
+    tokens = torch.from_numpy(ckpt.vocab.encode("“Pip,” said Joe")).unsqueeze(0)
+    with torch.no_grad():
+        before, _ = ckpt.model(tokens)
+    save_checkpoint(tmp_path / "copy", ckpt.model, ckpt.vocab, ckpt.training, ckpt.corpus)
+    again = load_checkpoint(tmp_path / "copy")
+    with torch.no_grad():
+        after, _ = again.model(tokens)
+    assert torch.equal(before, after)
+    assert again.vocab == ckpt.vocab
+
+
+def _copy(tiny_run, tmp_path):
+    import shutil
+
+    target = tmp_path / "ckpt"
+    shutil.copytree(resolve(tiny_run), target)
+    return target
+
+
+def test_missing_weights(tiny_run, tmp_path):
+    path = _copy(tiny_run, tmp_path)
+    (path / WEIGHTS).unlink()
+    with pytest.raises(CheckpointError, match="missing model.safetensors"):
+        load_checkpoint(path)
+
+
+def test_corrupt_weights(tiny_run, tmp_path):
+    path = _copy(tiny_run, tmp_path)
+    data = bytearray((path / WEIGHTS).read_bytes())
+    data[-10:] = b"\xff" * 10
+    (path / WEIGHTS).write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="checksum"):
+        load_checkpoint(path)
+
+
+def test_corrupt_metadata(tiny_run, tmp_path):
+    path = _copy(tiny_run, tmp_path)
+    (path / METADATA).write_text("{not json", encoding="utf-8")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_checkpoint(path)
+
+
+def test_newer_format_version(tiny_run, tmp_path):
+    path = _copy(tiny_run, tmp_path)
+    metadata = json.loads((path / METADATA).read_text(encoding="utf-8"))
+    metadata["format_version"] = FORMAT_VERSION + 1
+    (path / METADATA).write_text(json.dumps(metadata), encoding="utf-8")
+    with pytest.raises(CheckpointError, match="newer"):
+        load_checkpoint(path)
+
+
+def test_vocabulary_that_does_not_match_the_weights(tiny_run, tmp_path):
+    path = _copy(tiny_run, tmp_path)
+    metadata = json.loads((path / METADATA).read_text(encoding="utf-8"))
+    metadata["vocabulary"] = metadata["vocabulary"][:-1]
+    (path / METADATA).write_text(json.dumps(metadata), encoding="utf-8")
+    with pytest.raises(CheckpointError, match="vocabulary"):
+        load_checkpoint(path)
+
+
+def test_empty_folder_and_missing_path(tmp_path):
+    with pytest.raises(CheckpointError, match="holds no checkpoint"):
+        load_checkpoint(tmp_path)
+    with pytest.raises(CheckpointError, match="no such"):
+        load_checkpoint(tmp_path / "nope")

@@ -1,0 +1,144 @@
+"""The command line: each user mistake gives one line and exit code 2; a real end-to-end run."""
+
+import json
+import shutil
+
+import pytest
+
+from charnn.checkpoint import METADATA, WEIGHTS, resolve
+from charnn.cli import main
+from conftest import TINY_TEXT, run_cli
+
+SMALL = ["--embedding-dim", "8", "--hidden-size", "16", "--seq-len", "10", "--batch-size", "4", "--precision", "fp32"]
+
+
+def fails(capsys, *argv) -> str:
+    """Run the CLI in-process; assert exit code 2 and a single-line message; return it."""
+    assert main(list(argv)) == 2
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("charnn: error: ")
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def test_missing_corpus_file(capsys, tmp_path):
+    message = fails(capsys, "train", str(tmp_path / "none.txt"), "--out", str(tmp_path / "run"))
+    assert "no such file" in message
+    assert not (tmp_path / "run").exists()
+
+
+def test_unknown_corpus_name_lists_known_names(capsys, tmp_path):
+    message = fails(capsys, "train", "war-and-peace", "--out", str(tmp_path / "run"))
+    assert "great-expectations" in message and "tinyshakespeare" in message
+    assert not (tmp_path / "run").exists()
+
+
+def test_empty_corpus(capsys, tmp_path):
+    (tmp_path / "empty.txt").write_text("")
+    assert "empty" in fails(capsys, "train", str(tmp_path / "empty.txt"), "--out", str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+
+
+def test_corpus_shorter_than_one_batch(capsys, tmp_path):
+    (tmp_path / "short.txt").write_text("just a few words\n" * 10)
+    message = fails(capsys, "train", str(tmp_path / "short.txt"), "--out", str(tmp_path / "run"))
+    assert "6,464" in message and "--batch-size" in message and "--seq-len" in message
+    assert not (tmp_path / "run").exists()
+
+
+def test_invalid_bytes_name_the_offset(capsys, tmp_path):
+    (tmp_path / "bad.txt").write_bytes(b"hello \xff world")
+    message = fails(capsys, "train", str(tmp_path / "bad.txt"), "--out", str(tmp_path / "run"))
+    assert "byte 6" in message and "--encoding" in message
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "flag, value, needle",
+    [("--epochs", "0", "--epochs"), ("--dropout", "1.5", "--dropout"), ("--lr", "-1", "--lr")],
+)
+def test_invalid_training_option(capsys, tiny_corpus, tmp_path, flag, value, needle):
+    assert needle in fails(capsys, "train", str(tiny_corpus), "--out", str(tmp_path / "run"), flag, value)
+    assert not (tmp_path / "run").exists()
+
+
+def test_existing_run_folder_is_refused(capsys, tiny_corpus, tiny_run):
+    before = sorted(p.name for p in tiny_run.iterdir())
+    assert "--overwrite" in fails(capsys, "train", str(tiny_corpus), "--out", str(tiny_run), *SMALL)
+    assert sorted(p.name for p in tiny_run.iterdir()) == before
+
+
+def test_unknown_prime_characters_are_listed(capsys, tiny_run):
+    message = fails(capsys, "generate", str(tiny_run), "--prime", "Pip Q@", "--length", "5")
+    assert "'Q'" in message and "'@'" in message
+
+
+@pytest.mark.parametrize(
+    "options, needle",
+    [
+        (["--temperature", "-1"], "--temperature"),
+        (["--temperature", "hot"], "--temperature"),
+        (["--top-p", "0"], "--top-p"),
+        (["--top-p", "1.2"], "--top-p"),
+        (["--top-k", "0"], "--top-k"),
+        (["--length", "-3"], "--length"),
+    ],
+)
+def test_invalid_sampling_option(capsys, tiny_run, options, needle):
+    assert needle in fails(capsys, "generate", str(tiny_run), "--prime", "Pip", *options)
+
+
+@pytest.mark.parametrize("command", ["generate", "info"])
+def test_broken_checkpoints(capsys, tiny_run, tmp_path, command):
+    broken = tmp_path / "ckpt"
+    shutil.copytree(resolve(tiny_run), broken)
+    (broken / WEIGHTS).write_bytes(b"\x00" * 100)
+    fails(capsys, command, str(broken))
+    (broken / WEIGHTS).unlink()
+    assert "missing" in fails(capsys, command, str(broken))
+    shutil.copytree(resolve(tiny_run), tmp_path / "newer")
+    metadata = json.loads((tmp_path / "newer" / METADATA).read_text())
+    metadata["format_version"] = 99
+    (tmp_path / "newer" / METADATA).write_text(json.dumps(metadata))
+    assert "newer" in fails(capsys, command, str(tmp_path / "newer"))
+    assert "no such" in fails(capsys, command, str(tmp_path / "nowhere"))
+
+
+def test_generate_output_forms(capsys, tiny_run):
+    assert main(["generate", str(tiny_run), "--prime", "Pip", "--length", "30", "--seed", "3", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["seed"] == 3 and len(out["samples"]) == 1 and len(out["samples"][0]) == 30
+    assert main(["generate", str(tiny_run), "--prime", "Pip", "--length", "30", "--seed", "3"]) == 0
+    assert capsys.readouterr().out == "Pip" + out["samples"][0] + "\n"
+    assert main(["generate", str(tiny_run), "--prime", "Pip", "--length", "30", "--seed", "3", "--stream"]) == 0
+    assert capsys.readouterr().out == "Pip" + out["samples"][0] + "\n"
+    assert main(["generate", str(tiny_run), "--prime", "Pip", "--length", "9", "--num-samples", "3"]) == 0
+    blocks = capsys.readouterr().out.rstrip("\n").split("\n\n")
+    assert len(blocks) == 3 and all(b.startswith("Pip") for b in blocks)
+    assert main(["generate", str(tiny_run), "--prime", "P", "--length", "5", "--temperature", "0,1"]) == 0
+    assert capsys.readouterr().out.count("--- temperature") == 2
+
+
+def test_end_to_end_in_a_subprocess(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(TINY_TEXT * 40, encoding="utf-8")
+    run = tmp_path / "run"
+    trained = run_cli("train", str(corpus), "--out", str(run), "--max-steps", "6", *SMALL)
+    assert trained.returncode == 0, trained.stderr
+    assert "saved" in trained.stderr and (run / "ckpt_1_6" / WEIGHTS).is_file()
+    assert (run / "metrics.jsonl").is_file()
+
+    info = run_cli("info", str(run))
+    assert info.returncode == 0, info.stderr
+    assert "Embedding" in info.stdout and "Total" in info.stdout and "step 6" in info.stdout
+
+    generated = run_cli("generate", str(run), "--prime", "“Pip", "--length", "50", "--seed", "1")
+    assert generated.returncode == 0, generated.stderr
+    assert generated.stdout.startswith("“Pip") and len(generated.stdout) == len("“Pip") + 50 + 1
+    again = run_cli("generate", str(run), "--prime", "“Pip", "--length", "50", "--seed", "1")
+    assert again.stdout == generated.stdout
+
+    refused = run_cli("train", str(corpus), "--out", str(run), *SMALL)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr

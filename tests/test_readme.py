@@ -1,0 +1,24 @@
+"""The README's Python example runs as written (on a small stand-in for the corpus)."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import SRC, TINY_TEXT
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_python_api_example_runs(tmp_path):
+    section = README.read_text(encoding="utf-8").split("## Python API", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S)[1]
+    corpora = tmp_path / "corpora"
+    corpora.mkdir()
+    (corpora / "great-expectations.txt").write_text("Pip. " + TINY_TEXT * 100, encoding="utf-8")
+    env = dict(os.environ, PYTHONPATH=str(SRC), CHARNN_CORPUS_DIR=str(corpora))
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("max_steps ")
+    assert (tmp_path / "runs" / "api-example").is_dir()

@@ -1,0 +1,105 @@
+import json
+import math
+
+import pytest
+
+from charnn.checkpoint import list_checkpoints, load_checkpoint
+from charnn.config import ModelConfig, SampleConfig, TrainConfig
+from charnn.corpus import Corpus
+from charnn.errors import ConfigError, RunDirError
+from charnn.sample import generate_text
+from charnn.train import METRICS, evaluate, train
+from charnn.vocab import Vocabulary
+from conftest import TINY_TEXT
+
+SHORT_TEXT = "“Pip,” said Joe — 你好 — and the marshes lay dark beyond the old battery, where convicts hid.\n"
+
+
+def _small(vocab, **options):
+    return ModelConfig(vocab_size=len(vocab), embedding_dim=16, hidden_size=32, **options)
+
+
+def test_small_model_memorises_a_short_text_and_regenerates_it(tmp_path):
+    corpus = Corpus("short", SHORT_TEXT)
+    vocab = Vocabulary.from_text(SHORT_TEXT)
+    model_config = ModelConfig(len(vocab), embedding_dim=32, hidden_size=128)
+    config = TrainConfig(seq_len=24, batch_size=3, epochs=300, lr=1e-2, val_fraction=0, precision="fp32")
+    result = train(corpus, vocab, model_config, config, tmp_path / "run")
+    assert result.history[-1]["loss"] < 0.05
+    ckpt = load_checkpoint(tmp_path / "run")
+    prime = SHORT_TEXT[:5]
+    text = generate_text(ckpt.model, ckpt.vocab, prime, len(SHORT_TEXT) - 5, SampleConfig(temperature=0))[0]
+    assert prime + text == SHORT_TEXT
+
+
+def test_loss_falls_and_metrics_are_logged(tmp_path):
+    corpus = Corpus("tiny", TINY_TEXT * 40)
+    vocab = Vocabulary.from_text(corpus.text)
+    config = TrainConfig(seq_len=20, batch_size=8, epochs=3, precision="fp32", log_every_seconds=0.01)
+    result = train(corpus, vocab, _small(vocab), config, tmp_path / "run")
+    lines = [json.loads(line) for line in (tmp_path / "run" / METRICS).read_text().splitlines()]
+    assert lines == result.history
+    for key in ("epoch", "step", "loss", "chars_per_sec", "elapsed"):
+        assert key in lines[0]
+    epochs = [line for line in lines if "val_loss" in line]
+    assert [line["epoch"] for line in epochs] == [1, 2, 3]
+    assert epochs[-1]["loss"] < epochs[0]["loss"] < math.log(len(vocab)) + 0.1
+    assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["ckpt_1", "ckpt_2", "ckpt_3"]
+    training = load_checkpoint(tmp_path / "run").training
+    assert training["losses"] == [line["loss"] for line in epochs]
+    assert training["config"]["seq_len"] == 20
+
+
+def test_max_steps_stops_mid_epoch_with_a_checkpoint(tmp_path):
+    corpus = Corpus("tiny", TINY_TEXT * 40)
+    vocab = Vocabulary.from_text(corpus.text)
+    config = TrainConfig(seq_len=20, batch_size=8, epochs=5, max_steps=7, precision="fp32")
+    result = train(corpus, vocab, _small(vocab), config, tmp_path / "run")
+    assert result.stopped_by == "max_steps"
+    assert result.last_checkpoint.name == "ckpt_1_7"
+    assert load_checkpoint(tmp_path / "run").training["step"] == 7
+
+
+def test_time_limit_stops_cleanly(tmp_path):
+    corpus = Corpus("tiny", TINY_TEXT * 40)
+    vocab = Vocabulary.from_text(corpus.text)
+    config = TrainConfig(seq_len=20, batch_size=8, epochs=1000, time_limit=0.02, precision="fp32")
+    result = train(corpus, vocab, _small(vocab), config, tmp_path / "run")
+    assert result.stopped_by == "time_limit"
+    assert result.history[-1]["elapsed"] < 30
+    load_checkpoint(result.last_checkpoint)
+
+
+def test_existing_run_is_refused_unless_overwrite(tiny_run, tmp_path):
+    corpus = Corpus("tiny", TINY_TEXT * 40)
+    vocab = Vocabulary.from_text(corpus.text)
+    config = TrainConfig(seq_len=20, batch_size=8, epochs=1, precision="fp32")
+    with pytest.raises(RunDirError, match="--overwrite"):
+        train(corpus, vocab, _small(vocab), config, tiny_run)
+    train(corpus, vocab, _small(vocab), config, tmp_path / "new")
+    train(corpus, vocab, _small(vocab), config, tmp_path / "new", overwrite=True)
+    assert [p.name for p in list_checkpoints(tmp_path / "new")] == ["ckpt_1"]
+
+
+def test_evaluate_covers_the_whole_text():
+    import torch
+
+    from charnn.model import CharRNN
+
+    vocab = Vocabulary.from_text(TINY_TEXT)
+    model = CharRNN(_small(vocab))
+    tokens = torch.from_numpy(vocab.encode(TINY_TEXT * 3))
+    # One stream, carried state: equal to a single forward pass over the text.
+    with torch.no_grad():
+        logits, _ = model(tokens[:-1].unsqueeze(0))
+    expected = torch.nn.functional.cross_entropy(logits[0], tokens[1:]).item()
+    assert evaluate(model, tokens, seq_len=7, num_streams=1) == pytest.approx(expected, rel=1e-5)
+
+
+def test_invalid_training_options():
+    with pytest.raises(ConfigError, match="--batch-size"):
+        TrainConfig(batch_size=0)
+    with pytest.raises(ConfigError, match="--time-limit"):
+        TrainConfig(time_limit=-1)
+    with pytest.raises(ConfigError, match="--precision"):
+        TrainConfig(precision="fp8")
