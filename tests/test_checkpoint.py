@@ -3,7 +3,15 @@ import json
 import pytest
 import torch
 
-from charnn.checkpoint import FORMAT_VERSION, METADATA, WEIGHTS, list_checkpoints, load_checkpoint, resolve
+from charnn.checkpoint import (
+    FORMAT_VERSION,
+    METADATA,
+    TRAINER_STATE,
+    WEIGHTS,
+    list_checkpoints,
+    load_checkpoint,
+    resolve,
+)
 from charnn.errors import CheckpointError
 
 
@@ -18,9 +26,14 @@ def test_checkpoint_describes_itself(tiny_run):
     assert len(metadata["corpus"]["sha256"]) == 64
 
 
-def test_one_checkpoint_per_epoch_and_newest_is_resolved(tiny_run):
+def test_one_checkpoint_per_epoch_and_best_then_newest_is_resolved(tiny_run, tmp_path):
+    import shutil
+
     assert [p.name for p in list_checkpoints(tiny_run)] == ["ckpt_1", "ckpt_2"]
-    assert resolve(tiny_run).name == "ckpt_2"
+    assert resolve(tiny_run).name == "best"
+    shutil.copytree(tiny_run, tmp_path / "run", ignore=shutil.ignore_patterns("best"))
+    assert resolve(tmp_path / "run").name == "ckpt_2"
+    assert (tmp_path / "run" / "ckpt_2" / TRAINER_STATE).is_file()
 
 
 def test_reloaded_checkpoint_gives_bit_identical_logits(tiny_run, tmp_path):

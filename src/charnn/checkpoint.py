@@ -28,6 +28,7 @@ from charnn.vocab import Vocabulary
 FORMAT_VERSION = 1
 WEIGHTS = "model.safetensors"
 METADATA = "checkpoint.json"
+TRAINER_STATE = "trainer.pt"  # optimizer, schedule and random states, for --resume
 BEST = "best"
 _CHECKPOINT_NAME = re.compile(r"^ckpt_(\d+)(?:_(\d+))?$")
 
@@ -59,8 +60,13 @@ def save_checkpoint(
     vocab: Vocabulary,
     training: dict[str, Any],
     corpus: dict[str, Any],
+    trainer_state: dict[str, Any] | None = None,
 ) -> Path:
-    """Write a checkpoint folder atomically; an existing one of the same name is replaced."""
+    """Write a checkpoint folder atomically; an existing one of the same name is replaced.
+
+    `trainer_state` (tensors, numbers, lists and dicts only) is what resuming needs besides
+    the weights; it is read back with torch.load(weights_only=True), which runs no code.
+    """
     directory = Path(directory)
     tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -76,8 +82,13 @@ def save_checkpoint(
             "corpus": corpus,
             "weights_sha256": _sha256(tmp / WEIGHTS),
         }
+        names = [WEIGHTS, METADATA]
+        if trainer_state is not None:
+            torch.save(trainer_state, tmp / TRAINER_STATE)
+            metadata["trainer_state_sha256"] = _sha256(tmp / TRAINER_STATE)
+            names.append(TRAINER_STATE)
         (tmp / METADATA).write_text(json.dumps(metadata, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        for name in (WEIGHTS, METADATA):
+        for name in names:
             _fsync(tmp / name)
         _fsync(tmp)
         _replace_dir(tmp, directory)
@@ -106,6 +117,27 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def recover_run_dir(run_dir: Path) -> None:
+    """Tidy what a crash mid-write can leave: temporary folders, and a folder moved aside."""
+    for child in Path(run_dir).iterdir():
+        if not child.name.startswith("."):
+            continue
+        if ".tmp-" in child.name:
+            shutil.rmtree(child, ignore_errors=True)
+        elif ".old-" in child.name:
+            original = child.with_name(child.name[1:].split(".old-")[0])
+            if original.exists():
+                shutil.rmtree(child, ignore_errors=True)
+            else:
+                os.rename(child, original)
+
+
+def prune(run_dir: Path, keep_last: int) -> None:
+    """Delete all but the newest `keep_last` numbered checkpoints (never `best`)."""
+    for path in list_checkpoints(run_dir)[:-keep_last]:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def is_checkpoint(path: Path) -> bool:
@@ -158,6 +190,21 @@ def read_metadata(path: Path) -> dict[str, Any]:
             f"({FORMAT_VERSION}); upgrade charnn"
         )
     return metadata
+
+
+def load_trainer_state(path: Path) -> dict[str, Any]:
+    """The optimizer, schedule and random states saved beside a checkpoint's weights."""
+    path = Path(path)
+    metadata = read_metadata(path)
+    state_path = path / TRAINER_STATE
+    if not state_path.is_file():
+        raise CheckpointError(f"checkpoint {path} has no {TRAINER_STATE}, so training cannot resume from it")
+    if metadata.get("trainer_state_sha256") != _sha256(state_path):
+        raise CheckpointError(f"checkpoint {path}: {TRAINER_STATE} does not match its checksum (corrupt or altered)")
+    try:
+        return torch.load(state_path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many kinds on a bad file; all mean the same here
+        raise CheckpointError(f"checkpoint {path}: {TRAINER_STATE} is corrupt ({type(error).__name__})") from None
 
 
 def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> Checkpoint:

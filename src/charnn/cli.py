@@ -11,7 +11,7 @@ import types
 import typing
 from pathlib import Path
 
-from charnn.config import CELLS, DEVICES, PRECISIONS, ModelConfig, SampleConfig, TrainConfig
+from charnn.config import CELLS, DEVICES, LR_SCHEDULES, PRECISIONS, ModelConfig, SampleConfig, TrainConfig
 from charnn.errors import CharnnError, ConfigError
 
 HELP = {
@@ -32,8 +32,16 @@ HELP = {
     "threads": "CPU threads for PyTorch (default: all cores)",
     "val_fraction": "share of the text, at its end, held out for validation",
     "log_every_seconds": "seconds between progress lines and metrics records",
+    "eval_every": "also evaluate on the held-out text every N steps",
+    "patience": "stop after N evaluations without a better validation loss",
+    "checkpoint_every": "also write a checkpoint every N steps",
+    "keep_last": "keep only the newest K numbered checkpoints (best is always kept)",
+    "grad_clip": "clip gradients to this global norm",
+    "lr_schedule": "learning-rate schedule after warm-up",
+    "warmup_steps": "steps of linear learning-rate warm-up",
+    "weight_decay": "decoupled weight decay (AdamW)",
 }
-CHOICES = {"cell": CELLS, "device": DEVICES, "precision": PRECISIONS}
+CHOICES = {"cell": CELLS, "device": DEVICES, "precision": PRECISIONS, "lr_schedule": LR_SCHEDULES}
 
 
 def _flag_type(annotation):

@@ -13,6 +13,7 @@ from charnn.errors import ConfigError
 CELLS = ("gru", "lstm", "rnn")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+LR_SCHEDULES = ("constant", "cosine", "plateau")
 
 
 def _check(condition: bool, message: str) -> None:
@@ -62,6 +63,14 @@ class TrainConfig:
     precision: str = "auto"
     threads: int | None = None
     val_fraction: float = 0.1
+    eval_every: int | None = None  # steps; None = once per epoch only
+    patience: int | None = None  # evaluations without improvement before stopping
+    checkpoint_every: int | None = None  # steps; None = once per epoch only
+    keep_last: int | None = None  # numbered checkpoints kept; None = all
+    grad_clip: float | None = None  # maximum global gradient norm
+    lr_schedule: str = "constant"
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
     log_every_seconds: float = 30.0
 
     def __post_init__(self):
@@ -81,7 +90,18 @@ class TrainConfig:
         )
         _check(self.threads is None or self.threads >= 1, f"--threads must be at least 1, got {self.threads}")
         _check(0.0 <= self.val_fraction < 1.0, f"--val-fraction must be in [0, 1), got {self.val_fraction}")
-        _check(self.log_every_seconds > 0, "log_every_seconds must be positive")
+        for name in ("eval_every", "patience", "checkpoint_every", "keep_last"):
+            value = getattr(self, name)
+            flag = "--" + name.replace("_", "-")
+            _check(value is None or value >= 1, f"{flag} must be at least 1, got {value}")
+        _check(self.grad_clip is None or self.grad_clip > 0, f"--grad-clip must be positive, got {self.grad_clip}")
+        _check(
+            self.lr_schedule in LR_SCHEDULES,
+            f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}",
+        )
+        _check(self.warmup_steps >= 0, f"--warmup-steps must be 0 or more, got {self.warmup_steps}")
+        _check(self.weight_decay >= 0, f"--weight-decay must be 0 or more, got {self.weight_decay}")
+        _check(self.log_every_seconds > 0, f"--log-every-seconds must be positive, got {self.log_every_seconds}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -33,10 +33,23 @@ _GUTENBERG_END = re.compile(r"^\*\*\* ?END OF.*$", re.MULTILINE)
 class Corpus:
     name: str  # what the user typed: a registered name, a path or a URL
     text: str
+    encoding: str = "utf-8"
 
     @property
     def sha256(self) -> str:
         return hashlib.sha256(self.text.encode("utf-8", "surrogatepass")).hexdigest()
+
+    def reference(self) -> dict:
+        """What a checkpoint records to find this text again: local paths are made absolute."""
+        local = not self.name.startswith(("http://", "https://")) and Path(self.name).expanduser().exists()
+        source = str(Path(self.name).expanduser().resolve()) if local else self.name
+        return {
+            "name": self.name,
+            "source": source,
+            "encoding": self.encoding,
+            "sha256": self.sha256,
+            "characters": len(self.text),
+        }
 
 
 def cache_dir() -> Path:
@@ -82,7 +95,7 @@ def load_corpus(spec: str, encoding: str = "utf-8") -> Corpus:
     text = _resolve(spec, encoding)
     if not text:
         raise CorpusError(f"corpus {spec!r} is empty; give a text file with some content")
-    return Corpus(name=spec, text=text)
+    return Corpus(name=spec, text=text, encoding=encoding)
 
 
 def _resolve(spec: str, encoding: str) -> str:

@@ -1,4 +1,4 @@
-"""Training: a function that runs the loop, writes checkpoints and metrics, and reports events.
+"""Training: the loop, evaluation on held-out text, checkpoints, metrics and exact resume.
 
 Library code does not print: progress goes to an `on_event` callback (the CLI draws a bar or
 log lines from it), and the history comes back as the return value.
@@ -6,9 +6,16 @@ log lines from it), and the history comes back as the return value.
     corpus = load_corpus("great-expectations")
     vocab = Vocabulary.from_text(corpus.text)
     result = train(corpus, vocab, ModelConfig(vocab_size=len(vocab)), TrainConfig(epochs=1), "runs/ge")
+    result = resume("runs/ge", {"epochs": 2})
+
+Everything a run needs to continue is in each numbered checkpoint: weights, optimizer,
+schedule, random states and the position in the data order (which depends only on the seed
+and the epoch). So a run interrupted and resumed on a CPU in fp32 ends with the same weights,
+bit for bit, as one that never stopped.
 """
 
 import contextlib
+import dataclasses
 import json
 import math
 import shutil
@@ -23,18 +30,22 @@ import torch.nn.functional as F
 
 from charnn import checkpoint
 from charnn.config import ModelConfig, TrainConfig
-from charnn.corpus import Corpus
+from charnn.corpus import Corpus, load_corpus
 from charnn.data import Batches, split
-from charnn.errors import RunDirError, TrainingError
+from charnn.errors import CheckpointError, ConfigError, RunDirError, TrainingError
 from charnn.model import CharRNN
 from charnn.vocab import Vocabulary
 
 METRICS = "metrics.jsonl"
+NATS_TO_BITS = 1 / math.log(2)
+# Options that may differ when a run is resumed: they say when to stop or how to report,
+# not what is computed.
+RESUMABLE_OPTIONS = ("epochs", "max_steps", "time_limit", "threads", "log_every_seconds", "patience", "keep_last")
 
 
 @dataclass
 class Event:
-    """What the trainer reports. kind: start, step, log, epoch, checkpoint or stop."""
+    """What the trainer reports. kind: start, step, log, eval, epoch, checkpoint, warning or stop."""
 
     kind: str
     epoch: int  # 1-based epoch in progress
@@ -54,7 +65,30 @@ class Event:
 class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     last_checkpoint: Path | None = None
-    stopped_by: str = "epochs"
+    best_checkpoint: Path | None = None
+    best_val_loss: float | None = None
+    stopped_by: str = "epochs"  # epochs, max_steps, time_limit, patience, or a signal's name
+
+
+@dataclass
+class RunState:
+    """The counters of a run; saved in each checkpoint's training record and restored on resume."""
+
+    epoch: int = 1  # the epoch in progress, or the last one completed when epoch_complete
+    epoch_complete: bool = False
+    step: int = 0
+    step_in_epoch: int = 0
+    epoch_loss_sum: float = 0.0
+    epoch_loss_count: int = 0
+    losses: list[float] = field(default_factory=list)  # mean training loss of each completed epoch
+    val_losses: list[float | None] = field(default_factory=list)
+    best_val_loss: float | None = None
+    best_step: int | None = None
+    evals_since_best: int = 0
+    lr_factor: float = 1.0  # the plateau schedule's multiplier
+    last_eval: tuple[float, float] | None = None  # (train loss, val loss) at the previous evaluation
+    warned_overfitting: bool = False
+    elapsed: float = 0.0  # seconds of training before this invocation
 
 
 def cpu_has_bf16() -> bool:
@@ -134,7 +168,8 @@ def check_run_dir(run_dir: Path, overwrite: bool) -> None:
         raise RunDirError(f"--out {run_dir} is a file, not a folder")
     if run_dir.is_dir() and any(run_dir.iterdir()) and not overwrite:
         raise RunDirError(
-            f"{run_dir} already holds files (another run?); pass --overwrite to replace it or choose another --out"
+            f"{run_dir} already holds files (another run?); pass --overwrite to replace it, "
+            "--resume to continue it, or choose another --out"
         )
 
 
@@ -152,6 +187,9 @@ def prepare_run_dir(run_dir: Path, overwrite: bool) -> bool:
     return True
 
 
+StopCheck = Callable[[], str | None]
+
+
 def train(
     corpus: Corpus,
     vocab: Vocabulary,
@@ -160,19 +198,24 @@ def train(
     run_dir: str | Path,
     on_event: Callable[[Event], None] | None = None,
     overwrite: bool = False,
+    should_stop: StopCheck | None = None,
 ) -> TrainResult:
-    """Train a new model on `corpus` and write its checkpoints into `run_dir`."""
+    """Train a new model on `corpus` and write its checkpoints into `run_dir`.
+
+    `should_stop` is polled after every step; a reason it returns (say "SIGINT") ends the run
+    with a checkpoint, so it can be resumed.
+    """
     run_dir = Path(run_dir)
-    emit = on_event or (lambda event: None)
     # Everything that can be refused is checked before the run folder is touched.
     tokens = torch.from_numpy(vocab.encode(corpus.text))
-    train_tokens, val_tokens = split(tokens, config.val_fraction)
-    batches = Batches(train_tokens, config.batch_size, config.seq_len, config.seed)
     device = resolve_device(config.device)
     dtype = resolve_precision(config.precision, device)
+    trainer = Trainer(corpus, vocab, tokens, config, run_dir, device, dtype, on_event, should_stop)
     created = prepare_run_dir(run_dir, overwrite)
     try:
-        return _train_loop(corpus, vocab, model_config, config, run_dir, emit, batches, val_tokens, device, dtype)
+        torch.manual_seed(config.seed)
+        trainer.build(CharRNN(model_config))
+        return trainer.run()
     except BaseException:
         # A run that never wrote a checkpoint leaves no folder behind.
         if created and not checkpoint.list_checkpoints(run_dir):
@@ -180,118 +223,333 @@ def train(
         raise
 
 
-def _train_loop(corpus, vocab, model_config, config, run_dir, emit, batches, val_tokens, device, dtype):
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    torch.manual_seed(config.seed)
-    model = CharRNN(model_config).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    total_steps = config.epochs * batches.steps_per_epoch
-    if config.max_steps is not None:
-        total_steps = min(total_steps, config.max_steps)
-    deadline = None if config.time_limit is None else config.time_limit * 60.0
-    chars_per_step = config.batch_size * config.seq_len
-    corpus_record = {"name": corpus.name, "sha256": corpus.sha256, "characters": len(corpus.text)}
+def resume(
+    run_dir: str | Path,
+    overrides: dict[str, Any] | None = None,
+    on_event: Callable[[Event], None] | None = None,
+    should_stop: StopCheck | None = None,
+) -> TrainResult:
+    """Continue the run in `run_dir` from its newest complete checkpoint.
 
-    result = TrainResult()
-    epoch_losses: list[float] = []
-    val_losses: list[float | None] = []
-    step = 0
-    start = time.perf_counter()
-    last_log = start
-    metrics_path = run_dir / METRICS
+    The corpus and options come from the run; `overrides` may change only the options in
+    RESUMABLE_OPTIONS (when to stop, how to report); any other that differs is refused.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RunDirError(f"no such run folder: {run_dir}")
+    checkpoint.recover_run_dir(run_dir)
+    resumable = [p for p in checkpoint.list_checkpoints(run_dir) if (p / checkpoint.TRAINER_STATE).is_file()]
+    if not resumable:
+        raise RunDirError(f"{run_dir} holds no complete checkpoint to resume from; start a new run instead")
+    path = resumable[-1]
+    metadata = checkpoint.read_metadata(path)
+    try:
+        saved = TrainConfig.from_dict(metadata["training"]["config"])
+        state = RunState(**metadata["training"]["state"])
+    except (KeyError, TypeError, ConfigError) as error:
+        raise CheckpointError(f"checkpoint {path}: its training record is incomplete ({error})") from None
+    config = _merge_options(saved, overrides or {})
+    device = resolve_device(config.device)
+    ckpt = checkpoint.load_checkpoint(path, device)
+    trainer_state = checkpoint.load_trainer_state(path)
+    corpus = _reload_corpus(ckpt.corpus)
+    tokens = torch.from_numpy(ckpt.vocab.encode(corpus.text))
+    dtype = resolve_precision(config.precision, device)
+    trainer = Trainer(corpus, ckpt.vocab, tokens, config, run_dir, device, dtype, on_event, should_stop)
+    trainer.build(ckpt.model.train(), state, trainer_state)
+    _truncate_metrics(run_dir / METRICS, state.step)
+    return trainer.run()
 
-    def event(kind, epoch, loss, **extra) -> Event:
-        elapsed = time.perf_counter() - start
-        rate = step * chars_per_step / elapsed if elapsed > 0 else 0.0
-        eta = (total_steps - step) * elapsed / step if step else None
-        if deadline is not None:
-            eta = min(eta if eta is not None else deadline, max(0.0, deadline - elapsed))
-        return Event(kind, epoch, step, total_steps, batches.steps_per_epoch, loss,
-                     chars_per_sec=rate, elapsed=elapsed, eta=eta, **extra)  # fmt: skip
 
-    def record(e: Event) -> None:
-        entry = {"epoch": e.epoch, "step": e.step, "loss": e.loss, "chars_per_sec": round(e.chars_per_sec, 1),
-                 "elapsed": round(e.elapsed, 2)}  # fmt: skip
-        if e.val_loss is not None:
-            entry["val_loss"] = e.val_loss
-        result.history.append(entry)
-        with open(metrics_path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(entry) + "\n")
+def _merge_options(saved: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
+    conflicts = [
+        f"--{name.replace('_', '-')} {value} (the run has {getattr(saved, name)})"
+        for name, value in overrides.items()
+        if name not in RESUMABLE_OPTIONS and getattr(saved, name) != value
+    ]
+    if conflicts:
+        raise ConfigError(
+            "a resumed run keeps its options; these differ: " + "; ".join(conflicts) + ". Start a new run instead"
+        )
+    return dataclasses.replace(saved, **{k: v for k, v in overrides.items() if k in RESUMABLE_OPTIONS})
 
-    def save(name: str, epoch: int, loss: float, val_loss: float | None) -> Path:
-        training = {
-            "epoch": epoch,
-            "step": step,
-            "loss": loss,
-            "val_loss": val_loss,
-            "losses": epoch_losses,
-            "val_losses": val_losses,
-            "characters_seen": step * chars_per_step,
-            "elapsed_seconds": round(time.perf_counter() - start, 2),
-            "precision": str(dtype).removeprefix("torch."),
-            "config": config.to_dict(),
-        }
-        path = checkpoint.save_checkpoint(run_dir / name, model, vocab, training, corpus_record)
-        result.last_checkpoint = path
-        emit(event("checkpoint", epoch, loss, path=path, val_loss=val_loss))
-        return path
 
-    emit(event("start", 1, math.nan))
-    model.train()
-    stop = None
-    for epoch in range(1, config.epochs + 1):
-        loss_sum, loss_count = 0.0, 0
-        for inputs, targets in batches.epoch(epoch - 1):
-            inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-            with autocast(device, dtype):
-                logits, _ = model(inputs)
-            loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
-            # Checked before the update, so a diverged step never reaches the weights.
-            loss_sum += _finite_or_raise(loss.item(), step + 1)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            step += 1
-            loss_count += 1
-            now = time.perf_counter()
-            if now - last_log >= config.log_every_seconds:
-                last_log = now
-                e = event("log", epoch, loss_sum / loss_count)
-                record(e)
-                emit(e)
-            else:
-                emit(event("step", epoch, loss_sum / loss_count))
-            if config.max_steps is not None and step >= config.max_steps:
-                stop = "max_steps"
-            elif deadline is not None and now - start >= deadline:
-                stop = "time_limit"
+def _reload_corpus(record: dict[str, Any]) -> Corpus:
+    source = record.get("source") or record.get("name")
+    if not source:
+        raise CheckpointError("the checkpoint does not say which corpus it was trained on")
+    corpus = load_corpus(source, record.get("encoding", "utf-8"))
+    if corpus.sha256 != record.get("sha256"):
+        raise RunDirError(f"the corpus {source} has changed since this run started, so it cannot be resumed exactly")
+    return Corpus(record.get("name", source), corpus.text, corpus.encoding)
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop records written after the checkpoint being resumed from (and any torn last line)."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if record.get("step", 0) <= step:
+            kept.append(line)
+    path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+
+
+class Trainer:
+    """One run's loop. `build` sets up the model and optimizer; `run` trains until a stop."""
+
+    def __init__(self, corpus, vocab, tokens, config, run_dir, device, dtype, on_event, should_stop):
+        self.config: TrainConfig = config
+        self.vocab = vocab
+        self.corpus_record = corpus.reference()
+        train_tokens, self.val_tokens = split(tokens, config.val_fraction)
+        self.batches = Batches(train_tokens, config.batch_size, config.seq_len, config.seed)
+        self.run_dir = run_dir
+        self.device, self.dtype = device, dtype
+        self.emit = on_event or (lambda event: None)
+        self.should_stop = should_stop or (lambda: None)
+        self.result = TrainResult()
+        self.total_steps = config.epochs * self.batches.steps_per_epoch
+        if config.max_steps is not None:
+            self.total_steps = min(self.total_steps, config.max_steps)
+        # A loss this far above chance means the run has diverged.
+        self.explode_at = max(10.0, 3 * math.log(len(vocab)))
+
+    def build(self, model: CharRNN, state: RunState | None = None, trainer_state: dict | None = None) -> None:
+        if self.config.threads:
+            torch.set_num_threads(self.config.threads)
+        self.model = model.to(self.device)
+        parameters = self.model.parameters()
+        if self.config.weight_decay:
+            self.optimizer = torch.optim.AdamW(parameters, lr=self.config.lr, weight_decay=self.config.weight_decay)
+        else:
+            self.optimizer = torch.optim.Adam(parameters, lr=self.config.lr)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
+        self.state = state or RunState()
+        if trainer_state is not None:
+            self.optimizer.load_state_dict(trainer_state["optimizer"])
+            self.scaler.load_state_dict(trainer_state["scaler"])
+            torch.set_rng_state(trainer_state["rng_cpu"])
+            if self.device.type == "cuda" and "rng_cuda" in trainer_state:
+                torch.cuda.set_rng_state(trainer_state["rng_cuda"])
+        self.result.best_val_loss = self.state.best_val_loss
+        if self.state.best_val_loss is not None and checkpoint.is_checkpoint(self.run_dir / checkpoint.BEST):
+            self.result.best_checkpoint = self.run_dir / checkpoint.BEST
+
+    # --- the loop --------------------------------------------------------------------------
+
+    def run(self) -> TrainResult:
+        s, config = self.state, self.config
+        self.started = time.perf_counter()
+        self.steps_at_start = s.step
+        self.last_log = self.started
+        self.model.train()
+        self._emit("start", self._epoch_loss())
+        stop = None
+        first_epoch = s.epoch + 1 if s.epoch_complete else s.epoch
+        for epoch in range(first_epoch, config.epochs + 1):
+            if s.epoch != epoch or s.epoch_complete:
+                s.epoch, s.epoch_complete = epoch, False
+                s.step_in_epoch, s.epoch_loss_sum, s.epoch_loss_count = 0, 0.0, 0
+            for inputs, targets in self.batches.epoch(epoch - 1, s.step_in_epoch):
+                self._step(inputs, targets)
+                stop = self._after_step()
+                if stop:
+                    break
+            if not stop or s.step_in_epoch == self.batches.steps_per_epoch:
+                s.epoch_complete = True
+                s.losses.append(self._epoch_loss())
+                val_loss = self._evaluate()
+                s.val_losses.append(val_loss)
+                self._record("epoch", val_loss)
+                self._save(f"ckpt_{epoch}")
+                if stop is None and self._patience_exhausted():
+                    stop = "patience"
+            elif stop in ("max_steps", "time_limit"):
+                self._record("epoch", self._evaluate())
+                self._save(f"ckpt_{epoch}_{s.step}")
+            elif not (config.checkpoint_every and s.step % config.checkpoint_every == 0):
+                self._save(f"ckpt_{epoch}_{s.step}")  # a signal: no evaluation, leave quickly
             if stop:
                 break
-        mean = loss_sum / max(loss_count, 1)
-        finished_epoch = loss_count == batches.steps_per_epoch
-        val_loss = (
-            evaluate(model, val_tokens, config.seq_len, config.batch_size, dtype) if len(val_tokens) > 2 else None
-        )
-        if finished_epoch:
-            epoch_losses.append(mean)
-            val_losses.append(val_loss)
-        e = event("epoch", epoch, mean, val_loss=val_loss)
-        record(e)
-        emit(e)
-        save(f"ckpt_{epoch}" if finished_epoch else f"ckpt_{epoch}_{step}", epoch, mean, val_loss)
-        if stop:
-            break
-    result.stopped_by = stop or "epochs"
-    emit(event("stop", epoch, mean, message=result.stopped_by, path=result.last_checkpoint))
-    return result
+        self.result.stopped_by = stop or "epochs"
+        self._emit("stop", self._epoch_loss(), message=self.result.stopped_by, path=self.result.last_checkpoint)
+        return self.result
 
+    def _step(self, inputs: torch.Tensor, targets: torch.Tensor) -> None:
+        s, config = self.state, self.config
+        for group in self.optimizer.param_groups:
+            group["lr"] = config.lr * self._lr_factor()
+        inputs = inputs.to(self.device, non_blocking=True)
+        targets = targets.to(self.device, non_blocking=True)
+        with autocast(self.device, self.dtype):
+            logits, _ = self.model(inputs)  # (B, T, V)
+        loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+        value = loss.item()
+        # Checked before the update, so a diverged step never reaches the weights.
+        if not math.isfinite(value) or value > self.explode_at:
+            raise TrainingError(
+                f"the training loss became {value:.4g} at step {s.step + 1} (diverged); try a smaller --lr or "
+                f"--grad-clip. The last checkpoint ({self.result.last_checkpoint or 'none yet'}) is untouched"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if config.grad_clip is not None:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        s.step += 1
+        s.step_in_epoch += 1
+        s.epoch_loss_sum += value
+        s.epoch_loss_count += 1
 
-def _finite_or_raise(loss: float, step: int) -> float:
-    if not math.isfinite(loss):
-        raise TrainingError(
-            f"the training loss became {loss} at step {step}; try a smaller --lr. The last checkpoint is untouched"
-        )
-    return loss
+    def _after_step(self) -> str | None:
+        """Log, evaluate and checkpoint as scheduled; return why to stop, if so."""
+        s, config = self.state, self.config
+        now = time.perf_counter()
+        if now - self.last_log >= config.log_every_seconds:
+            self.last_log = now
+            self._record("log")
+        else:
+            self._emit("step", self._epoch_loss())
+        end_of_epoch = s.step_in_epoch == self.batches.steps_per_epoch
+        if config.eval_every and s.step % config.eval_every == 0 and not end_of_epoch:
+            self._record("eval", self._evaluate())
+            if self._patience_exhausted():
+                return "patience"
+        if config.checkpoint_every and s.step % config.checkpoint_every == 0 and not end_of_epoch:
+            self._save(f"ckpt_{s.epoch}_{s.step}")
+        if config.max_steps is not None and s.step >= config.max_steps:
+            return "max_steps"
+        if config.time_limit is not None and now - self.started >= config.time_limit * 60:
+            return "time_limit"
+        return self.should_stop()
+
+    def _lr_factor(self) -> float:
+        s, config = self.state, self.config
+        warmup = min(1.0, (s.step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
+        if config.lr_schedule == "cosine":
+            progress = min(1.0, s.step / max(1, self.total_steps))
+            return warmup * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+        if config.lr_schedule == "plateau":
+            return warmup * s.lr_factor
+        return warmup
+
+    def _epoch_loss(self) -> float:
+        s = self.state
+        return s.epoch_loss_sum / s.epoch_loss_count if s.epoch_loss_count else math.nan
+
+    # --- evaluation and the best checkpoint ----------------------------------------------
+
+    def _evaluate(self) -> float | None:
+        """Loss on the held-out text; keeps `best`, counts patience, warns on over-fitting."""
+        if len(self.val_tokens) < 3:
+            return None
+        s = self.state
+        val_loss = evaluate(self.model, self.val_tokens, self.config.seq_len, self.config.batch_size, self.dtype)
+        train_loss = self._epoch_loss()
+        if s.last_eval and not s.warned_overfitting:
+            last_train, last_val = s.last_eval
+            if val_loss > last_val and train_loss < last_train:
+                s.warned_overfitting = True
+                self._emit(
+                    "warning",
+                    train_loss,
+                    message=f"validation loss rose from {last_val:.4f} to {val_loss:.4f} while training loss fell: "
+                    f"the model has begun to memorise its text; {self.run_dir / checkpoint.BEST} keeps the best",
+                )
+        s.last_eval = (train_loss, val_loss)
+        if s.best_val_loss is None or val_loss < s.best_val_loss:
+            s.best_val_loss, s.best_step, s.evals_since_best = val_loss, s.step, 0
+            self.result.best_val_loss = val_loss
+            self.result.best_checkpoint = self._save(checkpoint.BEST, val_loss=val_loss, resumable=False)
+        else:
+            s.evals_since_best += 1
+            if self.config.lr_schedule == "plateau":
+                s.lr_factor = max(s.lr_factor / 2, 1 / 64)
+        return val_loss
+
+    def _patience_exhausted(self) -> bool:
+        return self.config.patience is not None and self.state.evals_since_best >= self.config.patience
+
+    # --- output ----------------------------------------------------------------------------
+
+    def _emit(self, kind: str, loss: float, val_loss: float | None = None, **extra) -> Event:
+        s = self.state
+        elapsed = time.perf_counter() - self.started
+        done = s.step - self.steps_at_start
+        chars = done * self.config.batch_size * self.config.seq_len
+        rate = chars / elapsed if elapsed > 0 else 0.0
+        eta = (self.total_steps - s.step) * elapsed / done if done else None
+        if self.config.time_limit is not None:
+            left = max(0.0, self.config.time_limit * 60 - elapsed)
+            eta = left if eta is None else min(eta, left)
+        event = Event(kind, s.epoch, s.step, self.total_steps, self.batches.steps_per_epoch, loss, val_loss,
+                      chars_per_sec=rate, elapsed=s.elapsed + elapsed, eta=eta, **extra)  # fmt: skip
+        self.emit(event)
+        return event
+
+    def _record(self, kind: str, val_loss: float | None = None) -> None:
+        event = self._emit(kind, self._epoch_loss(), val_loss)
+        entry = {"epoch": event.epoch, "step": event.step, "loss": event.loss,
+                 "chars_per_sec": round(event.chars_per_sec, 1), "elapsed": round(event.elapsed, 2),
+                 "characters_seen": event.step * self.config.batch_size * self.config.seq_len}  # fmt: skip
+        if val_loss is not None:
+            entry["val_loss"] = val_loss
+            entry["val_bpc"] = val_loss * NATS_TO_BITS
+        self.result.history.append(entry)
+        try:
+            with open(self.run_dir / METRICS, "a", encoding="utf-8") as f:
+                f.write(json.dumps(entry) + "\n")
+        except OSError as error:
+            raise TrainingError(f"cannot write {self.run_dir / METRICS}: {error.strerror}") from None
+
+    def _save(self, name: str, val_loss: float | None = None, resumable: bool = True) -> Path:
+        s = self.state
+        record = dataclasses.asdict(s)
+        record["elapsed"] = round(s.elapsed + time.perf_counter() - self.started, 2)
+        training = {
+            "epoch": s.epoch,
+            "step": s.step,
+            "loss": self._epoch_loss(),
+            "val_loss": val_loss if val_loss is not None else (s.last_eval[1] if s.last_eval else None),
+            "val_bpc": None,
+            "losses": s.losses,
+            "val_losses": s.val_losses,
+            "best_val_loss": s.best_val_loss,
+            "characters_seen": s.step * self.config.batch_size * self.config.seq_len,
+            "elapsed_seconds": record["elapsed"],
+            "precision": str(self.dtype).removeprefix("torch."),
+            "config": self.config.to_dict(),
+            "state": {k: v for k, v in record.items() if k in RunState.__dataclass_fields__},
+        }
+        if training["val_loss"] is not None:
+            training["val_bpc"] = training["val_loss"] * NATS_TO_BITS
+        trainer_state = None
+        if resumable:
+            trainer_state = {
+                "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "rng_cpu": torch.get_rng_state(),
+            }
+            if self.device.type == "cuda":
+                trainer_state["rng_cuda"] = torch.cuda.get_rng_state()
+        path = self.run_dir / name
+        try:
+            checkpoint.save_checkpoint(path, self.model, self.vocab, training, self.corpus_record, trainer_state)
+        except OSError as error:
+            previous = self.result.last_checkpoint or "none yet"
+            raise TrainingError(
+                f"cannot write checkpoint {path}: {error.strerror or error}; the previous one ({previous}) is intact"
+            ) from None
+        if resumable:
+            self.result.last_checkpoint = path
+            if self.config.keep_last:
+                checkpoint.prune(self.run_dir, self.config.keep_last)
+        self._emit("checkpoint", self._epoch_loss(), val_loss, path=path)
+        return path
