@@ -16,6 +16,9 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
     pip install "torch==2.13.0"
   fi
 fi
-if ! .venv/bin/python -c "import charnn, pytest, hypothesis" 2>/dev/null || ! [ -x .venv/bin/ruff ]; then
+# Reinstall whenever pyproject.toml changes, so new dependencies arrive in an old .venv.
+stamp="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+if [ "$(cat .venv/.charnn-installed 2>/dev/null)" != "$stamp" ]; then
   pip install -e ".[dev]"
+  echo "$stamp" > .venv/.charnn-installed
 fi

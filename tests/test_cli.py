@@ -114,9 +114,14 @@ def test_generate_output_forms(capsys, tiny_run):
     assert capsys.readouterr().out == "Pip" + out["samples"][0] + "\n"
     assert main(["generate", str(tiny_run), "--prime", "Pip", "--length", "30", "--seed", "3", "--stream"]) == 0
     assert capsys.readouterr().out == "Pip" + out["samples"][0] + "\n"
-    assert main(["generate", str(tiny_run), "--prime", "Pip", "--length", "9", "--num-samples", "3"]) == 0
-    blocks = capsys.readouterr().out.rstrip("\n").split("\n\n")
-    assert len(blocks) == 3 and all(b.startswith("Pip") for b in blocks)
+    several = ["generate", str(tiny_run), "--prime", "Pip", "--length", "9", "--num-samples", "3", "--seed", "4"]
+    assert main([*several, "--json"]) == 0
+    samples = json.loads(capsys.readouterr().out)["samples"]
+    assert len(samples) == 3
+    assert main(several) == 0
+    assert capsys.readouterr().out == "\n\n".join("Pip" + s for s in samples) + "\n"
+    assert main([*several, "--stream"]) == 0
+    assert capsys.readouterr().out == "\n".join("Pip" + s + "\n" for s in samples)
     assert main(["generate", str(tiny_run), "--prime", "P", "--length", "5", "--temperature", "0,1"]) == 0
     assert capsys.readouterr().out.count("--- temperature") == 2
 

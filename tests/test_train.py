@@ -8,7 +8,7 @@ from charnn.config import ModelConfig, SampleConfig, TrainConfig
 from charnn.corpus import Corpus
 from charnn.errors import ConfigError, RunDirError
 from charnn.sample import generate_text
-from charnn.train import METRICS, evaluate, train
+from charnn.train import METRICS, train
 from charnn.vocab import Vocabulary
 from conftest import TINY_TEXT
 
@@ -79,21 +79,6 @@ def test_existing_run_is_refused_unless_overwrite(tiny_run, tmp_path):
     train(corpus, vocab, _small(vocab), config, tmp_path / "new")
     train(corpus, vocab, _small(vocab), config, tmp_path / "new", overwrite=True)
     assert [p.name for p in list_checkpoints(tmp_path / "new")] == ["ckpt_1"]
-
-
-def test_evaluate_covers_the_whole_text():
-    import torch
-
-    from charnn.model import CharRNN
-
-    vocab = Vocabulary.from_text(TINY_TEXT)
-    model = CharRNN(_small(vocab))
-    tokens = torch.from_numpy(vocab.encode(TINY_TEXT * 3))
-    # One stream, carried state: equal to a single forward pass over the text.
-    with torch.no_grad():
-        logits, _ = model(tokens[:-1].unsqueeze(0))
-    expected = torch.nn.functional.cross_entropy(logits[0], tokens[1:]).item()
-    assert evaluate(model, tokens, seq_len=7, num_streams=1) == pytest.approx(expected, rel=1e-5)
 
 
 def test_invalid_training_options():

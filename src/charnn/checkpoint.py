@@ -8,6 +8,7 @@ of one.
 """
 
 import hashlib
+import io
 import json
 import os
 import re
@@ -16,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import safetensors.torch
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
 from charnn.config import ModelConfig
 from charnn.errors import CheckpointError, ConfigError
@@ -73,23 +74,24 @@ def save_checkpoint(
     try:
         tmp.mkdir(parents=True)
         weights = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
-        save_file(weights, tmp / WEIGHTS)
+        # Serialised in memory, written by Python: a full disk is then a plain OSError.
+        weights_bytes = safetensors.torch.save(weights)
+        _write(tmp / WEIGHTS, weights_bytes)
         metadata = {
             "format_version": FORMAT_VERSION,
             "vocabulary": vocab.to_json(),
             "model": model.config.to_dict(),
             "training": training,
             "corpus": corpus,
-            "weights_sha256": _sha256(tmp / WEIGHTS),
+            "weights_sha256": hashlib.sha256(weights_bytes).hexdigest(),
         }
-        names = [WEIGHTS, METADATA]
         if trainer_state is not None:
-            torch.save(trainer_state, tmp / TRAINER_STATE)
-            metadata["trainer_state_sha256"] = _sha256(tmp / TRAINER_STATE)
-            names.append(TRAINER_STATE)
-        (tmp / METADATA).write_text(json.dumps(metadata, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        for name in names:
-            _fsync(tmp / name)
+            buffer = io.BytesIO()
+            torch.save(trainer_state, buffer)
+            _write(tmp / TRAINER_STATE, buffer.getvalue())
+            metadata["trainer_state_sha256"] = hashlib.sha256(buffer.getvalue()).hexdigest()
+        text = json.dumps(metadata, indent=2, ensure_ascii=False) + "\n"
+        _write(tmp / METADATA, text.encode("utf-8"))
         _fsync(tmp)
         _replace_dir(tmp, directory)
         _fsync(directory.parent)
@@ -97,6 +99,13 @@ def save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return directory
+
+
+def _write(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def _replace_dir(source: Path, target: Path) -> None:
@@ -227,7 +236,7 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> Checkpoin
             f"checkpoint {path}: vocabulary has {len(vocab)} characters but the model expects {config.vocab_size}"
         )
     try:
-        state = load_file(weights_path)
+        state = safetensors.torch.load_file(weights_path)
     except (SafetensorError, OSError, ValueError) as error:
         raise CheckpointError(f"checkpoint {path}: {WEIGHTS} is corrupt ({error})") from None
     model = CharRNN(config)

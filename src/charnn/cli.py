@@ -6,13 +6,15 @@ Every user mistake is a CharnnError, printed here as one line with exit code 2.
 import argparse
 import dataclasses
 import json
+import math
+import signal
 import sys
 import types
 import typing
 from pathlib import Path
 
 from charnn.config import CELLS, DEVICES, LR_SCHEDULES, PRECISIONS, ModelConfig, SampleConfig, TrainConfig
-from charnn.errors import CharnnError, ConfigError
+from charnn.errors import CharnnError, ConfigError, CorpusError
 
 HELP = {
     "embedding_dim": "size of each character's embedding",
@@ -78,9 +80,20 @@ def config_from_args(args: argparse.Namespace, cls, **fixed):
 
 def cmd_train(args: argparse.Namespace) -> int:
     from charnn.corpus import load_corpus
-    from charnn.train import check_run_dir, train
+    from charnn.train import check_run_dir, resume, train
     from charnn.vocab import Vocabulary
 
+    interrupts = Interrupts()
+    if args.resume is not None:
+        if args.corpus is not None or args.out is not None:
+            raise ConfigError("--resume RUN_DIR continues a run with its own corpus and folder; give neither")
+        _check_model_flags(args.resume, {k: v for k, v in vars(args).items() if k in _fields(ModelConfig)})
+        overrides = {k: v for k, v in vars(args).items() if k in _fields(TrainConfig)}
+        with Progress(f"resuming {args.resume}") as progress, interrupts:
+            result = resume(args.resume, overrides, progress.on_event, interrupts.reason)
+        return _finish(result, args.resume)
+    if args.corpus is None or args.out is None:
+        raise ConfigError("give a CORPUS and --out RUN_DIR, or --resume RUN_DIR")
     # Cheap checks first: flags and the output folder, before reading a large corpus.
     train_config = config_from_args(args, TrainConfig)
     config_from_args(args, ModelConfig, vocab_size=1)
@@ -88,11 +101,67 @@ def cmd_train(args: argparse.Namespace) -> int:
     corpus = load_corpus(args.corpus, args.encoding)
     vocab = Vocabulary.from_text(corpus.text)
     model_config = config_from_args(args, ModelConfig, vocab_size=len(vocab))
-    with Progress(f"corpus {corpus.name}: {len(corpus.text):,} characters, {len(vocab)} distinct") as progress:
-        result = train(corpus, vocab, model_config, train_config, args.out, progress.on_event, args.overwrite)
+    heading = f"corpus {corpus.name}: {len(corpus.text):,} characters, {len(vocab)} distinct"
+    with Progress(heading) as progress, interrupts:
+        result = train(corpus, vocab, model_config, train_config, args.out, progress.on_event, args.overwrite,
+                       interrupts.reason)  # fmt: skip
+    return _finish(result, args.out)
+
+
+def _fields(cls) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls)}
+
+
+def _check_model_flags(run_dir: Path, overrides: dict) -> None:
+    """Model flags given with --resume must match the run's model."""
+    from charnn.checkpoint import read_metadata, resolve
+
+    model = read_metadata(resolve(run_dir)).get("model", {})
+    conflicts = [
+        f"--{k.replace('_', '-')} {v} (the run has {model.get(k)})" for k, v in overrides.items() if model.get(k) != v
+    ]
+    if conflicts:
+        raise ConfigError("a resumed run keeps its model; these differ: " + "; ".join(conflicts))
+
+
+def _finish(result, run_dir) -> int:
     print(f"stopped by {result.stopped_by}; last checkpoint: {result.last_checkpoint}", file=sys.stderr)
-    print(f'generate with: charnn generate {args.out} --prime "..."', file=sys.stderr)
+    if result.best_checkpoint is not None:
+        print(f"best validation loss {result.best_val_loss:.4f} in {result.best_checkpoint}", file=sys.stderr)
+    if result.stopped_by in SIGNAL_EXIT_CODES:
+        print(f"resume with: charnn train --resume {run_dir}", file=sys.stderr)
+        return SIGNAL_EXIT_CODES[result.stopped_by]
+    print(f'generate with: charnn generate {run_dir} --prime "..."', file=sys.stderr)
     return 0
+
+
+SIGNAL_EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}
+
+
+class Interrupts:
+    """Ctrl-C or SIGTERM asks training to finish its step and write a checkpoint; a second one
+    stops at once (checkpoints are written atomically, so nothing is corrupted)."""
+
+    def __init__(self):
+        self.received: str | None = None
+
+    def __enter__(self):
+        self.previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum, frame):
+        if self.received is not None:
+            raise KeyboardInterrupt
+        self.received = signal.Signals(signum).name
+        print(f"\n{self.received}: finishing this step and writing a checkpoint (again to stop at once)",
+              file=sys.stderr, flush=True)  # fmt: skip
+
+    def reason(self) -> str | None:
+        return self.received
 
 
 class Progress:
@@ -113,10 +182,18 @@ class Progress:
     def on_event(self, event) -> None:
         if event.kind == "start":
             print(self.heading, file=sys.stderr, flush=True)
-        if self.interactive:
+        if event.kind == "warning":
+            self._print(f"warning: {event.message}")
+        elif self.interactive:
             self._draw(event)
-        elif event.kind in ("start", "log", "epoch", "checkpoint"):
-            print(_describe(event), file=sys.stderr, flush=True)
+        elif event.kind in ("start", "log", "eval", "epoch", "checkpoint"):
+            self._print(_describe(event))
+
+    def _print(self, line: str) -> None:
+        if self.bar is not None:
+            self.bar.write(line, file=sys.stderr)
+        else:
+            print(line, file=sys.stderr, flush=True)
 
     def _draw(self, event) -> None:
         if self.bar is None:
@@ -130,8 +207,8 @@ class Progress:
             postfix += f", val {event.val_loss:.4f}"
         self.bar.set_postfix_str(postfix, refresh=False)
         self.bar.refresh() if event.kind != "step" else self.bar.update(0)
-        if event.kind == "checkpoint":
-            self.bar.write(f"saved {event.path}", file=sys.stderr)
+        if event.kind in ("checkpoint", "eval", "epoch"):
+            self._print(_describe(event))
 
 
 def _duration(seconds: float | None) -> str:
@@ -151,7 +228,7 @@ def _describe(event) -> str:
         f"{event.chars_per_sec:,.0f} chars/s elapsed {_duration(event.elapsed)} eta {_duration(event.eta)}"
     )
     if event.val_loss is not None:
-        text += f" val_loss {event.val_loss:.4f}"
+        text += f" val_loss {event.val_loss:.4f} ({event.val_loss / math.log(2):.3f} bits/char)"
     return text
 
 
@@ -167,8 +244,8 @@ def _temperatures(text: str) -> list[float]:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from charnn.checkpoint import load_checkpoint
+    from charnn.hardware import resolve_device
     from charnn.sample import generate, generate_text, new_seed
-    from charnn.train import resolve_device
 
     samplings = [SampleConfig(t, args.top_k, args.top_p) for t in _temperatures(args.temperature)]
     if args.length < 0:
@@ -243,6 +320,51 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- evaluate and plot -------------------------------------------------------------------
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from charnn.checkpoint import load_checkpoint
+    from charnn.corpus import load_corpus
+    from charnn.evaluate import evaluate_text
+    from charnn.train import held_out_text, training_text
+
+    ckpt = load_checkpoint(args.checkpoint)
+    if args.train_text is not None:
+        train_text = load_corpus(str(args.train_text), args.encoding).text
+    else:
+        try:
+            train_text = training_text(ckpt)
+        except CorpusError as error:
+            raise CorpusError(f"{error}; pass --train-text PATH") from None
+    text = load_corpus(args.text, args.encoding).text if args.text else held_out_text(ckpt)
+    report = evaluate_text(ckpt.model, ckpt.vocab, text, train_text)
+    report["checkpoint"] = str(ckpt.path)
+    report["text"] = args.text or "held-out part of the training corpus"
+    if args.json:
+        print(json.dumps(report, ensure_ascii=False))
+        return 0
+    print(f"checkpoint {ckpt.path}, text: {report['text']} ({report['characters']:,} characters)")
+    if report["unknown_characters"]:
+        shown = ", ".join(repr(c) for c in report["unknown"])
+        print(f"left out {report['unknown_characters']:,} characters the model does not know: {shown}")
+    print(f"{'':<22}{'nats/char':>10}{'bits/char':>11}")
+    for label, key in (("model", "loss"), ("Kneser-Ney 5-gram", "ngram_loss"), ("gzip -9", "gzip_loss")):
+        print(f"{label:<22}{report[key]:>10.4f}{report[key] / math.log(2):>11.4f}")
+    invented = report["invented_words"]
+    print(
+        f"invented words: {report['invented_word_share']:.2%}" + (f" ({', '.join(invented[:10])})" if invented else "")
+    )
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from charnn.plot import plot_run
+
+    print(plot_run(args.run_dir))
+    return 0
+
+
 # --- main --------------------------------------------------------------------------------
 
 
@@ -254,9 +376,11 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = commands.add_parser("train", help="train a model on a corpus", description="Train a model on a corpus.")
-    p.add_argument("corpus", metavar="CORPUS", help="a text file, a folder of *.txt, an http(s) URL, or a known name "
-                   "(great-expectations, tinyshakespeare)")  # fmt: skip
-    p.add_argument("--out", required=True, type=Path, metavar="RUN_DIR", help="folder for checkpoints and metrics")
+    p.add_argument("corpus", metavar="CORPUS", nargs="?", help="a text file, a folder of *.txt, an http(s) URL, "
+                   "or a known name (great-expectations, tinyshakespeare)")  # fmt: skip
+    p.add_argument("--out", type=Path, metavar="RUN_DIR", help="folder for checkpoints and metrics")
+    p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue this run from its newest checkpoint "
+                   "(its corpus and options are reused; --epochs, --max-steps, --time-limit may change)")  # fmt: skip
     p.add_argument("--encoding", default="utf-8", help="text encoding of the corpus (default: utf-8)")
     p.add_argument("--overwrite", action="store_true", help="replace whatever RUN_DIR already holds")
     add_config_flags(p, ModelConfig, skip=("vocab_size",))
@@ -279,6 +403,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print {samples, seed, checkpoint} as JSON (no prime)")
     p.add_argument("--device", choices=DEVICES, default="cpu", help="where to run (default: cpu)")
     p.set_defaults(run=cmd_generate)
+
+    p = commands.add_parser("evaluate", help="score a model on a text beside n-gram and gzip baselines",
+                            description="Loss (nats and bits per character) of a model on a text, beside an "
+                            "interpolated Kneser-Ney 5-gram fitted on the training text and gzip -9; and the "
+                            "share of the text's words never seen in training (for generated samples).")  # fmt: skip
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="a checkpoint folder, or a run folder")
+    p.add_argument("text", metavar="TEXT", nargs="?", help="a text file (or any corpus); default: the held-out "
+                   "part of the model's training corpus")  # fmt: skip
+    p.add_argument("--train-text", type=Path, help="the training text for the baselines, when the checkpoint's "
+                   "corpus cannot be found")  # fmt: skip
+    p.add_argument("--encoding", default="utf-8", help="text encoding (default: utf-8)")
+    p.add_argument("--json", action="store_true", help="print the figures as one JSON object")
+    p.set_defaults(run=cmd_evaluate)
+
+    p = commands.add_parser("plot", help="redraw RUN_DIR/loss.png", description="Redraw a run's loss curves.")
+    p.add_argument("run_dir", metavar="RUN_DIR", type=Path)
+    p.set_defaults(run=cmd_plot)
 
     p = commands.add_parser("info", help="summarise a checkpoint", description="Model summary and training record.")
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="a checkpoint folder, or a run folder")

@@ -14,7 +14,6 @@ and the epoch). So a run interrupted and resumed on a CPU in fp32 ends with the 
 bit for bit, as one that never stopped.
 """
 
-import contextlib
 import dataclasses
 import json
 import math
@@ -32,12 +31,13 @@ from charnn import checkpoint
 from charnn.config import ModelConfig, TrainConfig
 from charnn.corpus import Corpus, load_corpus
 from charnn.data import Batches, split
-from charnn.errors import CheckpointError, ConfigError, RunDirError, TrainingError
+from charnn.errors import CheckpointError, ConfigError, CorpusError, RunDirError, TrainingError
+from charnn.evaluate import NATS_TO_BITS, model_loss
+from charnn.hardware import autocast, resolve_device, resolve_precision
 from charnn.model import CharRNN
 from charnn.vocab import Vocabulary
 
 METRICS = "metrics.jsonl"
-NATS_TO_BITS = 1 / math.log(2)
 # Options that may differ when a run is resumed: they say when to stop or how to report,
 # not what is computed.
 RESUMABLE_OPTIONS = ("epochs", "max_steps", "time_limit", "threads", "log_every_seconds", "patience", "keep_last")
@@ -89,76 +89,6 @@ class RunState:
     last_eval: tuple[float, float] | None = None  # (train loss, val loss) at the previous evaluation
     warned_overfitting: bool = False
     elapsed: float = 0.0  # seconds of training before this invocation
-
-
-def cpu_has_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise TrainingError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
-    return torch.device(name)
-
-
-def resolve_precision(name: str, device: torch.device) -> torch.dtype:
-    """The autocast dtype: bf16 where the hardware computes it natively, else fp32."""
-    if name == "fp32":
-        return torch.float32
-    if name == "bf16":
-        return torch.bfloat16
-    if name == "fp16":
-        if device.type != "cuda":
-            raise TrainingError("--precision fp16 needs a CUDA GPU; use bf16 or fp32 on a CPU")
-        return torch.float16
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if cpu_has_bf16() else torch.float32
-
-
-def autocast(device: torch.device, dtype: torch.dtype):
-    if dtype == torch.float32:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
-
-
-def evaluate(
-    model: CharRNN,
-    tokens: torch.Tensor,
-    seq_len: int = 100,
-    num_streams: int = 64,
-    dtype: torch.dtype = torch.float32,
-) -> float:
-    """Mean loss in nats per character over the whole of `tokens`.
-
-    The text is cut into `num_streams` contiguous pieces run side by side, state carried
-    from chunk to chunk, so every character but the first of each piece is predicted.
-    """
-    device = next(model.parameters()).device
-    num_streams = max(1, min(num_streams, (len(tokens) - 1) // 2))
-    piece = len(tokens) // num_streams
-    if piece < 2:
-        return math.nan
-    streams = tokens[: piece * num_streams].view(num_streams, piece).long().to(device)  # (S, L)
-    was_training = model.training
-    model.eval()
-    total, count, state = 0.0, 0, None
-    with torch.inference_mode(), autocast(device, dtype):
-        for start in range(0, piece - 1, seq_len):
-            inputs = streams[:, start : start + seq_len]
-            targets = streams[:, start + 1 : start + seq_len + 1]
-            inputs = inputs[:, : targets.shape[1]]
-            logits, state = model(inputs, state)
-            total += F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="sum").item()
-            count += targets.numel()
-    model.train(was_training)
-    return total / count
 
 
 def check_run_dir(run_dir: Path, overwrite: bool) -> None:
@@ -261,6 +191,25 @@ def resume(
     return trainer.run()
 
 
+def _corpus_split(ckpt) -> tuple[str, str]:
+    """The training and held-out parts of a checkpoint's corpus, found again and checked."""
+    corpus = _reload_corpus(ckpt.corpus)
+    val_fraction = ckpt.training.get("config", {}).get("val_fraction", 0.0)
+    cut = len(corpus.text) - int(len(corpus.text) * val_fraction)
+    return corpus.text[:cut], corpus.text[cut:]
+
+
+def training_text(ckpt) -> str:
+    return _corpus_split(ckpt)[0]
+
+
+def held_out_text(ckpt) -> str:
+    held_out = _corpus_split(ckpt)[1]
+    if not held_out:
+        raise ConfigError("this model was trained without held-out text; give a TEXT to evaluate on")
+    return held_out
+
+
 def _merge_options(saved: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
     conflicts = [
         f"--{name.replace('_', '-')} {value} (the run has {getattr(saved, name)})"
@@ -278,9 +227,12 @@ def _reload_corpus(record: dict[str, Any]) -> Corpus:
     source = record.get("source") or record.get("name")
     if not source:
         raise CheckpointError("the checkpoint does not say which corpus it was trained on")
-    corpus = load_corpus(source, record.get("encoding", "utf-8"))
+    try:
+        corpus = load_corpus(source, record.get("encoding", "utf-8"))
+    except CorpusError as error:
+        raise CorpusError(f"cannot find the run's training corpus again ({error})") from None
     if corpus.sha256 != record.get("sha256"):
-        raise RunDirError(f"the corpus {source} has changed since this run started, so it cannot be resumed exactly")
+        raise CorpusError(f"the corpus {source} has changed since the model was trained (its sha256 differs)")
     return Corpus(record.get("name", source), corpus.text, corpus.encoding)
 
 
@@ -346,6 +298,7 @@ class Trainer:
         s, config = self.state, self.config
         self.started = time.perf_counter()
         self.steps_at_start = s.step
+        self.recent_losses: list[float] = []  # since the last metrics record
         self.last_log = self.started
         self.model.train()
         self._emit("start", self._epoch_loss())
@@ -377,6 +330,7 @@ class Trainer:
             if stop:
                 break
         self.result.stopped_by = stop or "epochs"
+        self._plot()
         self._emit("stop", self._epoch_loss(), message=self.result.stopped_by, path=self.result.last_checkpoint)
         return self.result
 
@@ -407,6 +361,7 @@ class Trainer:
         s.step_in_epoch += 1
         s.epoch_loss_sum += value
         s.epoch_loss_count += 1
+        self.recent_losses.append(value)
 
     def _after_step(self) -> str | None:
         """Log, evaluate and checkpoint as scheduled; return why to stop, if so."""
@@ -451,7 +406,7 @@ class Trainer:
         if len(self.val_tokens) < 3:
             return None
         s = self.state
-        val_loss = evaluate(self.model, self.val_tokens, self.config.seq_len, self.config.batch_size, self.dtype)
+        val_loss = model_loss(self.model, self.val_tokens, self.config.seq_len, self.config.batch_size, self.dtype)
         train_loss = self._epoch_loss()
         if s.last_eval and not s.warned_overfitting:
             last_train, last_val = s.last_eval
@@ -479,6 +434,14 @@ class Trainer:
 
     # --- output ----------------------------------------------------------------------------
 
+    def _plot(self) -> None:
+        from charnn.plot import plot_run
+
+        try:
+            plot_run(self.run_dir)
+        except Exception as error:  # a picture is a bonus: never fail a finished run over it
+            self._emit("warning", self._epoch_loss(), message=f"could not draw loss.png: {error}")
+
     def _emit(self, kind: str, loss: float, val_loss: float | None = None, **extra) -> Event:
         s = self.state
         elapsed = time.perf_counter() - self.started
@@ -496,9 +459,13 @@ class Trainer:
 
     def _record(self, kind: str, val_loss: float | None = None) -> None:
         event = self._emit(kind, self._epoch_loss(), val_loss)
-        entry = {"epoch": event.epoch, "step": event.step, "loss": event.loss,
+        entry = {"kind": kind, "epoch": event.epoch, "step": event.step, "loss": event.loss,
                  "chars_per_sec": round(event.chars_per_sec, 1), "elapsed": round(event.elapsed, 2),
                  "characters_seen": event.step * self.config.batch_size * self.config.seq_len}  # fmt: skip
+        if self.recent_losses:
+            # The epoch's running mean lags; the plot wants the loss of the latest steps.
+            entry["recent_loss"] = sum(self.recent_losses) / len(self.recent_losses)
+            self.recent_losses = []
         if val_loss is not None:
             entry["val_loss"] = val_loss
             entry["val_bpc"] = val_loss * NATS_TO_BITS

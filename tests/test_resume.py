@@ -1,0 +1,193 @@
+"""Nothing lost: exact resume, signals, a full disk, and checkpoints crafted to run code."""
+
+import json
+import os
+import pickle
+import resource
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from charnn.checkpoint import TRAINER_STATE, WEIGHTS, list_checkpoints, load_checkpoint, recover_run_dir
+from charnn.config import ModelConfig, TrainConfig
+from charnn.corpus import load_corpus
+from charnn.errors import CheckpointError, ConfigError, RunDirError
+from charnn.train import resume, train
+from charnn.vocab import Vocabulary
+from conftest import SRC, TINY_TEXT, run_cli
+
+# Every piece of state that resume must restore is exercised: dropout (random state), Adam,
+# clipping, a cosine schedule with warm-up, evaluation every few steps and the best checkpoint.
+CONFIG = TrainConfig(seq_len=20, batch_size=8, epochs=3, precision="fp32", seed=3, eval_every=4, grad_clip=1.0,
+                     lr_schedule="cosine", warmup_steps=3, checkpoint_every=5, threads=1)  # fmt: skip
+
+
+def _setup(tmp_path):
+    path = tmp_path / "corpus.txt"
+    path.write_text(TINY_TEXT * 40, encoding="utf-8")
+    corpus = load_corpus(str(path))
+    vocab = Vocabulary.from_text(corpus.text)
+    model_config = ModelConfig(len(vocab), embedding_dim=16, hidden_size=32, num_layers=2, dropout=0.2)
+    return corpus, vocab, model_config
+
+
+def _weights(path):
+    return load_file(path / WEIGHTS)
+
+
+def _same_weights(a, b) -> bool:
+    wa, wb = _weights(a), _weights(b)
+    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_interrupted_and_resumed_run_is_bit_identical(tmp_path):
+    corpus, vocab, model_config = _setup(tmp_path)
+    straight = train(corpus, vocab, model_config, CONFIG, tmp_path / "straight")
+    stops = iter([None] * 7 + ["SIGINT"])
+    first = train(corpus, vocab, model_config, CONFIG, tmp_path / "resumed", should_stop=lambda: next(stops, None))
+    assert first.stopped_by == "SIGINT"
+    assert first.last_checkpoint.name == "ckpt_1_8"
+    second = resume(tmp_path / "resumed")
+    assert second.stopped_by == "epochs"
+    straight_names = [p.name for p in list_checkpoints(tmp_path / "straight")]
+    resumed_names = [p.name for p in list_checkpoints(tmp_path / "resumed")]
+    assert set(straight_names) <= set(resumed_names)
+    for name in straight_names:
+        assert _same_weights(tmp_path / "straight" / name, tmp_path / "resumed" / name), name
+    assert _same_weights(tmp_path / "straight" / "best", tmp_path / "resumed" / "best")
+    assert straight.best_val_loss == second.best_val_loss
+    steps = [json.loads(line)["step"] for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(steps)
+
+
+def test_resume_can_extend_a_finished_run(tmp_path):
+    corpus, vocab, model_config = _setup(tmp_path)
+    train(corpus, vocab, model_config, CONFIG, tmp_path / "run")
+    result = resume(tmp_path / "run", {"epochs": 4})
+    assert result.last_checkpoint.name == "ckpt_4"
+
+
+def test_resume_refuses_conflicting_options(tmp_path):
+    corpus, vocab, model_config = _setup(tmp_path)
+    train(corpus, vocab, model_config, CONFIG, tmp_path / "run")
+    with pytest.raises(ConfigError, match="--lr"):
+        resume(tmp_path / "run", {"lr": 0.5})
+
+
+def test_resume_without_a_complete_checkpoint(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(RunDirError, match="no complete checkpoint"):
+        resume(tmp_path / "empty")
+    with pytest.raises(RunDirError, match="no such run"):
+        resume(tmp_path / "nowhere")
+
+
+def test_recovery_after_a_crash_mid_write(tmp_path):
+    corpus, vocab, model_config = _setup(tmp_path)
+    config = TrainConfig(seq_len=20, batch_size=8, epochs=1, precision="fp32")
+    train(corpus, vocab, model_config, config, tmp_path / "run")
+    run = tmp_path / "run"
+    (run / ".ckpt_2.tmp-999").mkdir()  # a write that never finished
+    (run / "best").rename(run / ".best.old-999")  # a replace stopped between its two renames
+    recover_run_dir(run)
+    assert sorted(p.name for p in run.iterdir() if p.name.startswith(".")) == []
+    load_checkpoint(run / "best")
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
+
+
+def test_a_checkpoint_crafted_to_run_code_does_nothing(tmp_path, monkeypatch):
+    import hashlib
+
+    corpus, vocab, model_config = _setup(tmp_path)
+    config = TrainConfig(seq_len=20, batch_size=8, epochs=1, precision="fp32")
+    train(corpus, vocab, model_config, config, tmp_path / "run")
+    path = list_checkpoints(tmp_path / "run")[-1]
+    payload = pickle.dumps({"optimizer": _RunsCode()})
+    (path / TRAINER_STATE).write_bytes(payload)
+    metadata = json.loads((path / "checkpoint.json").read_text())
+    metadata["trainer_state_sha256"] = hashlib.sha256(payload).hexdigest()  # even with a matching checksum
+    (path / "checkpoint.json").write_text(json.dumps(metadata))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(CheckpointError, match="corrupt"):
+        resume(tmp_path / "run")
+    assert not (tmp_path / "pwned").exists()
+
+
+def _popen_train(*args, **kwargs):
+    env = dict(os.environ, PYTHONPATH=str(SRC), OMP_NUM_THREADS="1")
+    return subprocess.Popen([sys.executable, "-m", "charnn", "train", *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kwargs)  # fmt: skip
+
+
+SMALL = ["--embedding-dim", "8", "--hidden-size", "16", "--seq-len", "10", "--batch-size", "4", "--precision",
+         "fp32", "--threads", "1"]  # fmt: skip
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_writes_a_checkpoint_and_says_how_to_resume(tmp_path, signum, code):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(TINY_TEXT * 40, encoding="utf-8")
+    run = tmp_path / "run"
+    process = _popen_train(str(corpus), "--out", str(run), "--epochs", "100000", *SMALL)
+    deadline = time.monotonic() + 120
+    while not list_checkpoints(run) if run.exists() else True:
+        assert time.monotonic() < deadline and process.poll() is None, process.communicate()
+        time.sleep(0.05)
+    process.send_signal(signum)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == code, err
+    assert f"charnn train --resume {run}" in err
+    assert "Traceback" not in err
+    newest = list_checkpoints(run)[-1]
+    load_checkpoint(newest)
+    resumed = run_cli("train", "--resume", str(run), "--max-steps", str(load_checkpoint(newest).training["step"] + 3))
+    assert resumed.returncode == 0, resumed.stderr
+
+
+def test_a_second_interrupt_stops_at_once_without_damage(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(TINY_TEXT * 40, encoding="utf-8")
+    run = tmp_path / "run"
+    process = _popen_train(str(corpus), "--out", str(run), "--epochs", "100000", *SMALL)
+    deadline = time.monotonic() + 120
+    while not list_checkpoints(run) if run.exists() else True:
+        assert time.monotonic() < deadline and process.poll() is None
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    process.send_signal(signal.SIGINT)
+    process.communicate(timeout=60)
+    assert process.returncode == 130
+    recover_run_dir(run)
+    for path in list_checkpoints(run):
+        load_checkpoint(path)
+
+
+def test_a_full_disk_gives_a_clear_error_and_keeps_the_last_checkpoint(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(TINY_TEXT * 40, encoding="utf-8")
+    run = tmp_path / "run"
+    first = run_cli("train", str(corpus), "--out", str(run), "--epochs", "1", *SMALL)
+    assert first.returncode == 0, first.stderr
+    before = {p.name: (p / WEIGHTS).read_bytes() for p in list_checkpoints(run)}
+
+    def small_files():  # writing past 1 KB now fails with EFBIG, as on a full disk
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1024, 1024))
+
+    process = _popen_train("--resume", str(run), "--epochs", "2", preexec_fn=small_files)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 2, err
+    assert err.strip().splitlines()[-1].startswith("charnn: error: cannot write")
+    assert "Traceback" not in err
+    assert not [p for p in run.iterdir() if ".tmp-" in p.name]
+    for name, data in before.items():
+        assert (run / name / WEIGHTS).read_bytes() == data
+        load_checkpoint(run / name)
