@@ -147,3 +147,46 @@ def test_end_to_end_in_a_subprocess(tmp_path):
 
     refused = run_cli("train", str(corpus), "--out", str(run), *SMALL)
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
+
+
+def test_evaluate_and_plot_commands(capsys, tiny_run, tmp_path):
+    sample = tmp_path / "sample.txt"
+    sample.write_text("“Pip,” said Joe. The marshes were dark 🙂.\n", encoding="utf-8")
+    assert main(["evaluate", str(tiny_run), str(sample), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["unknown"] == ["🙂"] and report["unknown_characters"] == 1
+    for key in ("loss", "bpc", "ngram_loss", "ngram_bpc", "gzip_loss", "gzip_bpc", "invented_word_share"):
+        assert isinstance(report[key], float)
+    assert main(["evaluate", str(tiny_run)]) == 0  # the held-out text of its own corpus
+    out = capsys.readouterr().out
+    assert "Kneser-Ney 5-gram" in out and "gzip -9" in out and "invented words" in out
+    assert main(["plot", str(tiny_run)]) == 0
+    assert (tiny_run / "loss.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_evaluate_needs_the_training_text(capsys, tiny_run, tmp_path):
+    moved = tmp_path / "run"
+    shutil.copytree(tiny_run, moved)
+    metadata = json.loads((moved / "best" / METADATA).read_text())
+    metadata["corpus"]["source"] = str(tmp_path / "gone.txt")
+    (moved / "best" / METADATA).write_text(json.dumps(metadata))
+    assert "--train-text" in fails(capsys, "evaluate", str(moved), str(tmp_path / "gone.txt"))
+    assert "--train-text" in fails(capsys, "evaluate", str(moved))
+
+
+def test_resume_mistakes(capsys, tiny_run, tiny_corpus, tmp_path):
+    assert "no complete checkpoint" in fails(capsys, "train", "--resume", str(tmp_path))
+    assert "neither" in fails(capsys, "train", str(tiny_corpus), "--resume", str(tiny_run))
+    assert "--hidden-size" in fails(capsys, "train", "--resume", str(tiny_run), "--hidden-size", "64")
+    assert "--lr" in fails(capsys, "train", "--resume", str(tiny_run), "--lr", "0.5")
+    assert "CORPUS" in fails(capsys, "train", "--out", str(tmp_path / "x"))
+
+
+@pytest.mark.parametrize("command", ["evaluate", "train --resume"])
+def test_broken_checkpoints_for_evaluate_and_resume(capsys, tiny_run, tmp_path, command):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("best"))
+    for path in run.glob("ckpt_*"):
+        data = (path / WEIGHTS).read_bytes()
+        (path / WEIGHTS).write_bytes(data[: len(data) // 2])  # truncated
+    assert "checksum" in fails(capsys, *command.split(), str(run))

@@ -87,8 +87,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume is not None:
         if args.corpus is not None or args.out is not None:
             raise ConfigError("--resume RUN_DIR continues a run with its own corpus and folder; give neither")
-        _check_model_flags(args.resume, {k: v for k, v in vars(args).items() if k in _fields(ModelConfig)})
-        overrides = {k: v for k, v in vars(args).items() if k in _fields(TrainConfig)}
+        overrides = {k: v for k, v in vars(args).items() if k in _fields(TrainConfig) | _fields(ModelConfig)}
         with Progress(f"resuming {args.resume}") as progress, interrupts:
             result = resume(args.resume, overrides, progress.on_event, interrupts.reason)
         return _finish(result, args.resume)
@@ -110,18 +109,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _fields(cls) -> set[str]:
     return {f.name for f in dataclasses.fields(cls)}
-
-
-def _check_model_flags(run_dir: Path, overrides: dict) -> None:
-    """Model flags given with --resume must match the run's model."""
-    from charnn.checkpoint import read_metadata, resolve
-
-    model = read_metadata(resolve(run_dir)).get("model", {})
-    conflicts = [
-        f"--{k.replace('_', '-')} {v} (the run has {model.get(k)})" for k, v in overrides.items() if model.get(k) != v
-    ]
-    if conflicts:
-        raise ConfigError("a resumed run keeps its model; these differ: " + "; ".join(conflicts))
 
 
 def _finish(result, run_dir) -> int:

@@ -5,6 +5,8 @@
 """
 
 import dataclasses
+import types
+import typing
 from dataclasses import dataclass
 from typing import Any
 
@@ -129,9 +131,30 @@ class SampleConfig:
 
 
 def _from_dict(cls, data: dict[str, Any]):
-    # Unknown keys come from a newer charnn; ignoring them keeps old readers working.
-    names = {f.name for f in dataclasses.fields(cls)}
+    """Build `cls` from JSON, checking each value's type: the JSON may come from anywhere."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{cls.__name__} must be a JSON object, got {type(data).__name__}")
+    values = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            continue  # the default; and keys unknown here (from a newer charnn) are ignored
+        value = data[f.name]
+        if not _has_type(value, f.type):
+            raise ConfigError(f"{cls.__name__}.{f.name} has the wrong type: {value!r}")
+        values[f.name] = value
     try:
-        return cls(**{k: v for k, v in data.items() if k in names})
+        return cls(**values)
     except TypeError as error:
         raise ConfigError(f"incomplete {cls.__name__}: {error}") from None
+
+
+def _has_type(value: Any, annotation: Any) -> bool:
+    options = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
+    for option in options:
+        if option is type(None) and value is None:
+            return True
+        if option is float and isinstance(value, int | float) and not isinstance(value, bool):
+            return True
+        if option in (int, str, bool) and type(value) is option:
+            return True
+    return False

@@ -161,8 +161,9 @@ def resume(
 ) -> TrainResult:
     """Continue the run in `run_dir` from its newest complete checkpoint.
 
-    The corpus and options come from the run; `overrides` may change only the options in
-    RESUMABLE_OPTIONS (when to stop, how to report); any other that differs is refused.
+    The corpus, model and options come from the run; `overrides` (TrainConfig or ModelConfig
+    fields) may change only the options in RESUMABLE_OPTIONS (when to stop, how to report);
+    any other that differs is refused.
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -178,9 +179,12 @@ def resume(
         state = RunState(**metadata["training"]["state"])
     except (KeyError, TypeError, ConfigError) as error:
         raise CheckpointError(f"checkpoint {path}: its training record is incomplete ({error})") from None
-    config = _merge_options(saved, overrides or {})
+    overrides = overrides or {}
+    model_fields = ModelConfig.__dataclass_fields__
+    config = _merge_options(saved, {k: v for k, v in overrides.items() if k not in model_fields})
     device = resolve_device(config.device)
     ckpt = checkpoint.load_checkpoint(path, device)
+    _refuse_model_changes(ckpt.config, {k: v for k, v in overrides.items() if k in model_fields})
     trainer_state = checkpoint.load_trainer_state(path)
     corpus = _reload_corpus(ckpt.corpus)
     tokens = torch.from_numpy(ckpt.vocab.encode(corpus.text))
@@ -208,6 +212,16 @@ def held_out_text(ckpt) -> str:
     if not held_out:
         raise ConfigError("this model was trained without held-out text; give a TEXT to evaluate on")
     return held_out
+
+
+def _refuse_model_changes(model: ModelConfig, overrides: dict[str, Any]) -> None:
+    conflicts = [
+        f"--{k.replace('_', '-')} {v} (the run has {getattr(model, k)})"
+        for k, v in overrides.items()
+        if getattr(model, k) != v
+    ]
+    if conflicts:
+        raise ConfigError("a resumed run keeps its model; these differ: " + "; ".join(conflicts))
 
 
 def _merge_options(saved: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:

@@ -1,0 +1,135 @@
+"""Honest quality: held-out loss, the best checkpoint, early stopping, divergence, plots, baselines."""
+
+import json
+import math
+import random
+
+import pytest
+import torch
+
+from charnn.checkpoint import list_checkpoints, load_checkpoint
+from charnn.config import ModelConfig, TrainConfig
+from charnn.corpus import Corpus
+from charnn.errors import TrainingError
+from charnn.evaluate import evaluate_text, gzip_loss, invented_words, model_loss
+from charnn.model import CharRNN
+from charnn.ngram import KneserNey
+from charnn.plot import plot_run
+from charnn.train import METRICS, train
+from charnn.vocab import Vocabulary
+from conftest import TINY_TEXT
+
+
+def _small(vocab, **options):
+    return ModelConfig(vocab_size=len(vocab), embedding_dim=16, hidden_size=32, **options)
+
+
+def test_best_is_the_lowest_validation_loss(tmp_path):
+    corpus = Corpus("tiny", TINY_TEXT * 40)
+    vocab = Vocabulary.from_text(corpus.text)
+    config = TrainConfig(seq_len=20, batch_size=8, epochs=3, eval_every=3, lr=3e-3, precision="fp32")
+    result = train(corpus, vocab, _small(vocab), config, tmp_path / "run")
+    records = [json.loads(line) for line in (tmp_path / "run" / METRICS).read_text().splitlines()]
+    val_losses = [r["val_loss"] for r in records if "val_loss" in r]
+    assert len(val_losses) > 3
+    best = load_checkpoint(tmp_path / "run" / "best")
+    assert best.training["val_loss"] == min(val_losses) == result.best_val_loss
+    # The weights in `best` really score that loss on the held-out text.
+    tokens = torch.from_numpy(vocab.encode(corpus.text))
+    held_out = tokens[len(tokens) - int(len(tokens) * 0.1) :]
+    assert model_loss(best.model, held_out, 20, 8) == pytest.approx(min(val_losses), rel=1e-6)
+    assert abs(best.training["val_bpc"] - min(val_losses) / math.log(2)) < 1e-9
+
+
+def test_early_stopping_stops_when_validation_stops_improving(tmp_path):
+    # Random characters: nothing to learn that generalises, so validation loss soon rises.
+    rng = random.Random(0)
+    text = "".join(rng.choice("abcdefghij") for _ in range(6000))
+    corpus = Corpus("noise", text)
+    vocab = Vocabulary.from_text(text)
+    config = TrainConfig(seq_len=20, batch_size=8, epochs=60, lr=1e-2, patience=2, precision="fp32")
+    events = []
+    result = train(corpus, vocab, ModelConfig(len(vocab), 16, 128), config, tmp_path / "run", events.append)
+    assert result.stopped_by == "patience"
+    epochs = len(list_checkpoints(tmp_path / "run"))
+    assert epochs < 60
+    val = load_checkpoint(list_checkpoints(tmp_path / "run")[-1]).training["val_losses"]
+    assert len(val) == epochs
+    assert min(val[-2:]) >= min(val)  # the last two evaluations did not improve
+    warnings = [e.message for e in events if e.kind == "warning"]
+    assert len(warnings) == 1 and "validation loss rose" in warnings[0]
+
+
+def test_a_diverging_loss_stops_cleanly_and_leaves_the_last_checkpoint(tmp_path):
+    corpus = Corpus("tiny", TINY_TEXT * 40)
+    vocab = Vocabulary.from_text(corpus.text)
+    # An absurd learning rate: the first update wrecks the weights and the next loss explodes.
+    config = TrainConfig(seq_len=20, batch_size=8, epochs=5, lr=1e4, checkpoint_every=1, val_fraction=0,
+                         precision="fp32")  # fmt: skip
+    with pytest.raises(TrainingError, match="diverged"):
+        train(corpus, vocab, _small(vocab), config, tmp_path / "run")
+    checkpoints = list_checkpoints(tmp_path / "run")
+    assert [p.name for p in checkpoints] == ["ckpt_1_1"]
+    ckpt = load_checkpoint(checkpoints[0])
+    assert all(torch.isfinite(p).all() for p in ckpt.model.parameters())
+    assert not [p for p in (tmp_path / "run").iterdir() if p.name.startswith(".")]
+
+
+def test_schedules_and_options_train(tmp_path):
+    corpus = Corpus("tiny", TINY_TEXT * 40)
+    vocab = Vocabulary.from_text(corpus.text)
+    for schedule in ("cosine", "plateau"):
+        config = TrainConfig(seq_len=20, batch_size=8, epochs=2, lr_schedule=schedule, warmup_steps=5,
+                             weight_decay=0.01, grad_clip=0.5, keep_last=1, precision="fp32")  # fmt: skip
+        model = _small(vocab, cell="lstm", num_layers=2, dropout=0.1)
+        result = train(corpus, vocab, model, config, tmp_path / schedule)
+        assert [p.name for p in list_checkpoints(tmp_path / schedule)] == ["ckpt_2"]
+        assert result.history[-1]["loss"] < math.log(len(vocab))
+
+
+def test_plot_is_a_valid_png(tiny_run):
+    import matplotlib.image
+
+    path = plot_run(tiny_run)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    image = matplotlib.image.imread(path)
+    assert image.shape[0] > 200 and image.shape[1] > 300
+
+
+def test_kneser_ney_is_a_distribution_and_learns():
+    model = KneserNey("the cat sat on the mat. the dog sat on the log. " * 5, order=5)
+    alphabet = sorted(model.alphabet)
+    for context in ["the c", "sat o", "zzzz", "", "q"]:
+        assert sum(model.probability(context, c, len(alphabet)) for c in alphabet) == pytest.approx(1.0)
+    assert model.loss("the cat sat on the log. ") < 0.5 < model.loss("gol eht no tas tac eht ")
+
+
+def test_evaluate_reports_baselines_and_unknown_characters(tiny_run):
+    ckpt = load_checkpoint(tiny_run)
+    text = "“Pip,” said Joe, 🙂 “the marshes” were dark. Zqxv!"
+    report = evaluate_text(ckpt.model, ckpt.vocab, text, TINY_TEXT * 40)
+    assert report["unknown_characters"] == text.count("🙂") + text.count("Z") + text.count("q") + text.count("x")
+    assert "🙂" in report["unknown"]
+    for key in ("loss", "bpc", "ngram_loss", "gzip_loss", "invented_word_share"):
+        assert math.isfinite(report[key])
+    assert report["bpc"] == pytest.approx(report["loss"] / math.log(2))
+    assert gzip_loss("a" * 10_000) < 0.1 < gzip_loss(TINY_TEXT)
+
+
+def test_invented_words():
+    share, invented = invented_words("The cat sat on the zorbl, Joe’s mat.", "the cat sat on the mat. Joe’s")
+    assert invented == ["zorbl"]
+    assert share == pytest.approx(1 / 8)
+
+
+def test_untrained_model_scores_about_ln_vocab_on_held_out_text():
+    vocab = Vocabulary.from_text(TINY_TEXT)
+    torch.manual_seed(0)
+    model = CharRNN(_small(vocab))
+    tokens = torch.from_numpy(vocab.encode(TINY_TEXT * 3))
+    with torch.no_grad():
+        logits, _ = model(tokens[:-1].unsqueeze(0))
+    expected = torch.nn.functional.cross_entropy(logits[0], tokens[1:]).item()
+    # One stream with carried state equals a single pass over the whole text.
+    assert model_loss(model, tokens, seq_len=7, num_streams=1) == pytest.approx(expected, rel=1e-5)
+    assert abs(expected - math.log(len(vocab))) < 0.1
