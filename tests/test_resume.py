@@ -191,3 +191,13 @@ def test_a_full_disk_gives_a_clear_error_and_keeps_the_last_checkpoint(tmp_path)
     for name, data in before.items():
         assert (run / name / WEIGHTS).read_bytes() == data
         load_checkpoint(run / name)
+
+
+def test_resuming_a_run_already_at_its_step_limit_does_nothing(tmp_path):
+    corpus, vocab, model_config = _setup(tmp_path)
+    config = TrainConfig(seq_len=20, batch_size=8, epochs=3, max_steps=6, precision="fp32")
+    train(corpus, vocab, model_config, config, tmp_path / "run")
+    before = [p.name for p in list_checkpoints(tmp_path / "run")]
+    result = resume(tmp_path / "run")
+    assert result.stopped_by == "max_steps"
+    assert [p.name for p in list_checkpoints(tmp_path / "run")] == before

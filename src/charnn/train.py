@@ -316,8 +316,11 @@ class Trainer:
         self.last_log = self.started
         self.model.train()
         self._emit("start", self._epoch_loss())
-        stop = None
+        # A resumed run may already be at its limit: then there is nothing to do.
+        stop = "max_steps" if config.max_steps is not None and s.step >= config.max_steps else None
         first_epoch = s.epoch + 1 if s.epoch_complete else s.epoch
+        if stop:
+            first_epoch = config.epochs + 1
         for epoch in range(first_epoch, config.epochs + 1):
             if s.epoch != epoch or s.epoch_complete:
                 s.epoch, s.epoch_complete = epoch, False
@@ -337,7 +340,7 @@ class Trainer:
                 if stop is None and self._patience_exhausted():
                     stop = "patience"
             elif stop in ("max_steps", "time_limit"):
-                self._record("epoch", self._evaluate())
+                self._record("eval", self._evaluate())
                 self._save(f"ckpt_{epoch}_{s.step}")
             elif not (config.checkpoint_every and s.step % config.checkpoint_every == 0):
                 self._save(f"ckpt_{epoch}_{s.step}")  # a signal: no evaluation, leave quickly
