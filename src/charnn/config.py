@@ -23,8 +23,19 @@ def _check(condition: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+class JsonConfig:
+    """Saving to and loading from JSON, shared by the configurations kept in checkpoints."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]):
+        return _from_dict(cls, data)
+
+
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(JsonConfig):
     """The network's shape: Embedding -> recurrent layers -> Linear to the vocabulary."""
 
     vocab_size: int
@@ -42,16 +53,9 @@ class ModelConfig:
         _check(self.num_layers >= 1, f"--num-layers must be at least 1, got {self.num_layers}")
         _check(0.0 <= self.dropout < 1.0, f"--dropout must be in [0, 1), got {self.dropout}")
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
-        return _from_dict(cls, data)
-
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(JsonConfig):
     """How to train. Defaults are the reference system's: windows of 100, batch 64, Adam 1e-3."""
 
     seq_len: int = 100
@@ -104,13 +108,6 @@ class TrainConfig:
         _check(self.warmup_steps >= 0, f"--warmup-steps must be 0 or more, got {self.warmup_steps}")
         _check(self.weight_decay >= 0, f"--weight-decay must be 0 or more, got {self.weight_decay}")
         _check(self.log_every_seconds > 0, f"--log-every-seconds must be positive, got {self.log_every_seconds}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
-        return _from_dict(cls, data)
 
 
 @dataclass(frozen=True)
