@@ -11,7 +11,7 @@ import types
 import typing
 from pathlib import Path
 
-from charnn.config import CELLS, DEVICES, PRECISIONS, ModelConfig, SampleConfig, TrainConfig
+from charnn.config import CELLS, DEVICES, PRECISIONS, ModelConfig, SampleConfig, ServeLimits, TrainConfig
 from charnn.errors import CharnnError, ConfigError
 
 HELP = {
@@ -32,6 +32,10 @@ HELP = {
     "threads": "CPU threads for PyTorch (default: all cores)",
     "val_fraction": "share of the text, at its end, held out for validation",
     "log_every_seconds": "seconds between progress lines and metrics records",
+    "max_prompt_chars": "longest prompt a request may send",
+    "max_new_chars": "most new characters a request may ask for, per sample",
+    "max_num_samples": "most samples one request may ask for",
+    "max_streams": "generation requests in flight at once (streaming or not); more get HTTP 429",
 }
 CHOICES = {"cell": CELLS, "device": DEVICES, "precision": PRECISIONS}
 
@@ -235,6 +239,19 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- serve -------------------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        from charnn.serve import serve
+    except ImportError as error:
+        raise CharnnError(f"charnn serve needs FastAPI and uvicorn ({error}); pip install 'charnn[serve]'") from None
+
+    serve(args.checkpoint, args.host, args.port, config_from_args(args, ServeLimits), args.threads)
+    return 0
+
+
 # --- main --------------------------------------------------------------------------------
 
 
@@ -276,6 +293,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="a checkpoint folder, or a run folder")
     p.add_argument("--json", action="store_true", help="print everything as JSON")
     p.set_defaults(run=cmd_info)
+
+    p = commands.add_parser("serve", help="serve an HTTP API and a web page for a checkpoint",
+                            description="Serve the model: an HTTP API (/v1/generate, OpenAI's /v1/completions, "
+                            "/docs) and a page to try it at /.")  # fmt: skip
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="a checkpoint folder, or a run folder (its best or newest)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port to listen on (default: 8000)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch (default: PyTorch's choice)")
+    add_config_flags(p, ServeLimits)
+    p.set_defaults(run=cmd_serve)
     return parser
 
 
