@@ -215,7 +215,12 @@ def _error(status: int, field: str | None, message: str, kind: str = "invalid_re
 
 
 def _validation_error(error: RequestValidationError) -> JSONResponse:
-    first = error.errors()[0]
+    errors = error.errors()
+    first = errors[0]
+    # A field with several types (stop: a string or a list) fails once per type; the error that
+    # is not about the type is the one that says what is wrong.
+    same_field = [e for e in errors if tuple(e.get("loc", ()))[:2] == tuple(first.get("loc", ()))[:2]]
+    first = next((e for e in same_field if not e.get("type", "").endswith("_type")), first)
     loc = [str(part) for part in first.get("loc", ())]
     if loc[:1] == ["body"]:
         loc = loc[1:]
