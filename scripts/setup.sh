@@ -16,6 +16,7 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
     pip install "torch==2.13.0"
   fi
 fi
-if ! .venv/bin/python -c "import charnn, pytest, hypothesis" 2>/dev/null || ! [ -x .venv/bin/ruff ]; then
+if ! .venv/bin/python -c "import charnn, pytest, hypothesis, fastapi, uvicorn, httpx, openai, schemathesis, playwright" \
+    2>/dev/null || ! [ -x .venv/bin/ruff ]; then
   pip install -e ".[dev]"
 fi
