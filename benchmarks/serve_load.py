@@ -86,23 +86,64 @@ def start_server(checkpoint: Path, port: int, threads: int | None, max_streams: 
     raise SystemExit("the server did not start within 120 s")
 
 
-async def one_request(client: httpx.AsyncClient, body: dict) -> tuple[float, float, int]:
+class Connection:
+    """One keep-alive HTTP/1.1 connection. A bare client on purpose: the load generator shares the
+    machine with the server, and every cycle it spends parsing is one the server does not get."""
+
+    def __init__(self, host: str, port: int):
+        self.host, self.port = host, port
+        self.reader = self.writer = None
+
+    async def post_stream(self, path: str, body: dict):
+        """Send a POST; yield each server-sent event's data (bytes) as it arrives."""
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        payload = json.dumps(body).encode()
+        head = (f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(payload)}\r\n\r\n")  # fmt: skip
+        self.writer.write(head.encode() + payload)
+        status = int((await self.reader.readline()).split()[1])
+        headers = {}
+        while (line := await self.reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.decode("latin-1").partition(":")
+            headers[name.strip().lower()] = value.strip()
+        if status != 200:
+            size = int(headers.get("content-length", "0"))
+            text = (await self.reader.readexactly(size)).decode("utf-8", "replace")
+            raise RuntimeError(f"HTTP {status}: {text[:200]}")
+        if headers.get("transfer-encoding") != "chunked":
+            raise RuntimeError(f"expected a chunked event stream, got headers {headers}")
+        buffer = b""
+        while True:
+            size = int((await self.reader.readline()).split(b";")[0], 16)
+            if size == 0:
+                await self.reader.readline()  # the empty trailer: the connection is ready for the next request
+                return
+            buffer += (await self.reader.readexactly(size + 2))[:-2]
+            *events, buffer = buffer.split(b"\n\n")
+            for event in events:
+                if not event.startswith(b"data: "):
+                    raise RuntimeError(f"not a server-sent event: {event[:100]!r}")
+                yield event[6:]
+
+    async def close(self):
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = self.reader = None
+
+
+async def one_request(connection: Connection, body: dict) -> tuple[float, float, int]:
     """(seconds to the first character, seconds to the last, characters); raises on any fault."""
     start = time.perf_counter()
     first = last = None
     characters = 0
     done = False
-    async with client.stream("POST", "/v1/generate", json=body) as response:
-        if response.status_code != 200:
-            await response.aread()
-            raise RuntimeError(f"HTTP {response.status_code}: {response.text[:200]}")
-        async for line in response.aiter_lines():
-            if not line.startswith("data: "):
-                continue
-            if line == "data: [DONE]":
+    try:
+        async for data in connection.post_stream("/v1/generate", body):
+            if data == b"[DONE]":
                 done = True
-                break
-            event = json.loads(line[6:])
+                continue
+            event = json.loads(data)
             if "error" in event:
                 raise RuntimeError(event["error"]["message"])
             if event.get("text"):
@@ -110,6 +151,9 @@ async def one_request(client: httpx.AsyncClient, body: dict) -> tuple[float, flo
                 first = first if first is not None else now
                 last = now
                 characters += len(event["text"])
+    except BaseException:
+        await connection.close()  # a half-read response leaves the connection unusable
+        raise
     if not done or characters != body["max_new_chars"]:
         raise RuntimeError(f"stream ended early: {characters} characters, [DONE] {'seen' if done else 'missing'}")
     return first - start, last - start, characters
@@ -121,6 +165,13 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def machine_cpu_seconds() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine so far, from /proc/stat."""
+    ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = ticks[3] + ticks[4]  # idle + iowait
+    return (sum(ticks) - idle) / os.sysconf("SC_CLK_TCK"), sum(ticks) / os.sysconf("SC_CLK_TCK")
+
+
 def own_cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -128,27 +179,29 @@ def own_cpu_seconds() -> float:
 
 async def run_level(base_url: str, clients: int, duration: float, max_new_chars: int, seed: int, pid: int) -> dict:
     rng = random.Random(seed)
-    cpu_server, cpu_client = cpu_seconds(pid), own_cpu_seconds()
+    cpu_server, cpu_client, (busy, total) = cpu_seconds(pid), own_cpu_seconds(), machine_cpu_seconds()
     results: list[tuple[float, float, int]] = []
     errors: list[str] = []
-    limits = httpx.Limits(max_connections=clients + 4, max_keepalive_connections=clients + 4)
-    timeout = httpx.Timeout(60.0)
-    async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=timeout) as client:
-        start = time.perf_counter()
-        deadline = start + duration
+    host, port = base_url.removeprefix("http://").split(":")
+    start = time.perf_counter()
+    deadline = start + duration
 
-        async def user():
-            while time.perf_counter() < deadline:
-                body = {"prompt": rng.choice(PROMPTS), "max_new_chars": max_new_chars, "temperature": 0.8,
-                        "seed": rng.randrange(2**31), "stream": True}  # fmt: skip
-                try:
-                    results.append(await one_request(client, body))
-                except Exception as error:  # every failure counts as an error, whatever it is
-                    errors.append(f"{type(error).__name__}: {error}")
+    async def user():
+        connection = Connection(host, int(port))
+        while time.perf_counter() < deadline:
+            body = {"prompt": rng.choice(PROMPTS), "max_new_chars": max_new_chars, "temperature": 0.8,
+                    "seed": rng.randrange(2**31), "stream": True}  # fmt: skip
+            try:
+                results.append(await asyncio.wait_for(one_request(connection, body), 120))
+            except Exception as error:  # every failure counts as an error, whatever it is
+                errors.append(f"{type(error).__name__}: {error}")
+        await connection.close()
 
-        await asyncio.gather(*(user() for _ in range(clients)))
-        elapsed = time.perf_counter() - start
+    await asyncio.gather(*(user() for _ in range(clients)))
+    elapsed = time.perf_counter() - start
     cpu_server, cpu_client = cpu_seconds(pid) - cpu_server, own_cpu_seconds() - cpu_client
+    busy_after, total_after = machine_cpu_seconds()
+    others = (busy_after - busy) - cpu_server - cpu_client  # what other programs used meanwhile
     firsts = sorted(r[0] for r in results)
     lasts = sorted(r[1] for r in results)
     return {
@@ -164,6 +217,8 @@ async def run_level(base_url: str, clients: int, duration: float, max_new_chars:
         "errors": len(errors),
         "server_cpu": cpu_server / elapsed,
         "client_cpu": cpu_client / elapsed,
+        "others_cpu": max(0.0, others) / elapsed,
+        "machine_busy": (busy_after - busy) / (total_after - total),
         "error_examples": sorted(set(errors))[:3],
     }
 
@@ -215,14 +270,14 @@ def main() -> int:
 def print_row(row: dict, base: dict, header: bool) -> None:
     if header:
         print("| clients | requests | requests/s | chars/s | vs 1 client | first char p50 / p99 (ms) "
-              "| last char p50 / p99 (ms) | errors | CPU server / client |")  # fmt: skip
+              "| last char p50 / p99 (ms) | errors | CPU server / client / others |")  # fmt: skip
         print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     ms = lambda s: f"{1000 * s:,.0f}"  # noqa: E731
     print(
         f"| {row['clients']} | {row['requests']} | {row['requests_per_s']:.2f} | {row['chars_per_s']:,.0f} "
         f"| {row['chars_per_s'] / base['chars_per_s']:.1f}× | {ms(row['first_p50'])} / {ms(row['first_p99'])} "
         f"| {ms(row['last_p50'])} / {ms(row['last_p99'])} | {row['errors']} "
-        f"| {row['server_cpu']:.0%} / {row['client_cpu']:.0%} |",
+        f"| {row['server_cpu']:.0%} / {row['client_cpu']:.0%} / {row['others_cpu']:.0%} |",
         flush=True,
     )
 
