@@ -236,7 +236,7 @@ def main() -> int:
     parser.add_argument("--clients", default="1,8,32", help="comma-separated client counts (default: 1,8,32)")
     parser.add_argument("--duration", type=float, default=20.0, help="seconds per client count (default: 20)")
     parser.add_argument("--max-new-chars", type=int, default=200, help="characters per request (default: 200)")
-    parser.add_argument("--threads", type=int, default=1, help="the server's --threads (default: 1)")
+    parser.add_argument("--threads", type=int, default=1, help="the server's --threads (default: 1, as charnn serve)")
     parser.add_argument("--checkpoint", type=Path, default=None, help="serve this instead of a random reference model")
     parser.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
     args = parser.parse_args()
