@@ -13,7 +13,7 @@ import types
 import typing
 from pathlib import Path
 
-from charnn.config import CELLS, DEVICES, LR_SCHEDULES, PRECISIONS, ModelConfig, SampleConfig, TrainConfig
+from charnn.config import CELLS, DEVICES, LR_SCHEDULES, PRECISIONS, ModelConfig, SampleConfig, ServeLimits, TrainConfig
 from charnn.errors import CharnnError, ConfigError, CorpusError
 
 HELP = {
@@ -42,6 +42,10 @@ HELP = {
     "lr_schedule": "learning-rate schedule after warm-up",
     "warmup_steps": "steps of linear learning-rate warm-up",
     "weight_decay": "decoupled weight decay (AdamW)",
+    "max_prompt_chars": "longest prompt a request may send",
+    "max_new_chars": "most new characters a request may ask for, per sample",
+    "max_num_samples": "most samples one request may ask for",
+    "max_streams": "generation requests in flight at once (streaming or not); more get HTTP 429",
 }
 CHOICES = {"cell": CELLS, "device": DEVICES, "precision": PRECISIONS, "lr_schedule": LR_SCHEDULES}
 
@@ -352,6 +356,19 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- serve -------------------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        from charnn.serve import serve
+    except ImportError as error:
+        raise CharnnError(f"charnn serve needs FastAPI and uvicorn ({error}); pip install 'charnn[serve]'") from None
+
+    serve(args.checkpoint, args.host, args.port, config_from_args(args, ServeLimits), args.threads)
+    return 0
+
+
 # --- main --------------------------------------------------------------------------------
 
 
@@ -412,6 +429,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="a checkpoint folder, or a run folder")
     p.add_argument("--json", action="store_true", help="print everything as JSON")
     p.set_defaults(run=cmd_info)
+
+    p = commands.add_parser("serve", help="serve an HTTP API and a web page for a checkpoint",
+                            description="Serve the model: an HTTP API (/v1/generate, OpenAI's /v1/completions, "
+                            "/docs) and a page to try it at /.")  # fmt: skip
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="a checkpoint folder, or a run folder (its best or newest)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port to listen on (default: 8000)")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads for the model (default: 1, which leaves a core "
+                   "to the web server; see benchmarks/RESULTS-serve.md)")  # fmt: skip
+    add_config_flags(p, ServeLimits)
+    p.set_defaults(run=cmd_serve)
     return parser
 
 

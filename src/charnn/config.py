@@ -127,6 +127,21 @@ class SampleConfig:
         )
 
 
+@dataclass(frozen=True)
+class ServeLimits:
+    """What one request, and the server as a whole, may ask for (`charnn serve` flags)."""
+
+    max_prompt_chars: int = 4000
+    max_new_chars: int = 2000
+    max_num_samples: int = 8
+    max_streams: int = 64  # generation requests in flight at once, streaming or not
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            _check(value >= 1, f"--{f.name.replace('_', '-')} must be at least 1, got {value}")
+
+
 def _from_dict(cls, data: dict[str, Any]):
     """Build `cls` from JSON, checking each value's type: the JSON may come from anywhere."""
     if not isinstance(data, dict):

@@ -1,0 +1,160 @@
+"""The batching engine: every row gives exactly what generate_text gives; rows join and leave freely."""
+
+import asyncio
+
+import pytest
+import torch
+
+from charnn.batching import Engine, Request, _held_back
+from charnn.checkpoint import load_checkpoint
+from charnn.config import ModelConfig, SampleConfig
+from charnn.model import CharRNN
+from charnn.sample import generate_text
+from charnn.vocab import Vocabulary
+from conftest import TINY_TEXT
+
+
+async def collect(job, seen=(), timeout: float = 30.0) -> tuple[list[str], list[str]]:
+    """Every sample's text and finish reason; `seen` holds events already taken off the queue."""
+    n = job.request.num_samples
+    texts, reasons = [""] * n, [None] * n
+    pending = list(seen)
+    while True:
+        event = pending.pop(0) if pending else await asyncio.wait_for(job.queue.get(), timeout)
+        if event.kind == "text":
+            texts[event.sample] += event.text
+        elif event.kind == "finish":
+            reasons[event.sample] = event.text
+        elif event.kind == "done":
+            return texts, reasons
+        else:
+            raise AssertionError(event)
+
+
+def expected(model, vocab, request: Request) -> list[str]:
+    samples = generate_text(
+        model, vocab, request.prompt, request.max_new_chars, request.sampling, request.num_samples, request.seed
+    )
+    cut = []
+    for text in samples:
+        ends = [text.find(stop) for stop in request.stop if stop in text]
+        cut.append(text[: min(ends)] if ends else text)
+    return cut
+
+
+def run(model, vocab, scenario):
+    async def main():
+        engine = Engine(model, vocab)
+        engine.start(asyncio.get_running_loop())
+        try:
+            return await scenario(engine)
+        finally:
+            engine.stop()
+
+    return asyncio.run(main())
+
+
+REQUESTS = [
+    Request("Pip", 60, SampleConfig(0.8), num_samples=2, seed=1),
+    Request("“Pip,” said Joe", 45, SampleConfig(1.0, top_k=5), num_samples=3, seed=2),
+    Request("你好", 70, SampleConfig(0), num_samples=2, seed=3),
+    Request("The marshes", 80, SampleConfig(1.2, top_p=0.9), num_samples=2, seed=4, stop=("e ", "’")),
+    Request("E", 30, SampleConfig(0.5), num_samples=1, seed=5),
+]
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_run):
+    ckpt = load_checkpoint(tiny_run)
+    return ckpt.model, ckpt.vocab
+
+
+@pytest.fixture(scope="module")
+def lstm():
+    """Two LSTM layers: a state that is a tuple, and several layers to pack and select."""
+    torch.manual_seed(3)
+    vocab = Vocabulary.from_text(TINY_TEXT)
+    return CharRNN(
+        ModelConfig(vocab_size=len(vocab), embedding_dim=8, hidden_size=24, cell="lstm", num_layers=2)
+    ).eval(), vocab
+
+
+@pytest.mark.parametrize("which", ["tiny", "lstm"])
+def test_concurrent_requests_equal_generate_text(request, which):
+    model, vocab = request.getfixturevalue(which)
+
+    async def scenario(engine):
+        first = engine.submit(REQUESTS[0])
+        seen = [await first.queue.get()]  # the first is under way when the others arrive together
+        jobs = [engine.submit(r) for r in REQUESTS[1:]]
+        results = await asyncio.gather(collect(first, seen), *(collect(job) for job in jobs))
+        return results, engine.steps
+
+    results, steps = run(model, vocab, scenario)
+    for request_, (texts, reasons) in zip(REQUESTS, results, strict=True):
+        assert texts == expected(model, vocab, request_)
+        for text, reason in zip(texts, reasons, strict=True):
+            assert reason == ("length" if len(text) == request_.max_new_chars else "stop")
+    # One shared step per character position, not one per request: the batch was shared.
+    assert steps < sum(r.max_new_chars for r in REQUESTS)
+
+
+def test_zero_length_and_first_character_stop(tiny):
+    model, vocab = tiny
+    greedy_first = expected(model, vocab, Request("Pip", 1, SampleConfig(0)))[0]
+
+    async def scenario(engine):
+        none = engine.submit(Request("Pip", 0, num_samples=2))
+        stopped = engine.submit(Request("Pip", 50, SampleConfig(0), stop=(greedy_first,)))
+        return await collect(none), await collect(stopped)
+
+    (texts, reasons), (stopped, stop_reasons) = run(model, vocab, scenario)
+    assert texts == ["", ""] and reasons == ["length", "length"]
+    assert stopped == [""] and stop_reasons == ["stop"]
+
+
+def test_a_cancelled_job_leaves_the_batch(tiny):
+    model, vocab = tiny
+
+    async def scenario(engine):
+        long = engine.submit(Request("Pip", 100_000, num_samples=3))
+        await long.queue.get()
+        assert engine.active_rows in (0, 3)  # counted after each step
+        long.cancel()
+        for _ in range(500):
+            if engine.active_rows == 0 and not engine._rows:
+                break
+            await asyncio.sleep(0.01)
+        rows_after_cancel = len(engine._rows)
+        after = await collect(engine.submit(Request("Pip", 10)))
+        return rows_after_cancel, after
+
+    rows_after_cancel, (texts, _) = run(model, vocab, scenario)
+    assert rows_after_cancel == 0
+    assert len(texts[0]) == 10
+
+
+def test_a_failing_step_fails_its_jobs_and_the_engine_goes_on(tiny):
+    model, vocab = tiny
+
+    async def scenario(engine):
+        def broken(tokens, state):
+            raise RuntimeError("boom")
+
+        engine._step = broken
+        job = engine.submit(Request("Pip", 10))
+        event = await asyncio.wait_for(job.queue.get(), 10)
+        del engine._step
+        return event, await collect(engine.submit(Request("Pip", 10)))
+
+    event, (texts, _) = run(model, vocab, scenario)
+    assert event.kind == "error" and "boom" in event.text
+    assert len(texts[0]) == 10
+
+
+def test_held_back_is_the_longest_partial_stop():
+    assert _held_back("abc", ("cd",)) == 1
+    assert _held_back("abc", ("bcd", "cx")) == 2
+    assert _held_back("abc", ("xyz",)) == 0
+    assert _held_back("a", ("abc",)) == 1
+    assert _held_back("", ("abc",)) == 0

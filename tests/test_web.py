@@ -1,0 +1,123 @@
+"""The web page in a real headless browser (Debian's Chromium, driven by Playwright).
+
+Types a prompt, presses Generate, watches the text stream in and compares it with
+`generate_text`; presses Stop mid-stream; checks that unknown characters are pointed out.
+Saves a screenshot to test-artifacts/serve-page.png.
+"""
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from charnn.checkpoint import load_checkpoint
+from charnn.config import SampleConfig, ServeLimits
+from charnn.sample import generate_text
+from serving import running_server, slowed, wait_until
+
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+if not Path(CHROMIUM).exists():
+    # CI must not pass by skipping: scripts/test.sh installs Chromium there.
+    if os.environ.get("CI"):
+        raise RuntimeError("Chromium is missing; scripts/test.sh installs it (apt-get install chromium)")
+    pytest.skip("no Chromium on this machine (scripts/test.sh installs it)", allow_module_level=True)
+
+sync_api = pytest.importorskip("playwright.sync_api")
+
+
+@pytest.fixture(scope="module")
+def server(tiny_run):
+    with running_server(tiny_run, ServeLimits(max_new_chars=3000)) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    profile = tmp_path_factory.mktemp("chromium-profile")
+    with sync_api.sync_playwright() as playwright:
+        context = playwright.chromium.launch_persistent_context(
+            str(profile),
+            executable_path=CHROMIUM,
+            headless=True,
+            args=CHROMIUM_FLAGS,
+            viewport={"width": 1000, "height": 760},
+        )
+        try:
+            yield context
+        finally:
+            context.close()
+
+
+@pytest.fixture
+def page(browser, server):
+    page = browser.new_page()
+    page.goto(server.url + "/")
+    page.wait_for_function("document.querySelector('#model-vocabulary') !== null")
+    yield page
+    page.close()
+
+
+def set_range(page, selector: str, value: float) -> None:
+    page.eval_on_selector(selector, "(el, v) => { el.value = v; el.dispatchEvent(new Event('input')); }", value)
+
+
+def test_generate_streams_the_same_text_as_generate_text(page, server, tiny_run):
+    ckpt = load_checkpoint(tiny_run)
+    assert page.inner_text("#model-model") == server.service.name
+    assert page.inner_text("#model-validation-loss") == f"{ckpt.training['val_loss']:.4f}"
+    assert "parameters" in page.inner_text("#model-size")
+
+    page.fill("#prompt", "“Pip,” said Joe")
+    set_range(page, "#temperature", 0.8)
+    set_range(page, "#length", 400)
+    page.fill("#seed", "11")
+    with slowed(server.service, 0.004):  # slow enough to watch the text grow
+        page.click("#generate")
+        page.wait_for_function("document.querySelector('#generated').textContent.length > 20")
+        partial = page.inner_text("#generated")
+        assert page.is_enabled("#stop") and page.is_disabled("#generate")
+        page.wait_for_function("document.querySelector('#status').textContent.startsWith('done')", timeout=60_000)
+    expected = generate_text(ckpt.model, ckpt.vocab, "“Pip,” said Joe", 400, SampleConfig(0.8), seed=11)[0]
+    text = page.eval_on_selector("#generated", "el => el.textContent")
+    assert text == expected
+    assert 20 < len(partial) < 400 and expected.startswith(partial.replace("\r", ""))  # it arrived in pieces
+    assert "seed 11" in page.inner_text("#status")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "serve-page.png"), full_page=True)
+
+
+def test_stop_ends_the_stream_and_frees_the_slot(page, server):
+    page.fill("#prompt", "Pip")
+    set_range(page, "#length", 3000)
+    with slowed(server.service, 0.005):
+        page.click("#generate")
+        page.wait_for_function("document.querySelector('#generated').textContent.length > 10")
+        page.click("#stop")
+        page.wait_for_function("document.querySelector('#status').textContent.startsWith('stopped')")
+        wait_until(lambda: not server.service.jobs, 3.0, "the slot to be given back")
+        wait_until(lambda: server.service.engine.active_rows == 0, 3.0, "the rows to leave the batch")
+    assert len(page.eval_on_selector("#generated", "el => el.textContent")) < 3000
+    assert page.is_enabled("#generate") and page.is_disabled("#stop")
+
+
+def test_unknown_characters_are_pointed_out_before_sending(page):
+    page.fill("#prompt", "Pip met Qxz")
+    warning = page.inner_text("#unknown")
+    assert "Q" in warning and "x" in warning and "z" in warning
+    assert page.is_disabled("#generate")
+    page.fill("#prompt", "Pip")
+    assert page.inner_text("#unknown") == ""
+    assert page.is_enabled("#generate")
