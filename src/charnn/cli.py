@@ -11,7 +11,7 @@ import types
 import typing
 from pathlib import Path
 
-from charnn.config import CELLS, DEVICES, PRECISIONS, ModelConfig, SampleConfig, TrainConfig
+from charnn.config import CELLS, DEVICES, GENERATE_PRECISIONS, PRECISIONS, ModelConfig, SampleConfig, TrainConfig
 from charnn.errors import CharnnError, ConfigError
 
 HELP = {
@@ -176,11 +176,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
                 if labelled:
                     print(f"--- temperature {sampling.temperature} ---")
                 print(prime, end="", flush=True)
-                for step in generate(ckpt.model, ckpt.vocab, prime, args.length, sampling, 1, seed, first_sample=i):
+                steps = generate(ckpt.model, ckpt.vocab, prime, args.length, sampling, 1, seed, i, args.precision)
+                for step in steps:
                     print(step[0], end="", flush=True)
                 print()
             continue
-        samples = generate_text(ckpt.model, ckpt.vocab, prime, args.length, sampling, args.num_samples, seed)
+        samples = generate_text(
+            ckpt.model, ckpt.vocab, prime, args.length, sampling, args.num_samples, seed, args.precision
+        )
         results += [(sampling.temperature, s) for s in samples]
     if args.json:
         out = {"samples": [s for _, s in results], "seed": seed, "checkpoint": str(ckpt.path)}
@@ -266,6 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stream", action="store_true", help="print characters as they are produced")
     p.add_argument("--json", action="store_true", help="print {samples, seed, checkpoint} as JSON (no prime)")
     p.add_argument("--device", choices=DEVICES, default="cpu", help="where to run (default: cpu)")
+    p.add_argument("--precision", choices=GENERATE_PRECISIONS, default="auto", help="weights after the prime: fp32 "
+                   "gives the exact model; auto picks int8 where the CPU computes it fast (default: auto)")  # fmt: skip
     p.set_defaults(run=cmd_generate)
 
     p = commands.add_parser("info", help="summarise a checkpoint", description="Model summary and training record.")

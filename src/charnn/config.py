@@ -13,6 +13,7 @@ from charnn.errors import ConfigError
 CELLS = ("gru", "lstm", "rnn")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+GENERATE_PRECISIONS = ("auto", "fp32", "bf16", "int8")  # weights when generating: see charnn.stepper
 
 
 def _check(condition: bool, message: str) -> None:
