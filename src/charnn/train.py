@@ -21,7 +21,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from charnn import checkpoint
+from charnn import checkpoint, fastgru
 from charnn.config import ModelConfig, TrainConfig
 from charnn.corpus import Corpus
 from charnn.data import Batches, split
@@ -179,6 +179,7 @@ def _train_loop(corpus, vocab, model_config, config, run_dir, emit, batches, val
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     model = CharRNN(model_config).to(device)
+    fast_forward = fastgru.supported(model, device, dtype)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     total_steps = config.epochs * batches.steps_per_epoch
@@ -239,8 +240,11 @@ def _train_loop(corpus, vocab, model_config, config, run_dir, emit, batches, val
         loss_sum, loss_count = 0.0, 0
         for inputs, targets in batches.epoch(epoch - 1):
             inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-            with autocast(device, dtype):
-                logits, _ = model(inputs)
+            if fast_forward:
+                logits = fastgru.training_forward(model, inputs, dtype)
+            else:
+                with autocast(device, dtype):
+                    logits, _ = model(inputs)
             loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
             # Checked before the update, so a diverged step never reaches the weights.
             loss_sum += _finite_or_raise(loss.item(), step + 1)
