@@ -41,18 +41,18 @@ def running_server(checkpoint: Path, limits: ServeLimits = ServeLimits()) -> Ite
 @contextmanager
 def slowed(service: Service, seconds: float) -> Iterator[None]:
     """Make each model step take at least `seconds`, so that requests overlap and streams stay open."""
-    engine = service.engine
-    step = engine._step
+    stepper = service.engine.stepper
+    step = stepper.step
 
     def slow_step(tokens, state):
         time.sleep(seconds)
         return step(tokens, state)
 
-    engine._step = slow_step
+    stepper.step = slow_step
     try:
         yield
     finally:
-        del engine._step  # back to the method
+        del stepper.step  # back to the method
 
 
 def wait_until(condition, timeout: float = 5.0, message: str = "condition") -> None:

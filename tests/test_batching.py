@@ -138,13 +138,13 @@ def test_a_failing_step_fails_its_jobs_and_the_engine_goes_on(tiny):
     model, vocab = tiny
 
     async def scenario(engine):
-        def broken(tokens, state):
+        def broken(tokens, state=None):
             raise RuntimeError("boom")
 
-        engine._step = broken
+        engine.stepper.prefill = broken
         job = engine.submit(Request("Pip", 10))
         event = await asyncio.wait_for(job.queue.get(), 10)
-        del engine._step
+        del engine.stepper.prefill
         return event, await collect(engine.submit(Request("Pip", 10)))
 
     event, (texts, _) = run(model, vocab, scenario)

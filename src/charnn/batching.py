@@ -28,6 +28,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence, pad_se
 from charnn.config import SampleConfig
 from charnn.model import CharRNN, State
 from charnn.sample import RandomStreams, sample_next
+from charnn.stepper import Stepper
 from charnn.vocab import Vocabulary
 
 
@@ -107,10 +108,13 @@ def _concat(states: list[State]) -> State:
 class Engine:
     """Owns the model; advances all running jobs together in one background thread."""
 
-    def __init__(self, model: CharRNN, vocab: Vocabulary):
+    def __init__(self, model: CharRNN, vocab: Vocabulary, precision: str = "auto"):
         self.model = model
         self.vocab = vocab
         self.device = next(model.parameters()).device
+        # The same fast step as `generate`, with the same weights precision, so a request's
+        # text equals `charnn generate`'s for the same seed and options.
+        self.stepper = Stepper(model, precision)
         self._inbox: list[Job] = []
         self._wake = threading.Condition()
         self._stopping = False
@@ -148,14 +152,6 @@ class Engine:
         return job
 
     # --- the engine thread ----------------------------------------------------------------
-
-    def _step(self, tokens: torch.Tensor, state: State | None) -> tuple[torch.Tensor, State]:
-        """One forward: tokens (B, T) and state -> logits of the last position (B, V) and new state.
-
-        The only place the engine calls the model, so a faster stepping kernel can replace it.
-        """
-        logits, state = self.model(tokens.to(self.device), state)
-        return logits[:, -1], state
 
     def _run(self) -> None:
         with torch.inference_mode():
@@ -223,7 +219,7 @@ class Engine:
         if len(jobs) == 1:
             # Alone, the prompt goes in exactly as `generate` feeds it: every sample a copy, one pass.
             n = jobs[0].request.num_samples
-            logits, state = self._step(jobs[0].tokens.unsqueeze(0).expand(n, -1), None)  # (n, V)
+            logits, state = self.stepper.prefill(jobs[0].tokens.unsqueeze(0).expand(n, -1))  # (n, V)
         else:
             logits, state = self._prefill([job.tokens for job in jobs])  # (A, V): one row per job
             copies = torch.tensor([job.request.num_samples for job in jobs])
@@ -308,7 +304,8 @@ class Engine:
             self._rows = [self._rows[i] for i in keep]
             self._state = _select(self._state, index)
             chosen = chosen.index_select(0, index)
-        self._logits, self._state = self._step(chosen.unsqueeze(1), self._state)  # (B, V)
+        # The stepper updates the state in place and reuses its logits buffer next step.
+        self._logits = self.stepper.step(chosen, self._state)  # (B, V)
         self.steps += 1
 
 

@@ -13,7 +13,17 @@ import types
 import typing
 from pathlib import Path
 
-from charnn.config import CELLS, DEVICES, LR_SCHEDULES, PRECISIONS, ModelConfig, SampleConfig, ServeLimits, TrainConfig
+from charnn.config import (
+    CELLS,
+    DEVICES,
+    GENERATE_PRECISIONS,
+    LR_SCHEDULES,
+    PRECISIONS,
+    ModelConfig,
+    SampleConfig,
+    ServeLimits,
+    TrainConfig,
+)
 from charnn.errors import CharnnError, ConfigError, CorpusError
 
 HELP = {
@@ -256,11 +266,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
                 if labelled:
                     print(f"--- temperature {sampling.temperature} ---")
                 print(prime, end="", flush=True)
-                for step in generate(ckpt.model, ckpt.vocab, prime, args.length, sampling, 1, seed, first_sample=i):
+                steps = generate(ckpt.model, ckpt.vocab, prime, args.length, sampling, 1, seed, i, args.precision)
+                for step in steps:
                     print(step[0], end="", flush=True)
                 print()
             continue
-        samples = generate_text(ckpt.model, ckpt.vocab, prime, args.length, sampling, args.num_samples, seed)
+        samples = generate_text(
+            ckpt.model, ckpt.vocab, prime, args.length, sampling, args.num_samples, seed, args.precision
+        )
         results += [(sampling.temperature, s) for s in samples]
     if args.json:
         out = {"samples": [s for _, s in results], "seed": seed, "checkpoint": str(ckpt.path)}
@@ -406,6 +419,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stream", action="store_true", help="print characters as they are produced")
     p.add_argument("--json", action="store_true", help="print {samples, seed, checkpoint} as JSON (no prime)")
     p.add_argument("--device", choices=DEVICES, default="cpu", help="where to run (default: cpu)")
+    p.add_argument("--precision", choices=GENERATE_PRECISIONS, default="auto", help="weights after the prime: fp32 "
+                   "gives the exact model; auto picks int8 where the CPU computes it fast (default: auto)")  # fmt: skip
     p.set_defaults(run=cmd_generate)
 
     p = commands.add_parser("evaluate", help="score a model on a text beside n-gram and gzip baselines",

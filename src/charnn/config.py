@@ -16,6 +16,7 @@ CELLS = ("gru", "lstm", "rnn")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 LR_SCHEDULES = ("constant", "cosine", "plateau")
+GENERATE_PRECISIONS = ("auto", "fp32", "bf16", "int8")  # weights when generating: see charnn.stepper
 
 
 def _check(condition: bool, message: str) -> None:

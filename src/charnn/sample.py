@@ -19,6 +19,7 @@ import torch
 from charnn.config import SampleConfig
 from charnn.errors import ConfigError
 from charnn.model import CharRNN
+from charnn.stepper import Stepper
 from charnn.vocab import Vocabulary
 
 _BLOCK = 1024  # uniforms drawn per refill of each sample's random stream
@@ -76,11 +77,15 @@ def generate(
     num_samples: int = 1,
     seed: int = 0,
     first_sample: int = 0,
+    precision: str = "auto",
 ) -> Iterator[list[str]]:
     """Yield `length` times one new character per sample (the prime itself is not yielded).
 
     Sample i draws from the random stream (seed, first_sample + i), so drawing samples one
     at a time with `first_sample` set gives the same texts as drawing them together.
+
+    `precision` is that of the weights after the prime (see `charnn.stepper`): fp32 gives the
+    plain model's text; auto picks int8 where the CPU computes it fast, else fp32.
 
     Mistakes (an empty prime, characters the model does not know, a negative length) raise
     here, before the first character, not when iteration begins.
@@ -92,24 +97,22 @@ def generate(
     if not prime:
         raise ConfigError("the prime is empty; give at least one character to start from")
     tokens = torch.from_numpy(vocab.encode(prime))
-    return _generate(model, vocab, tokens, length, sampling, RandomStreams(seed, num_samples, first_sample))
+    stepper = Stepper(model, precision)
+    return _generate(stepper, vocab, tokens, length, sampling, RandomStreams(seed, num_samples, first_sample))
 
 
-def _generate(model, vocab, tokens, length, sampling, streams) -> Iterator[list[str]]:
+def _generate(stepper, vocab, tokens, length, sampling, streams) -> Iterator[list[str]]:
     num_samples = len(streams.generators)
-    device = next(model.parameters()).device
-    # inference_mode per call, not around the loop: a generator must not leave it switched
-    # on in its caller's code between two characters.
-    with torch.inference_mode():
-        inputs = tokens.to(device).unsqueeze(0).expand(num_samples, -1)  # (N, P)
-        logits, state = model(inputs)
+    characters = vocab.characters
+    # The stepper enters inference_mode per call, not around the loop: a generator must not
+    # leave it switched on in its caller's code between two characters.
+    logits, state = stepper.prefill(tokens.unsqueeze(0).expand(num_samples, -1))  # (N, P) -> (N, V)
     for step in range(length):
         with torch.inference_mode():
-            chosen = sample_next(logits[:, -1], sampling, streams.next())
-        yield [vocab.characters[i] for i in chosen.tolist()]
+            chosen = sample_next(logits, sampling, streams.next())
+        yield [characters[i] for i in chosen.tolist()]
         if step + 1 < length:
-            with torch.inference_mode():
-                logits, state = model(chosen.unsqueeze(1), state)
+            logits = stepper.step(chosen, state)
 
 
 def generate_text(
@@ -120,10 +123,11 @@ def generate_text(
     sampling: SampleConfig = SampleConfig(),
     num_samples: int = 1,
     seed: int = 0,
+    precision: str = "auto",
 ) -> list[str]:
     """The new text of each sample, without the prime."""
     pieces: list[list[str]] = [[] for _ in range(num_samples)]
-    for step in generate(model, vocab, prime, length, sampling, num_samples, seed):
+    for step in generate(model, vocab, prime, length, sampling, num_samples, seed, precision=precision):
         for sample, character in zip(pieces, step, strict=True):
             sample.append(character)
     return ["".join(p) for p in pieces]

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from charnn import checkpoint
+from charnn import checkpoint, fastgru
 from charnn.config import ModelConfig, TrainConfig
 from charnn.corpus import Corpus, load_corpus
 from charnn.data import Batches, split
@@ -295,6 +295,8 @@ class Trainer:
         else:
             self.optimizer = torch.optim.Adam(parameters, lr=self.config.lr)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
+        # A hand-written bf16 GRU recurrence where it applies (see charnn.fastgru); else PyTorch's.
+        self.fast_forward = fastgru.supported(self.model, self.device, self.dtype)
         self.state = state or RunState()
         if trainer_state is not None:
             self.optimizer.load_state_dict(trainer_state["optimizer"])
@@ -357,8 +359,11 @@ class Trainer:
             group["lr"] = config.lr * self._lr_factor()
         inputs = inputs.to(self.device, non_blocking=True)
         targets = targets.to(self.device, non_blocking=True)
-        with autocast(self.device, self.dtype):
-            logits, _ = self.model(inputs)  # (B, T, V)
+        if self.fast_forward:
+            logits = fastgru.training_forward(self.model, inputs, self.dtype)  # (B, T, V)
+        else:
+            with autocast(self.device, self.dtype):
+                logits, _ = self.model(inputs)  # (B, T, V)
         loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
         value = loss.item()
         # Checked before the update, so a diverged step never reaches the weights.

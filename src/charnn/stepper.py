@@ -1,0 +1,232 @@
+"""Fast generation: advance many streams one character per call, as one batch.
+
+A `Stepper` is built from a loaded `CharRNN` and does what ``model(tokens, state)`` does for
+one time step, with less work per character:
+
+- the embedding and the first layer's input projection are folded into one table with a row
+  per symbol, so a step looks that row up instead of running two matrix products;
+- the recurrent weights can be kept as bf16 or as int8 (per output channel scales), which
+  reads a half or a quarter of the bytes per step; int8 weights of the reference model fit
+  in the cores' L2 caches, and that is where the time of one stream goes;
+- the gates run in a few in-place operations on buffers allocated once per batch size.
+
+State has the model's layout, ``(num_layers, B, hidden)``, so rows can be added with
+``torch.cat(..., dim=1)`` and removed by indexing: a server can batch independent requests.
+A Stepper owns scratch buffers, so it belongs to one generation loop; the prepared weights
+behind it are shared and read-only.
+
+    stepper = Stepper(model, precision="auto")
+    logits, state = stepper.prefill(prime_tokens)  # (B, V), state
+    logits = stepper.step(next_tokens, state)  # (B,) -> (B, V); state is updated in place
+
+GRU models get the fast step; LSTM and RNN models step through ``model.forward``.
+"""
+
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from charnn.config import GENERATE_PRECISIONS as PRECISIONS
+from charnn.errors import ConfigError
+from charnn.model import CharRNN, State
+
+# h of a GRU is a convex mix of tanh outputs and the previous h, so it stays in [-1, 1]:
+# one fixed activation scale quantizes it with no statistics to gather per step, and each
+# row is quantized alone, so a sample's text does not depend on what else is in the batch.
+_H_SCALE = 1.0 / 127
+_H_ZERO = 128
+
+
+def _cpu_flags() -> str:
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+
+
+def int8_supported() -> bool:
+    """True where oneDNN's int8 matrix product is present and the CPU has int8 dot products."""
+    flags = _cpu_flags()
+    if not any(f in flags for f in ("amx_int8", "avx512_vnni", "avx_vnni")):
+        return False
+    return hasattr(torch.ops.onednn, "qlinear_pointwise") and hasattr(torch.ops.onednn, "qlinear_prepack")
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    """The weight precision for generation: auto picks int8 where it is fast, else fp32."""
+    if name not in PRECISIONS:
+        raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {name!r}")
+    if name == "int8" and (device.type != "cpu" or not int8_supported()):
+        raise ConfigError("--precision int8 needs an x86 CPU with VNNI or AMX; use fp32 or bf16")
+    if name == "auto":
+        return "int8" if device.type == "cpu" and int8_supported() else "fp32"
+    return name
+
+
+class _Fp32:
+    """y = x W^T + b in fp32. Returns `out`, or a tensor of its own where the kernel allocates."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor):
+        # (in, out) as a transposed view of the (out, in) weight: for the output layer at one
+        # stream, 8 us a product against 12 us with a contiguous (in, out) copy.
+        self.weight_t = weight.detach().clone().t()
+        self.bias = bias.detach().clone()
+
+    def __call__(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        return torch.addmm(self.bias, x, self.weight_t, out=out)
+
+
+class _Bf16(_Fp32):
+    """bf16 weights and product: half the bytes read per step. The gates stay fp32."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor):
+        super().__init__(weight.to(torch.bfloat16), bias.to(torch.bfloat16))
+
+    def __call__(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        return out.copy_(torch.addmm(self.bias, x.to(torch.bfloat16), self.weight_t))
+
+
+class _Int8:
+    """int8 weights with one scale per output row; the input, in [-1, 1], as uint8.
+
+    oneDNN accumulates the products in int32, exactly, so a row's result does not depend on
+    the batch it is computed in.
+    """
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor):
+        weight = weight.detach().float().cpu()
+        self.scale = (weight.abs().amax(dim=1) / 127).clamp_(min=1e-12)  # (out,)
+        q = torch.round(weight / self.scale[:, None]).clamp_(-127, 127).to(torch.int8)
+        self.packed = torch.ops.onednn.qlinear_prepack(q, [1, weight.shape[1]])
+        self.zero = torch.zeros(len(self.scale), dtype=torch.long)
+        self.bias = bias.detach().float().clone()
+
+    def __call__(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        # x in [-1, 1] -> round(127 x) + 128 in [1, 255]: the float-to-uint8 conversion
+        # truncates, and the added 0.5 makes that a rounding. `out` serves as scratch.
+        scratch = out.view(-1)[: x.numel()].view(x.shape)  # contiguous, unlike out[:, :H]
+        scaled = torch.mul(x, 127.0, out=scratch).add_(_H_ZERO + 0.5)
+        xq = scaled.to(torch.uint8)
+        # The kernel allocates its result (it has no out= form); the gates read it where it is.
+        return torch.ops.onednn.qlinear_pointwise(
+            xq, _H_SCALE, _H_ZERO, self.packed, self.scale, self.zero, self.bias, 1.0, 0, torch.float32, "none", [], ""
+        )
+
+
+_KINDS = {"fp32": _Fp32, "bf16": _Bf16, "int8": _Int8}
+
+
+@dataclass(frozen=True)
+class _Layer:
+    input: object  # input projection: (B, in) -> (B, 3H); None for layer 0 (the table)
+    recurrent: object  # (B, H) -> (B, 3H)
+
+
+@dataclass(frozen=True)
+class PreparedGRU:
+    """Read-only weights of a GRU CharRNN, rearranged for one step at a time."""
+
+    table: torch.Tensor  # (V, 3H): embedding -> layer 0 input projection, bias included
+    layers: tuple[_Layer, ...]
+    head: _Fp32  # the output layer stays fp32: it is small, and its rounding shows in every logit
+    precision: str
+
+
+def prepare(model: CharRNN, precision: str) -> PreparedGRU:
+    rnn = model.rnn
+    with torch.no_grad():
+        embedded = model.embedding.weight.float()  # (V, E)
+        table = F.linear(embedded, rnn.weight_ih_l0.float(), rnn.bias_ih_l0.float()).contiguous()
+        kind = _KINDS[precision]
+        layers = []
+        for i in range(model.config.num_layers):
+            w_ih, b_ih = getattr(rnn, f"weight_ih_l{i}"), getattr(rnn, f"bias_ih_l{i}")
+            w_hh, b_hh = getattr(rnn, f"weight_hh_l{i}"), getattr(rnn, f"bias_hh_l{i}")
+            projection = None if i == 0 else kind(w_ih.float(), b_ih.float())
+            layers.append(_Layer(projection, kind(w_hh.float(), b_hh.float())))
+        head = _Fp32(model.head.weight.float(), model.head.bias.float())
+    return PreparedGRU(table, tuple(layers), head, precision)
+
+
+# Prepared weights per model and precision, rebuilt when a parameter changes in place
+# (an optimizer step, load_state_dict), which bumps its version counter.
+_CACHE: "weakref.WeakKeyDictionary[CharRNN, dict]" = weakref.WeakKeyDictionary()
+
+
+def _prepared(model: CharRNN, precision: str) -> PreparedGRU:
+    versions = tuple((p.data_ptr(), p._version) for p in model.parameters())
+    entries = _CACHE.setdefault(model, {})
+    cached = entries.get(precision)
+    if cached is None or cached[0] != versions:
+        cached = (versions, prepare(model, precision))
+        entries[precision] = cached
+    return cached[1]
+
+
+class Stepper:
+    """Advance a batch of streams of `model` one character per `step` call."""
+
+    def __init__(self, model: CharRNN, precision: str = "auto"):
+        self.model = model
+        self.device = next(model.parameters()).device
+        self.precision = resolve_precision(precision, self.device)
+        self.fast = model.config.cell == "gru"
+        self.weights = _prepared(model, self.precision) if self.fast else None
+        self._batch = -1
+
+    def init_state(self, batch_size: int) -> State:
+        return self.model.init_state(batch_size, self.device, torch.float32)
+
+    @torch.inference_mode()
+    def prefill(self, tokens: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
+        """Feed (B, T) tokens in one pass of the model; the logits after the last, and the state."""
+        logits, state = self.model(tokens.to(self.device), state)
+        return logits[:, -1].float(), state
+
+    @torch.inference_mode()
+    def step(self, tokens: torch.Tensor, state: State) -> torch.Tensor:
+        """Feed one token per row, (B,); update `state` in place; return the logits (B, V).
+
+        The logits live in a buffer that the next call overwrites.
+        """
+        if not self.fast:
+            logits, new_state = self.model(tokens.to(self.device).unsqueeze(1), state)
+            for old, new in zip(_tensors(state), _tensors(new_state), strict=True):
+                old.copy_(new)
+            return logits[:, -1]
+        h = state  # (L, B, H)
+        batch = h.shape[1]
+        if batch != self._batch:
+            self._allocate(batch)
+        w = self.weights
+        hidden = h.shape[2]
+        x = None
+        for i, layer in enumerate(w.layers):
+            gi, gh, rz = self._gi, self._gh, self._rz
+            if i == 0:
+                torch.index_select(w.table, 0, tokens.to(self.device), out=gi)  # (B, 3H)
+            else:
+                gi = layer.input(x, gi)
+            hi = h[i]  # (B, H), a view: written in place below
+            gh = layer.recurrent(hi, gh)
+            # PyTorch's GRU: r, z = sigmoid(gi + gh); n = tanh(gi_n + r gh_n); h = n + z (h - n)
+            torch.add(gi[:, : 2 * hidden], gh[:, : 2 * hidden], out=rz).sigmoid_()
+            n = torch.addcmul(gi[:, 2 * hidden :], rz[:, :hidden], gh[:, 2 * hidden :], out=self._n).tanh_()
+            torch.lerp(n, hi, rz[:, hidden:], out=hi)
+            x = hi
+        return w.head(x, self._logits)
+
+    def _allocate(self, batch: int) -> None:
+        c = self.model.config
+        new = lambda *shape: torch.empty(shape, device=self.device)  # noqa: E731
+        self._gi, self._gh = new(batch, 3 * c.hidden_size), new(batch, 3 * c.hidden_size)
+        self._rz, self._n = new(batch, 2 * c.hidden_size), new(batch, c.hidden_size)
+        self._logits = new(batch, c.vocab_size)
+        self._batch = batch
+
+
+def _tensors(state: State) -> tuple[torch.Tensor, ...]:
+    return state if isinstance(state, tuple) else (state,)
