@@ -27,7 +27,9 @@ import os
 import re
 import shutil
 import time
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -314,7 +316,11 @@ def _write_atomically(path: Path, data: bytes) -> None:
 
 
 class _Output:
-    """Writes the encoded text into train.bin then val.bin, and hashes the text itself."""
+    """Writes the encoded text into train.bin then val.bin, and hashes the text itself.
+
+    Hashing and writing happen in a second thread (both release the GIL) while the next chunk
+    is encoded; at most two chunks wait, so memory stays bounded.
+    """
 
     def __init__(self, data_dir: Path, train_tokens: int, dtype: str):
         self.final = [data_dir / TRAIN, data_dir / VAL]
@@ -323,18 +329,29 @@ class _Output:
         self.room = train_tokens  # characters still to go into train.bin
         self.dtype = dtype
         self.sha256 = hashlib.sha256()
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="charnn-prepare")
+        self._pending: deque[Future] = deque()
 
     def write(self, text: Piece, tokens: np.ndarray) -> None:
-        self.sha256.update(text if isinstance(text, bytes) else text.encode("utf-8", "surrogatepass"))
-        tokens = tokens.astype(self.dtype, copy=False)
+        data = text if isinstance(text, bytes) else text.encode("utf-8", "surrogatepass")
+        tokens = np.ascontiguousarray(tokens.astype(self.dtype, copy=False))
+        while len(self._pending) >= 2:
+            self._pending.popleft().result()  # raises what the writer raised
+        self._pending.append(self._worker.submit(self._write, data, tokens))
+
+    def _write(self, data: bytes, tokens: np.ndarray) -> None:
+        self.sha256.update(data)
         if self.room:
             head, tokens = tokens[: self.room], tokens[self.room :]
-            self.files[0].write(memoryview(np.ascontiguousarray(head)))
+            self.files[0].write(memoryview(head))
             self.room -= len(head)
         if len(tokens):
-            self.files[1].write(memoryview(np.ascontiguousarray(tokens)))
+            self.files[1].write(memoryview(tokens))
 
     def close(self) -> None:
+        while self._pending:
+            self._pending.popleft().result()
+        self._worker.shutdown()
         for f, tmp, final in zip(self.files, self.tmp, self.final, strict=True):
             f.flush()
             os.fsync(f.fileno())
@@ -342,6 +359,7 @@ class _Output:
             os.replace(tmp, final)
 
     def discard(self) -> None:
+        self._worker.shutdown(cancel_futures=True)
         for f, tmp in zip(self.files, self.tmp, strict=True):
             f.close()
             tmp.unlink(missing_ok=True)
@@ -369,8 +387,17 @@ def _ascii_transparent(encoding: str) -> bool:
 def _pieces(path: Path, encoding: str, chunk_bytes: int) -> Iterator[Piece]:
     """One file's normalised text (as `corpus.read_text_file` gives it, before the Gutenberg cuts)
     in pieces: bytes for a pure-ASCII chunk (no decoding needed), str otherwise."""
+    for piece, _ in _pieces_and_bytes(path, encoding, chunk_bytes):
+        yield piece
+
+
+def _pieces_and_bytes(path: Path, encoding: str, chunk_bytes: int) -> Iterator[tuple[Piece, bytes | None]]:
+    """`_pieces`, each with the UTF-8 bytes it was decoded from when the corpus is UTF-8 (None
+    otherwise): the same characters, but for CRs of CRLFs, a byte-order mark and a CR moved
+    across the chunk border."""
     decoder = _decoder(encoding)
     transparent = _ascii_transparent(encoding)
+    utf8 = codecs.lookup(encoding).name == "utf-8"
     offset = 0  # bytes read so far
     first, pending_cr = True, False
     try:
@@ -385,6 +412,7 @@ def _pieces(path: Path, encoding: str, chunk_bytes: int) -> Iterator[Piece]:
                 raise CorpusError(f"cannot read {path}: {error.strerror}") from None
             final = not data
             buffered = decoder.getstate()[0]
+            source = None
             if transparent and data.isascii() and not final and decoder.getstate() == (b"", 0):
                 piece: Piece = data
             else:
@@ -394,6 +422,10 @@ def _pieces(path: Path, encoding: str, chunk_bytes: int) -> Iterator[Piece]:
                     raise invalid_bytes(
                         str(path), offset - len(buffered) + error.start, encoding, error.reason
                     ) from None
+                if utf8:
+                    consumed = buffered + data if buffered else data
+                    left = len(decoder.getstate()[0])
+                    source = consumed[: len(consumed) - left] if left else consumed
             offset += len(data)
             if first and piece:
                 first = False
@@ -411,7 +443,7 @@ def _pieces(path: Path, encoding: str, chunk_bytes: int) -> Iterator[Piece]:
             elif isinstance(piece, str) and "\r" in piece:
                 piece = piece.replace("\r\n", "\n")
             if piece:
-                yield piece
+                yield piece, source
             if final:
                 return
 
@@ -449,7 +481,7 @@ class _Region:
     def snapshot(self, stop: int) -> _Scan:
         return _Scan(self.start, stop, self.lead, self.trail, True, set(self.characters))
 
-    def feed(self, text: Piece) -> None:
+    def feed(self, text: Piece, source: bytes | None = None) -> None:
         if not text:
             return
         newline = b"\n" if isinstance(text, bytes) else "\n"
@@ -459,9 +491,11 @@ class _Region:
             self.lead_open = run == len(text)
         run = len(text) - len(text.rstrip(newline))
         self.trail = self.trail + run if run == len(text) else run
-        self._learn(text)
+        self._learn(text, source)
 
-    def _learn(self, text: Piece) -> None:
+    def _learn(self, text: Piece, source: bytes | None = None) -> None:
+        """Add the characters of `text`; `source`, when given, is UTF-8 holding the same ones
+        (apart from CR and the byte-order mark, looked for in `text` itself)."""
         if isinstance(text, bytes) or text.isascii():
             rest = (text if isinstance(text, bytes) else text.encode("ascii")).translate(None, self._ascii_seen)
             if rest:
@@ -469,7 +503,12 @@ class _Region:
             return
         # Seen ASCII bytes are deleted from the UTF-8 form; what remains (new ASCII characters and
         # every non-ASCII one) is usually a small share of the text.
-        rest = text.encode("utf-8", "surrogatepass").translate(None, self._ascii_seen)
+        if source is None:
+            rest = text.encode("utf-8", "surrogatepass").translate(None, self._ascii_seen)
+        else:
+            rest = source.translate(None, self._ascii_seen + b"\r")
+            if "\r" not in self.characters and "\r" in text:
+                self._add({"\r"})
         if len(self._wide_seen) <= 16:  # a few curly quotes and dashes: cheaper to delete them too
             for character in self._wide_seen:
                 rest = rest.replace(character, b"")
@@ -477,13 +516,16 @@ class _Region:
             return
         remaining = rest.decode("utf-8", "surrogatepass")
         if len(remaining) < 1 << 16:
-            self._add(set(remaining) - self.characters)
-            return
-        if self._seen_points is None:
-            self._seen_points = np.zeros(0x110000, dtype=bool)
-            self._seen_points[[ord(c) for c in self.characters]] = True
-        points = np.frombuffer(remaining.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
-        self._add({chr(p) for p in np.unique(points[~self._seen_points[points]]).tolist()})
+            new = set(remaining) - self.characters
+        else:
+            if self._seen_points is None:
+                self._seen_points = np.zeros(0x110000, dtype=bool)
+                self._seen_points[[ord(c) for c in self.characters]] = True
+            points = np.frombuffer(remaining.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+            new = {chr(p) for p in np.unique(points[~self._seen_points[points]]).tolist()}
+        if source is not None and "\ufeff" in new and "\ufeff" not in text:
+            new.discard("\ufeff")  # the byte-order mark dropped from the start
+        self._add(new)
 
     def _add(self, characters: set[str]) -> None:
         if not characters:
@@ -514,7 +556,18 @@ class _Scanner:
         self.first_end: _Scan | None = None  # the kept part if no START ever comes
         self.region = _Region(0)
 
-    def feed(self, piece: Piece) -> None:
+    def feed(self, piece: Piece, source: bytes | None = None) -> None:
+        if not (self.carry or self.in_start_line or self.done) and isinstance(piece, str) and source is not None:
+            # The common case, a piece wholly inside the kept text: its characters can be read
+            # from the UTF-8 it came from, with no encoding back.
+            markers = _markers(piece, self.at_line_start)
+            line_start = piece.rfind("\n") + 1
+            fragment = piece[line_start:] if line_start or self.at_line_start else ""
+            if not markers and not any(p.startswith(fragment) and p != fragment for p in _MARKER_PREFIXES):
+                self.region.feed(piece, source)
+                self.at_line_start = piece.endswith("\n")
+                self.position += len(piece)
+                return
         kind = type(piece)
         window = (self.carry.encode("ascii") if kind is bytes else self.carry) + piece
         markers = _markers(window, self.at_line_start)
@@ -596,8 +649,8 @@ def _markers(window: Piece, at_line_start: bool) -> list[int]:
 
 def _scan(path: Path, encoding: str, chunk_bytes: int) -> _Scan:
     scanner = _Scanner()
-    for piece in _pieces(path, encoding, chunk_bytes):
-        scanner.feed(piece)
+    for piece, source in _pieces_and_bytes(path, encoding, chunk_bytes):
+        scanner.feed(piece, source)
     return scanner.finish()
 
 
