@@ -123,6 +123,11 @@ def test_an_unchanged_corpus_is_not_read_again(tmp_path):
     assert not changed.reused and changed.manifest["corpus"]["characters"] == len(TINY_TEXT) * 11
     assert not prepare(str(path), tmp_path / "data", val_fraction=0.2).reused  # another split: prepared again
     assert not [p for p in (tmp_path / "data").iterdir() if p.name not in (MANIFEST, TRAIN, VAL)]
+    # Killed mid-way: no manifest, a temporary file left. Prepared again, not refused.
+    (tmp_path / "data" / MANIFEST).unlink()
+    (tmp_path / "data" / ".prepare-train.bin.999").write_bytes(b"partial")
+    assert not prepare(str(path), tmp_path / "data", val_fraction=0.2).reused
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == sorted([MANIFEST, TRAIN, VAL])
 
 
 def prepare_fails(capsys, *argv) -> str:

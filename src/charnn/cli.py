@@ -434,7 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("train", help="train a model on a corpus", description="Train a model on a corpus.")
     p.add_argument("corpus", metavar="CORPUS", nargs="?", help="a text file, a folder of *.txt, an http(s) URL, "
-                   "or a known name (great-expectations, tinyshakespeare)")  # fmt: skip
+                   "a known name (great-expectations, tinyshakespeare), or a DATA_DIR from charnn prepare")  # fmt: skip
     p.add_argument("--out", type=Path, metavar="RUN_DIR", help="folder for checkpoints and metrics")
     p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue this run from its newest checkpoint "
                    "(its corpus and options are reused; --epochs, --max-steps, --time-limit may change)")  # fmt: skip

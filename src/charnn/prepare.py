@@ -153,6 +153,8 @@ def prepare(
                 shutil.rmtree(child) if child.is_dir() else child.unlink()
         data_dir.mkdir(parents=True, exist_ok=True)
         (data_dir / MANIFEST).unlink(missing_ok=True)  # a crash from here on leaves no valid manifest
+        for stale in data_dir.glob(".prepare-*"):  # left by a preparation that was killed
+            stale.unlink()
         output = _Output(data_dir, train_tokens, DTYPES[dtype])
     except OSError as error:
         raise DataDirError(f"cannot write {data_dir}: {error.strerror or error}") from None
@@ -173,6 +175,8 @@ def prepare(
                 if position >= hi:
                     break
         output.close()
+        if output.written != characters:
+            raise CorpusError(f"corpus {corpus!r} changed while it was being prepared; prepare it again")
     except OSError as error:
         output.discard()
         raise DataDirError(f"cannot write {data_dir}: {error.strerror or error}") from None
@@ -185,7 +189,7 @@ def prepare(
             **{k: options[k] for k in ("name", "source", "encoding")},
             "sha256": output.sha256.hexdigest(),
             "characters": characters,
-        },  # fmt: skip
+        },
         "files": stats,
         "vocabulary": vocab.to_json(),
         "dtype": dtype,
@@ -274,9 +278,9 @@ def _check_data_dir(data_dir: Path, source: str, overwrite: bool) -> dict[str, A
     try:
         manifest = _read_manifest(data_dir)
     except CorpusError:
-        manifest = None
-    if others or (manifest is None and any(data_dir.iterdir())):
-        shown = ", ".join(others[:3]) or MANIFEST
+        manifest = None  # only our files, but no valid manifest: an interrupted preparation, redone
+    if others:
+        shown = ", ".join(others[:3])
         raise DataDirError(
             f"{data_dir} already holds other files ({shown}); choose an empty or new folder for --out, "
             "or pass --overwrite to replace what it holds"
@@ -327,6 +331,7 @@ class _Output:
         self.tmp = [p.with_name(f".prepare-{p.name}.{os.getpid()}") for p in self.final]
         self.files = [open(p, "wb") for p in self.tmp]
         self.room = train_tokens  # characters still to go into train.bin
+        self.written = 0
         self.dtype = dtype
         self.sha256 = hashlib.sha256()
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="charnn-prepare")
@@ -341,6 +346,7 @@ class _Output:
 
     def _write(self, data: bytes, tokens: np.ndarray) -> None:
         self.sha256.update(data)
+        self.written += len(tokens)
         if self.room:
             head, tokens = tokens[: self.room], tokens[self.room :]
             self.files[0].write(memoryview(head))
