@@ -7,6 +7,7 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import signal
 import sys
 import types
@@ -94,13 +95,21 @@ def config_from_args(args: argparse.Namespace, cls, **fixed):
 
 def cmd_train(args: argparse.Namespace) -> int:
     from charnn.corpus import load_corpus
+    from charnn.prepare import is_prepared, open_prepared
     from charnn.train import check_run_dir, resume, train
     from charnn.vocab import Vocabulary
 
-    interrupts = Interrupts()
+    if args.nproc is not None and args.nproc < 1:
+        raise ConfigError(f"--nproc must be at least 1, got {args.nproc}")
+    if args.nproc is not None and "LOCAL_RANK" in os.environ:
+        raise ConfigError("--nproc starts torchrun itself; under torchrun, leave it out")
+    launching = args.nproc is not None and args.nproc > 1
+    interrupts = Interrupts(quiet=int(os.environ.get("RANK", 0)) > 0)
     if args.resume is not None:
         if args.corpus is not None or args.out is not None:
             raise ConfigError("--resume RUN_DIR continues a run with its own corpus and folder; give neither")
+        if launching:
+            return _launch(args)
         overrides = {k: v for k, v in vars(args).items() if k in _fields(TrainConfig) | _fields(ModelConfig)}
         with Progress(f"resuming {args.resume}") as progress, interrupts:
             result = resume(args.resume, overrides, progress.on_event, interrupts.reason)
@@ -111,10 +120,23 @@ def cmd_train(args: argparse.Namespace) -> int:
     train_config = config_from_args(args, TrainConfig)
     config_from_args(args, ModelConfig, vocab_size=1)
     check_run_dir(args.out, args.overwrite)
-    corpus = load_corpus(args.corpus, args.encoding)
-    vocab = Vocabulary.from_text(corpus.text)
+    if launching:
+        if train_config.batch_size % args.nproc:
+            raise ConfigError(f"--batch-size {train_config.batch_size} is not a multiple of --nproc {args.nproc}; "
+                              "each process takes an equal share of every batch")  # fmt: skip
+        return _launch(args)
+    if is_prepared(args.corpus):
+        corpus = open_prepared(args.corpus)
+        vocab = corpus.vocab
+        if "val_fraction" not in vars(args):  # the split was made when the data was prepared
+            train_config = dataclasses.replace(train_config, val_fraction=corpus.val_fraction)
+        heading = (f"data {args.corpus}: {corpus.characters:,} characters ({len(corpus.train):,} for training, "
+                   f"{len(corpus.val):,} held out), {len(vocab)} distinct")  # fmt: skip
+    else:
+        corpus = load_corpus(args.corpus, args.encoding)
+        vocab = Vocabulary.from_text(corpus.text)
+        heading = f"corpus {corpus.name}: {len(corpus.text):,} characters, {len(vocab)} distinct"
     model_config = config_from_args(args, ModelConfig, vocab_size=len(vocab))
-    heading = f"corpus {corpus.name}: {len(corpus.text):,} characters, {len(vocab)} distinct"
     with Progress(heading) as progress, interrupts:
         result = train(corpus, vocab, model_config, train_config, args.out, progress.on_event, args.overwrite,
                        interrupts.reason)  # fmt: skip
@@ -125,15 +147,42 @@ def _fields(cls) -> set[str]:
     return {f.name for f in dataclasses.fields(cls)}
 
 
+def _launch(args: argparse.Namespace) -> int:
+    """The same command in --nproc processes, started by torchrun."""
+    from charnn.distributed import launch
+
+    argv, skip = [], False
+    for token in args.argv:
+        name = token.split("=", 1)[0]
+        if skip:
+            skip = False
+        elif len(name) > 3 and "--nproc".startswith(name):  # argparse accepts --np, --npr...
+            skip = "=" not in token
+        else:
+            argv.append(token)
+    return launch(args.nproc, argv)
+
+
 def _finish(result, run_dir) -> int:
+    if int(os.environ.get("RANK", 0)) > 0:  # rank 0 speaks for the run
+        return SIGNAL_EXIT_CODES.get(result.stopped_by, 0)
     print(f"stopped by {result.stopped_by}; last checkpoint: {result.last_checkpoint}", file=sys.stderr)
     if result.best_checkpoint is not None:
         print(f"best validation loss {result.best_val_loss:.4f} in {result.best_checkpoint}", file=sys.stderr)
     if result.stopped_by in SIGNAL_EXIT_CODES:
-        print(f"resume with: charnn train --resume {run_dir}", file=sys.stderr)
+        print(f"resume with: {_resume_command(run_dir)}", file=sys.stderr)
         return SIGNAL_EXIT_CODES[result.stopped_by]
     print(f'generate with: charnn generate {run_dir} --prime "..."', file=sys.stderr)
     return 0
+
+
+def _resume_command(run_dir) -> str:
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if world == 1:
+        return f"charnn train --resume {run_dir}"
+    if os.environ.get("CHARNN_LAUNCHER"):
+        return f"charnn train --resume {run_dir} --nproc {world}"
+    return f"the same torchrun command, ending with -m charnn train --resume {run_dir}"
 
 
 SIGNAL_EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}
@@ -143,8 +192,9 @@ class Interrupts:
     """Ctrl-C or SIGTERM asks training to finish its step and write a checkpoint; a second one
     stops at once (checkpoints are written atomically, so nothing is corrupted)."""
 
-    def __init__(self):
+    def __init__(self, quiet: bool = False):
         self.received: str | None = None
+        self.quiet = quiet  # the other ranks of a distributed run: rank 0 speaks
 
     def __enter__(self):
         self.previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -158,7 +208,8 @@ class Interrupts:
         if self.received is not None:
             raise KeyboardInterrupt
         self.received = signal.Signals(signum).name
-        print(f"\n{self.received}: finishing this step and writing a checkpoint (again to stop at once)",
+        if not self.quiet:
+            print(f"\n{self.received}: finishing this step and writing a checkpoint (again to stop at once)",
               file=sys.stderr, flush=True)  # fmt: skip
 
     def reason(self) -> str | None:
@@ -231,6 +282,25 @@ def _describe(event) -> str:
     if event.val_loss is not None:
         text += f" val_loss {event.val_loss:.4f} ({event.val_loss / math.log(2):.3f} bits/char)"
     return text
+
+
+# --- prepare -----------------------------------------------------------------------------
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from charnn.prepare import prepare
+
+    result = prepare(args.corpus, args.out, args.encoding, args.val_fraction, args.overwrite)
+    m = result.manifest
+    if result.reused:
+        print(f"{args.out} is up to date ({args.corpus} has not changed since it was prepared)", file=sys.stderr)
+    else:
+        megabytes = m["bytes_read"] / 1e6
+        print(f"prepared {args.out}: {m['train_tokens'] + m['val_tokens']:,} characters ({m['train_tokens']:,} for "
+              f"training, {m['val_tokens']:,} held out), {len(m['vocabulary'])} distinct, {m['dtype']}; "
+              f"{megabytes:,.1f} MB in {result.seconds:.1f} s", file=sys.stderr)  # fmt: skip
+    print(f"train with: charnn train {args.out} --out RUN_DIR", file=sys.stderr)
+    return 0
 
 
 # --- generate ----------------------------------------------------------------------------
@@ -394,15 +464,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("train", help="train a model on a corpus", description="Train a model on a corpus.")
     p.add_argument("corpus", metavar="CORPUS", nargs="?", help="a text file, a folder of *.txt, an http(s) URL, "
-                   "or a known name (great-expectations, tinyshakespeare)")  # fmt: skip
+                   "a known name (great-expectations, tinyshakespeare), or a DATA_DIR from charnn prepare")  # fmt: skip
     p.add_argument("--out", type=Path, metavar="RUN_DIR", help="folder for checkpoints and metrics")
     p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue this run from its newest checkpoint "
                    "(its corpus and options are reused; --epochs, --max-steps, --time-limit may change)")  # fmt: skip
     p.add_argument("--encoding", default="utf-8", help="text encoding of the corpus (default: utf-8)")
     p.add_argument("--overwrite", action="store_true", help="replace whatever RUN_DIR already holds")
+    p.add_argument("--nproc", type=int, metavar="N", help="train in N processes on this machine (one per GPU, or "
+                   "a share of the CPU cores each) through torchrun; --batch-size is the total over them")  # fmt: skip
     add_config_flags(p, ModelConfig, skip=("vocab_size",))
     add_config_flags(p, TrainConfig)
     p.set_defaults(run=cmd_train)
+
+    p = commands.add_parser("prepare", help="encode a large corpus once, for training from a memory map",
+                            description="Read CORPUS in one streaming pass with bounded memory and write its "
+                            "encoded text (train.bin, val.bin) and manifest.json into DATA_DIR, for "
+                            "`charnn train DATA_DIR`. An unchanged corpus is not read again.")  # fmt: skip
+    p.add_argument("corpus", metavar="CORPUS", help="a text file, a folder of *.txt, an http(s) URL, or a known name")
+    p.add_argument("--out", type=Path, metavar="DATA_DIR", required=True, help="folder for the prepared data")
+    p.add_argument("--encoding", default="utf-8", help="text encoding of the corpus (default: utf-8)")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="share of the text, at its end, held out for "
+                   "validation (default: 0.1)")  # fmt: skip
+    p.add_argument("--overwrite", action="store_true", help="replace whatever DATA_DIR holds, and prepare again "
+                   "even an unchanged corpus")  # fmt: skip
+    p.set_defaults(run=cmd_prepare)
 
     p = commands.add_parser("generate", help="generate text from a checkpoint",
                             description="Generate text: the prime followed by --length new characters.")  # fmt: skip
@@ -459,11 +544,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    args.argv = argv
     try:
         return args.run(args)
     except CharnnError as error:
-        print(f"charnn: error: {error}", file=sys.stderr)
+        _report(error)
         return 2
     except KeyboardInterrupt:
         print("charnn: interrupted", file=sys.stderr)
@@ -472,3 +559,19 @@ def main(argv: list[str] | None = None) -> int:
         # Output piped into `head` and closed early: not an error worth a traceback.
         sys.stderr.close()
         return 0
+
+
+def _report(error: CharnnError) -> None:
+    """One line on stderr; in a distributed run, it names the rank and is left for torchrun's agent."""
+    message = str(error)
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1:
+        rank = os.environ.get("RANK", "?")
+        if not message.startswith(f"rank {rank}:"):
+            message = f"rank {rank}: {message}"
+        if "TORCHELASTIC_ERROR_FILE" in os.environ:
+            from charnn.distributed import record_error
+
+            record_error(message, type(error).__name__)
+            if os.environ.get("CHARNN_LAUNCHER"):
+                return  # `charnn train --nproc` names the failing rank itself, once
+    print(f"charnn: error: {message}", file=sys.stderr)

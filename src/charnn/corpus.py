@@ -74,12 +74,19 @@ def decode(data: bytes, encoding: str = "utf-8", source: str = "corpus") -> str:
     try:
         return data.decode(encoding)
     except LookupError:
-        raise CorpusError(f"unknown encoding {encoding!r}; pass a Python codec name to --encoding") from None
+        raise unknown_encoding(encoding) from None
     except UnicodeDecodeError as error:
-        raise CorpusError(
-            f"{source}: byte {error.start} is not valid {encoding} ({error.reason}); "
-            "pass the right --encoding (for example latin-1)"
-        ) from None
+        raise invalid_bytes(source, error.start, encoding, error.reason) from None
+
+
+def unknown_encoding(encoding: str) -> CorpusError:
+    return CorpusError(f"unknown encoding {encoding!r}; pass a Python codec name to --encoding")
+
+
+def invalid_bytes(source: str, offset: int, encoding: str, reason: str) -> CorpusError:
+    return CorpusError(
+        f"{source}: byte {offset} is not valid {encoding} ({reason}); pass the right --encoding (for example latin-1)"
+    )
 
 
 def read_text_file(path: Path, encoding: str = "utf-8") -> str:
@@ -99,18 +106,27 @@ def load_corpus(spec: str, encoding: str = "utf-8") -> Corpus:
 
 
 def _resolve(spec: str, encoding: str) -> str:
+    files, folder = source_files(spec)
+    if folder:
+        return "\n\n".join(read_text_file(p, encoding).strip("\n") for p in files) + "\n"
+    return read_text_file(files[0], encoding)
+
+
+def source_files(spec: str) -> tuple[list[Path], bool]:
+    """The file or files behind `spec` (a URL or registered name is downloaded once); True for a folder,
+    whose files' normalised texts are joined by a blank line."""
     if spec.startswith(("http://", "https://")):
-        return read_text_file(_download(spec), encoding)
+        return [_download(spec)], False
     path = Path(spec).expanduser()
     if path.is_dir():
         files = sorted(p for p in path.glob("*.txt") if p.is_file())
         if not files:
             raise CorpusError(f"folder {path} holds no *.txt files")
-        return "\n\n".join(read_text_file(p, encoding).strip("\n") for p in files) + "\n"
+        return files, True
     if path.is_file():
-        return read_text_file(path, encoding)
+        return [path], False
     if spec in REGISTERED:
-        return read_text_file(_find_registered(spec), encoding)
+        return [_find_registered(spec)], False
     if os.sep in spec or spec.endswith(".txt") or path.suffix:
         raise CorpusError(f"no such file or folder: {spec}")
     known = ", ".join(sorted(REGISTERED))

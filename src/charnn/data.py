@@ -10,7 +10,12 @@ input (its first ``seq_len``) and a target (its last ``seq_len``), the same text
 
 Windows are shuffled each epoch and taken ``batch_size`` at a time (remainder dropped), as
 tensors indexed in one go. The order of an epoch depends only on (seed, epoch), so a run can
-resume at any step without replaying the ones before it.
+resume at any step without replaying the ones before it. `tokens` may be any 1-D integer
+tensor, a memory-mapped one included: only the windows of each batch are read.
+
+Across several processes every one draws the same order and takes its own rows of each
+batch (rank r takes rows r, r + world_size, ...), so together they see exactly the batches
+one process would.
 """
 
 from collections.abc import Iterator
@@ -33,7 +38,8 @@ def minimum_length(batch_size: int, seq_len: int) -> int:
 class Batches:
     """Shuffled (inputs, targets) batches of shape (batch_size, seq_len) over one text."""
 
-    def __init__(self, tokens: torch.Tensor, batch_size: int, seq_len: int, seed: int = 0):
+    def __init__(self, tokens: torch.Tensor, batch_size: int, seq_len: int, seed: int = 0, rank: int = 0,
+                 world_size: int = 1):  # fmt: skip
         needed = minimum_length(batch_size, seq_len)
         if len(tokens) < needed:
             raise CorpusError(
@@ -44,6 +50,7 @@ class Batches:
         self.batch_size = batch_size
         self.seq_len = seq_len
         self.seed = seed
+        self.rank, self.world_size = rank, world_size
         self.num_windows = len(tokens) // (seq_len + 1)
         self.steps_per_epoch = self.num_windows // batch_size
 
@@ -60,5 +67,8 @@ class Batches:
         windows = self.tokens[offset : offset + span].view(self.num_windows, self.seq_len + 1)
         order = torch.randperm(self.num_windows, generator=generator)
         for step in range(start_step, self.steps_per_epoch):
-            chosen = windows[order[step * self.batch_size : (step + 1) * self.batch_size]].long()
+            rows = order[step * self.batch_size : (step + 1) * self.batch_size]
+            if self.world_size > 1:
+                rows = rows[self.rank :: self.world_size]
+            chosen = windows[rows].long()
             yield chosen[:, :-1], chosen[:, 1:]

@@ -34,9 +34,17 @@ class CheckpointError(CharnnError):
     """A checkpoint that is missing, incomplete, corrupt, or from a newer charnn."""
 
 
+class DataDirError(CharnnError):
+    """A folder for prepared data that already holds something else, or cannot be written."""
+
+
 class RunDirError(CharnnError):
     """An output folder that cannot be used for a new run."""
 
 
 class TrainingError(CharnnError):
     """Training cannot start or cannot go on (no such device, a diverging loss)."""
+
+
+class DistributedError(TrainingError):
+    """A process of a distributed run lost contact with the others (one of them failed)."""

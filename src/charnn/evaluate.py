@@ -33,24 +33,43 @@ def model_loss(
     The text is cut into `num_streams` contiguous pieces run side by side, state carried
     from chunk to chunk, so every character but the first of each piece is predicted.
     """
+    total, count = loss_sums(model, tokens, seq_len, num_streams, dtype)
+    return total / count if count else math.nan
+
+
+def loss_sums(
+    model: CharRNN,
+    tokens: torch.Tensor,
+    seq_len: int = 100,
+    num_streams: int = 64,
+    dtype: torch.dtype = torch.float32,
+    rank: int = 0,
+    world_size: int = 1,
+) -> tuple[float, int]:
+    """(Summed loss, characters predicted) of `model_loss`, for the streams r, r + world_size, ...
+    of process `rank`: the processes of a distributed run score one text together."""
     device = next(model.parameters()).device
     num_streams = max(1, min(num_streams, (len(tokens) - 1) // 2))
     piece = len(tokens) // num_streams
     if piece < 2:
-        return math.nan
-    streams = tokens[: piece * num_streams].view(num_streams, piece).long().to(device)  # (S, L)
+        return 0.0, 0
+    # Converted to long chunk by chunk: a memory-mapped held-out text is never loaded whole.
+    streams = tokens[: piece * num_streams].view(num_streams, piece)[rank::world_size]  # (S, L)
+    if len(streams) == 0:
+        return 0.0, 0
     was_training = model.training
     model.eval()
     total, count, state = 0.0, 0, None
     with torch.inference_mode(), autocast(device, dtype):
         for start in range(0, piece - 1, seq_len):
-            targets = streams[:, start + 1 : start + seq_len + 1]
-            inputs = streams[:, start : start + targets.shape[1]]
+            chunk = streams[:, start : start + seq_len + 1].long().to(device)
+            targets = chunk[:, 1:]
+            inputs = chunk[:, : targets.shape[1]]
             logits, state = model(inputs, state)
             total += F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="sum").item()
             count += targets.numel()
     model.train(was_training)
-    return total / count
+    return total, count
 
 
 def gzip_loss(text: str) -> float:

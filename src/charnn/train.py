@@ -12,6 +12,10 @@ Everything a run needs to continue is in each numbered checkpoint: weights, opti
 schedule, random states and the position in the data order (which depends only on the seed
 and the epoch). So a run interrupted and resumed on a CPU in fp32 ends with the same weights,
 bit for bit, as one that never stopped.
+
+The corpus may be prepared data (`charnn.prepare`), read through a memory map. Started by
+torchrun, every process runs the same code: `charnn.distributed` wraps the model in DDP, gives
+each process its share of every batch and keeps the writing to rank 0.
 """
 
 import dataclasses
@@ -27,14 +31,15 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from charnn import checkpoint, fastgru
+from charnn import checkpoint, distributed, fastgru
 from charnn.config import ModelConfig, TrainConfig
 from charnn.corpus import Corpus, load_corpus
 from charnn.data import Batches, split
 from charnn.errors import CheckpointError, ConfigError, CorpusError, RunDirError, TrainingError
-from charnn.evaluate import NATS_TO_BITS, model_loss
+from charnn.evaluate import NATS_TO_BITS, loss_sums, model_loss
 from charnn.hardware import autocast, resolve_device, resolve_precision
 from charnn.model import CharRNN
+from charnn.prepare import PreparedData, open_prepared
 from charnn.vocab import Vocabulary
 
 METRICS = "metrics.jsonl"
@@ -121,7 +126,7 @@ StopCheck = Callable[[], str | None]
 
 
 def train(
-    corpus: Corpus,
+    corpus: Corpus | PreparedData,
     vocab: Vocabulary,
     model_config: ModelConfig,
     config: TrainConfig,
@@ -135,13 +140,18 @@ def train(
     `should_stop` is polled after every step; a reason it returns (say "SIGINT") ends the run
     with a checkpoint, so it can be resumed.
     """
-    run_dir = Path(run_dir)
+    group = distributed.from_env()
+    with distributed.session(group):
+        return _train(corpus, vocab, model_config, config, Path(run_dir), on_event, overwrite, should_stop, group)
+
+
+def _train(corpus, vocab, model_config, config, run_dir, on_event, overwrite, should_stop, group) -> TrainResult:
     # Everything that can be refused is checked before the run folder is touched.
-    tokens = torch.from_numpy(vocab.encode(corpus.text))
-    device = resolve_device(config.device)
+    device = distributed.device_for(group, resolve_device(config.device))
     dtype = resolve_precision(config.precision, device)
-    trainer = Trainer(corpus, vocab, tokens, config, run_dir, device, dtype, on_event, should_stop)
-    created = prepare_run_dir(run_dir, overwrite)
+    trainer = Trainer(corpus, vocab, config, run_dir, device, dtype, on_event, should_stop, group)
+    created = prepare_run_dir(run_dir, overwrite) if group.is_main else False
+    distributed.barrier(group)
     try:
         torch.manual_seed(config.seed)
         trainer.build(CharRNN(model_config))
@@ -168,7 +178,15 @@ def resume(
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise RunDirError(f"no such run folder: {run_dir}")
-    checkpoint.recover_run_dir(run_dir)
+    group = distributed.from_env()
+    with distributed.session(group):
+        return _resume(run_dir, overrides, on_event, should_stop, group)
+
+
+def _resume(run_dir, overrides, on_event, should_stop, group) -> TrainResult:
+    if group.is_main:
+        checkpoint.recover_run_dir(run_dir)
+    distributed.barrier(group)
     resumable = [p for p in checkpoint.list_checkpoints(run_dir) if (p / checkpoint.TRAINER_STATE).is_file()]
     if not resumable:
         raise RunDirError(f"{run_dir} holds no complete checkpoint to resume from; start a new run instead")
@@ -182,22 +200,24 @@ def resume(
     overrides = overrides or {}
     model_fields = ModelConfig.__dataclass_fields__
     config = _merge_options(saved, {k: v for k, v in overrides.items() if k not in model_fields})
-    device = resolve_device(config.device)
+    device = distributed.device_for(group, resolve_device(config.device))
     ckpt = checkpoint.load_checkpoint(path, device)
     _refuse_model_changes(ckpt.config, {k: v for k, v in overrides.items() if k in model_fields})
     trainer_state = checkpoint.load_trainer_state(path)
     corpus = _reload_corpus(ckpt.corpus)
-    tokens = torch.from_numpy(ckpt.vocab.encode(corpus.text))
     dtype = resolve_precision(config.precision, device)
-    trainer = Trainer(corpus, ckpt.vocab, tokens, config, run_dir, device, dtype, on_event, should_stop)
+    trainer = Trainer(corpus, ckpt.vocab, config, run_dir, device, dtype, on_event, should_stop, group)
     trainer.build(ckpt.model.train(), state, trainer_state)
-    _truncate_metrics(run_dir / METRICS, state.step)
+    if group.is_main:
+        _truncate_metrics(run_dir / METRICS, state.step)
     return trainer.run()
 
 
 def _corpus_split(ckpt) -> tuple[str, str]:
     """The training and held-out parts of a checkpoint's corpus, found again and checked."""
     corpus = _reload_corpus(ckpt.corpus)
+    if isinstance(corpus, PreparedData):
+        return corpus.decode(corpus.train), corpus.decode(corpus.val)
     val_fraction = ckpt.training.get("config", {}).get("val_fraction", 0.0)
     cut = len(corpus.text) - int(len(corpus.text) * val_fraction)
     return corpus.text[:cut], corpus.text[cut:]
@@ -237,7 +257,9 @@ def _merge_options(saved: TrainConfig, overrides: dict[str, Any]) -> TrainConfig
     return dataclasses.replace(saved, **{k: v for k, v in overrides.items() if k in RESUMABLE_OPTIONS})
 
 
-def _reload_corpus(record: dict[str, Any]) -> Corpus:
+def _reload_corpus(record: dict[str, Any]) -> Corpus | PreparedData:
+    if "prepared" in record:
+        return _reload_prepared(record)
     source = record.get("source") or record.get("name")
     if not source:
         raise CheckpointError("the checkpoint does not say which corpus it was trained on")
@@ -248,6 +270,33 @@ def _reload_corpus(record: dict[str, Any]) -> Corpus:
     if corpus.sha256 != record.get("sha256"):
         raise CorpusError(f"the corpus {source} has changed since the model was trained (its sha256 differs)")
     return Corpus(record.get("name", source), corpus.text, corpus.encoding)
+
+
+def _reload_prepared(record: dict[str, Any]) -> PreparedData:
+    try:
+        data = open_prepared(record["prepared"])
+    except CorpusError as error:
+        raise CorpusError(f"cannot find the run's prepared data again ({error})") from None
+    if data.sha256 != record.get("sha256"):
+        raise CorpusError(
+            f"the data in {record['prepared']} has changed since the model was trained (its sha256 differs); "
+            f"run charnn prepare {record.get('source')} --out {record['prepared']} again"
+        )
+    return data
+
+
+def _split_tokens(corpus: Corpus | PreparedData, vocab: Vocabulary, val_fraction: float):
+    """(training, held-out) tokens: encoded from the text, or memory-mapped from prepared data."""
+    if not isinstance(corpus, PreparedData):
+        return split(torch.from_numpy(vocab.encode(corpus.text)), val_fraction)
+    if corpus.vocab != vocab:
+        raise ConfigError(f"the vocabulary differs from the one {corpus.path} was prepared with")
+    if val_fraction != corpus.val_fraction:
+        raise ConfigError(
+            f"{corpus.path} holds out {corpus.val_fraction} of its text, the run asks for --val-fraction "
+            f"{val_fraction}; leave the option out, or run charnn prepare --val-fraction {val_fraction} again"
+        )
+    return torch.from_numpy(corpus.train), torch.from_numpy(corpus.val)
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
@@ -268,15 +317,27 @@ def _truncate_metrics(path: Path, step: int) -> None:
 class Trainer:
     """One run's loop. `build` sets up the model and optimizer; `run` trains until a stop."""
 
-    def __init__(self, corpus, vocab, tokens, config, run_dir, device, dtype, on_event, should_stop):
+    def __init__(self, corpus, vocab, config, run_dir, device, dtype, on_event, should_stop, group=distributed.ONE):
         self.config: TrainConfig = config
         self.vocab = vocab
+        self.group: distributed.Group = group
         self.corpus_record = corpus.reference()
-        train_tokens, self.val_tokens = split(tokens, config.val_fraction)
-        self.batches = Batches(train_tokens, config.batch_size, config.seq_len, config.seed)
+        train_tokens, self.val_tokens = _split_tokens(corpus, vocab, config.val_fraction)
+        if config.batch_size % group.world_size:
+            raise ConfigError(
+                f"--batch-size {config.batch_size} is not a multiple of the {group.world_size} processes; "
+                "each takes an equal share of every batch"
+            )
+        if len(set(distributed.gather(group, self.corpus_record["sha256"]))) > 1:
+            raise ConfigError(
+                "the processes do not all train on the same text (its sha256 differs between them); prepare the "
+                "same corpus on every machine, or put DATA_DIR where they all see it"
+            )
+        self.batches = Batches(train_tokens, config.batch_size, config.seq_len, config.seed, group.rank,
+                               group.world_size)  # fmt: skip
         self.run_dir = run_dir
         self.device, self.dtype = device, dtype
-        self.emit = on_event or (lambda event: None)
+        self.emit = (on_event or (lambda event: None)) if group.is_main else (lambda event: None)
         self.should_stop = should_stop or (lambda: None)
         self.result = TrainResult()
         self.total_steps = config.epochs * self.batches.steps_per_epoch
@@ -289,6 +350,7 @@ class Trainer:
         if self.config.threads:
             torch.set_num_threads(self.config.threads)
         self.model = model.to(self.device)
+        self.network = distributed.wrap(self.group, self.model, self.device)  # what a training step calls
         parameters = self.model.parameters()
         if self.config.weight_decay:
             self.optimizer = torch.optim.AdamW(parameters, lr=self.config.lr, weight_decay=self.config.weight_decay)
@@ -296,17 +358,30 @@ class Trainer:
             self.optimizer = torch.optim.Adam(parameters, lr=self.config.lr)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
         # A hand-written bf16 GRU recurrence where it applies (see charnn.fastgru); else PyTorch's.
-        self.fast_forward = fastgru.supported(self.model, self.device, self.dtype)
+        # DDP must see every forward, so several processes keep PyTorch's own.
+        self.fast_forward = not self.group.active and fastgru.supported(self.model, self.device, self.dtype)
         self.state = state or RunState()
         if trainer_state is not None:
             self.optimizer.load_state_dict(trainer_state["optimizer"])
             self.scaler.load_state_dict(trainer_state["scaler"])
-            torch.set_rng_state(trainer_state["rng_cpu"])
+            torch.set_rng_state(self._own_rng(trainer_state, "rng_cpu"))
             if self.device.type == "cuda" and "rng_cuda" in trainer_state:
-                torch.cuda.set_rng_state(trainer_state["rng_cuda"])
+                torch.cuda.set_rng_state(self._own_rng(trainer_state, "rng_cuda"))
+        elif self.group.rank:
+            torch.manual_seed(self.config.seed + distributed.RANK_SEED_STRIDE * self.group.rank)
         self.result.best_val_loss = self.state.best_val_loss
         if self.state.best_val_loss is not None and checkpoint.is_checkpoint(self.run_dir / checkpoint.BEST):
             self.result.best_checkpoint = self.run_dir / checkpoint.BEST
+
+    def _own_rng(self, trainer_state: dict, key: str) -> torch.Tensor:
+        """This process's random state; a run resumed with another number of processes reseeds the others."""
+        ranks = trainer_state.get(f"{key}_ranks")
+        if ranks is not None and len(ranks) == self.group.world_size:
+            return ranks[self.group.rank]
+        if self.group.rank:
+            torch.manual_seed(self.config.seed + distributed.RANK_SEED_STRIDE * self.group.rank + self.state.step)
+            return torch.get_rng_state() if key == "rng_cpu" else torch.cuda.get_rng_state()
+        return trainer_state[key]
 
     # --- the loop --------------------------------------------------------------------------
 
@@ -329,7 +404,7 @@ class Trainer:
                 s.step_in_epoch, s.epoch_loss_sum, s.epoch_loss_count = 0, 0.0, 0
             for inputs, targets in self.batches.epoch(epoch - 1, s.step_in_epoch):
                 self._step(inputs, targets)
-                stop = self._after_step()
+                stop = distributed.agree(self.group, self._after_step())
                 if stop:
                     break
             if not stop or s.step_in_epoch == self.batches.steps_per_epoch:
@@ -363,9 +438,9 @@ class Trainer:
             logits = fastgru.training_forward(self.model, inputs, self.dtype)  # (B, T, V)
         else:
             with autocast(self.device, self.dtype):
-                logits, _ = self.model(inputs)  # (B, T, V)
+                logits, _ = self.network(inputs)  # (B, T, V)
         loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
-        value = loss.item()
+        value = distributed.mean(self.group, loss)  # loss.item() with one process
         # Checked before the update, so a diverged step never reaches the weights.
         if not math.isfinite(value) or value > self.explode_at:
             raise TrainingError(
@@ -428,7 +503,7 @@ class Trainer:
         if len(self.val_tokens) < 3:
             return None
         s = self.state
-        val_loss = model_loss(self.model, self.val_tokens, self.config.seq_len, self.config.batch_size, self.dtype)
+        val_loss = self._val_loss()
         train_loss = self._epoch_loss()
         if s.last_eval and not s.warned_overfitting:
             last_train, last_val = s.last_eval
@@ -451,12 +526,22 @@ class Trainer:
                 s.lr_factor = max(s.lr_factor / 2, 1 / 64)
         return val_loss
 
+    def _val_loss(self) -> float:
+        scoring = (self.model, self.val_tokens, self.config.seq_len, self.config.batch_size, self.dtype)
+        if not self.group.active:
+            return model_loss(*scoring)
+        # Each process scores its share of the held-out streams.
+        total, count = distributed.sums(self.group, list(loss_sums(*scoring, self.group.rank, self.group.world_size)))
+        return total / count if count else math.nan
+
     def _patience_exhausted(self) -> bool:
         return self.config.patience is not None and self.state.evals_since_best >= self.config.patience
 
     # --- output ----------------------------------------------------------------------------
 
     def _plot(self) -> None:
+        if not self.group.is_main:
+            return
         from charnn.plot import plot_run
 
         try:
@@ -492,6 +577,8 @@ class Trainer:
             entry["val_loss"] = val_loss
             entry["val_bpc"] = val_loss * NATS_TO_BITS
         self.result.history.append(entry)
+        if not self.group.is_main:
+            return
         try:
             with open(self.run_dir / METRICS, "a", encoding="utf-8") as f:
                 f.write(json.dumps(entry) + "\n")
@@ -528,17 +615,24 @@ class Trainer:
             }
             if self.device.type == "cuda":
                 trainer_state["rng_cuda"] = torch.cuda.get_rng_state()
+            if self.group.active:  # every process's own, so each resumes exactly
+                trainer_state["rng_cpu_ranks"] = distributed.gather(self.group, torch.get_rng_state())
+                if self.device.type == "cuda":
+                    trainer_state["rng_cuda_ranks"] = distributed.gather(self.group, torch.cuda.get_rng_state())
         path = self.run_dir / name
-        try:
-            checkpoint.save_checkpoint(path, self.model, self.vocab, training, self.corpus_record, trainer_state)
-        except OSError as error:
-            previous = self.result.last_checkpoint or "none yet"
-            raise TrainingError(
-                f"cannot write checkpoint {path}: {error.strerror or error}; the previous one ({previous}) is intact"
-            ) from None
+        if self.group.is_main:
+            try:
+                checkpoint.save_checkpoint(path, self.model, self.vocab, training, self.corpus_record, trainer_state)
+            except OSError as error:
+                previous = self.result.last_checkpoint or "none yet"
+                raise TrainingError(
+                    f"cannot write checkpoint {path}: {error.strerror or error}; "
+                    f"the previous one ({previous}) is intact"
+                ) from None
+        distributed.barrier(self.group)  # nobody runs ahead of a checkpoint being written
         if resumable:
             self.result.last_checkpoint = path
-            if self.config.keep_last:
+            if self.config.keep_last and self.group.is_main:
                 checkpoint.prune(self.run_dir, self.config.keep_last)
         self._emit("checkpoint", self._epoch_loss(), val_loss, path=path)
         return path
