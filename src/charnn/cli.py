@@ -210,7 +210,7 @@ class Interrupts:
         self.received = signal.Signals(signum).name
         if not self.quiet:
             print(f"\n{self.received}: finishing this step and writing a checkpoint (again to stop at once)",
-              file=sys.stderr, flush=True)  # fmt: skip
+                  file=sys.stderr, flush=True)  # fmt: skip
 
     def reason(self) -> str | None:
         return self.received
