@@ -5,8 +5,9 @@ Embedding -> nn.GRU -> Linear loop written here, at the reference configuration 
 window 100, embedding 256, GRU 1024). Generation: `charnn.sample.generate` against the plain
 loop that calls the model once per character, for one stream and for 64 at once.
 
-The two sides of each row alternate, `--repeats` times, and each keeps its best rate: other
-work on the machine then slows both alike instead of whichever happened to run during it.
+The two sides of each row alternate, `--repeats` short rounds, and each keeps its best round:
+other work on the machine then slows both alike instead of whichever happened to run during
+it, and a quiet moment counts for both.
 
     PYTHONPATH=src python benchmarks/speed.py            # 2 to 8 minutes on 2 cores, with the load
     PYTHONPATH=src python benchmarks/speed.py --quick    # a smoke run: that it works, not how fast
@@ -205,13 +206,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="few steps: checks that it runs, not the speed")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="PyTorch threads (default: all cores)")
-    parser.add_argument("--repeats", type=int, default=None, help="alternating rounds per row (default 4, quick 1)")
+    parser.add_argument("--repeats", type=int, default=None, help="alternating rounds per row (default 6, quick 1)")
     parser.add_argument("--profile", action="store_true", help="also print where charnn's time goes")
     parser.add_argument("--only", choices=("training", "generation"), help="measure only these rows")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    repeats = args.repeats or (1 if args.quick else 4)
-    train_steps, one_length, many_length = (2, 200, 20) if args.quick else (6, 2000, 200)
+    repeats = args.repeats or (1 if args.quick else 6)
+    train_steps, one_length, many_length = (2, 200, 20) if args.quick else (4, 1000, 100)
 
     corpus = load_text()
     vocab = Vocabulary.from_text(corpus.text)
