@@ -132,16 +132,22 @@ SMALL = ["--embedding-dim", "8", "--hidden-size", "16", "--seq-len", "10", "--ba
          "fp32", "--threads", "1"]  # fmt: skip
 
 
-@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_a_signal_writes_a_checkpoint_and_says_how_to_resume(tmp_path, signum, code):
+def _running_with_a_checkpoint(tmp_path):
+    """A long `charnn train` subprocess, once it has written its first checkpoint."""
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(TINY_TEXT * 40, encoding="utf-8")
     run = tmp_path / "run"
     process = _popen_train(str(corpus), "--out", str(run), "--epochs", "100000", *SMALL)
     deadline = time.monotonic() + 120
-    while not list_checkpoints(run) if run.exists() else True:
+    while not run.exists() or not list_checkpoints(run):
         assert time.monotonic() < deadline and process.poll() is None, process.communicate()
         time.sleep(0.05)
+    return process, run
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_writes_a_checkpoint_and_says_how_to_resume(tmp_path, signum, code):
+    process, run = _running_with_a_checkpoint(tmp_path)
     process.send_signal(signum)
     _, err = process.communicate(timeout=60)
     assert process.returncode == code, err
@@ -154,14 +160,7 @@ def test_a_signal_writes_a_checkpoint_and_says_how_to_resume(tmp_path, signum, c
 
 
 def test_a_second_interrupt_stops_at_once_without_damage(tmp_path):
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text(TINY_TEXT * 40, encoding="utf-8")
-    run = tmp_path / "run"
-    process = _popen_train(str(corpus), "--out", str(run), "--epochs", "100000", *SMALL)
-    deadline = time.monotonic() + 120
-    while not list_checkpoints(run) if run.exists() else True:
-        assert time.monotonic() < deadline and process.poll() is None
-        time.sleep(0.05)
+    process, run = _running_with_a_checkpoint(tmp_path)
     process.send_signal(signal.SIGINT)
     process.send_signal(signal.SIGINT)
     process.communicate(timeout=60)
