@@ -150,14 +150,17 @@ def _download(url: str, target: Path | None = None) -> Path:
         target = cache_dir() / f"url-{digest}.txt"
     if target.is_file():
         return target
+    tmp = None
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         with urllib.request.urlopen(url, timeout=60) as response:
             data = response.read()
-        with tempfile.NamedTemporaryFile(dir=target.parent, delete=False) as tmp:
+        with tempfile.NamedTemporaryFile(dir=target.parent, prefix=".download-", delete=False) as tmp:
             tmp.write(data)
         os.replace(tmp.name, target)
     except (urllib.error.URLError, OSError, ValueError) as error:
+        if tmp is not None:  # written in part (a full disk): leave nothing behind
+            Path(tmp.name).unlink(missing_ok=True)
         reason = getattr(error, "reason", None) or error
         raise CorpusError(f"cannot download {url}: {reason}; download it yourself and pass the file's path") from None
     return target
