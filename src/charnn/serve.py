@@ -419,6 +419,20 @@ class _Failed(Exception):
     pass
 
 
+async def _finish(service, job: Job, http: HttpRequest, num_samples: int):
+    """A non-streaming request's (texts, finish reasons), or the Response that ends it instead:
+    500 when generation failed, 499 when the client went away. The job's slot is freed either way."""
+    try:
+        result = await _collect(job, http, num_samples)
+    except _Failed as error:
+        return _error(500, None, str(error), "server_error")
+    finally:
+        service.finish(job)
+    if result is None:
+        return Response(status_code=499)
+    return result
+
+
 async def _collect(job: Job, http: HttpRequest, num_samples: int) -> tuple[list[str], list[str]] | None:
     """The whole result; None when the client went away first."""
 
@@ -540,14 +554,9 @@ def create_app(checkpoint_path: str | Path, limits: ServeLimits = ServeLimits())
         job = service.start(body.prompt, body.max_new_chars, sampling, body.num_samples, seed, body.stop)
         if body.stream:
             return _EventStream(_generate_stream(job, seed, service.name), service, job)
-        try:
-            result = await _collect(job, http, body.num_samples)
-        except _Failed as error:
-            return _error(500, None, str(error), "server_error")
-        finally:
-            service.finish(job)
-        if result is None:
-            return Response(status_code=499)
+        result = await _finish(service, job, http, body.num_samples)
+        if isinstance(result, Response):
+            return result
         samples, reasons = result
         return GenerateResponse(
             samples=samples, finish_reason=_overall(reasons), finish_reasons=reasons, seed=seed, model=service.name
@@ -572,14 +581,9 @@ def create_app(checkpoint_path: str | Path, limits: ServeLimits = ServeLimits())
         if body.stream:
             usage = body.stream_options is not None and body.stream_options.include_usage
             return _EventStream(_completion_stream(job, head, n, echo, usage), service, job)
-        try:
-            result = await _collect(job, http, n)
-        except _Failed as error:
-            return _error(500, None, str(error), "server_error")
-        finally:
-            service.finish(job)
-        if result is None:
-            return Response(status_code=499)
+        result = await _finish(service, job, http, n)
+        if isinstance(result, Response):
+            return result
         texts, reasons = result
         choices = [
             CompletionChoice(text=echo + t, index=k, finish_reason=r)
