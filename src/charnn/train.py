@@ -602,7 +602,7 @@ class Trainer:
             "elapsed_seconds": record["elapsed"],
             "precision": str(self.dtype).removeprefix("torch."),
             "config": self.config.to_dict(),
-            "state": {k: v for k, v in record.items() if k in RunState.__dataclass_fields__},
+            "state": record,
         }
         if training["val_loss"] is not None:
             training["val_bpc"] = training["val_loss"] * NATS_TO_BITS
