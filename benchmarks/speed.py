@@ -3,7 +3,8 @@
 Training: charnn's trainer (`charnn.train.train`, precision auto) against a plain fp32
 Embedding -> nn.GRU -> Linear loop written here, at the reference configuration (batch 64,
 window 100, embedding 256, GRU 1024). Generation: `charnn.sample.generate` against the plain
-loop that calls the model once per character, for one stream and for 64 at once.
+loop that calls the model once per character, for one stream and for 64 at once. Where auto
+means int8, a row also shows int8 through PyTorch's operations instead of the compiled step.
 
 The two sides of each row alternate, `--repeats` short rounds, and each keeps its best round:
 other work on the machine then slows both alike instead of whichever happened to run during
@@ -32,8 +33,8 @@ from charnn.corpus import Corpus, load_corpus
 from charnn.data import Batches
 from charnn.errors import CorpusError
 from charnn.model import CharRNN
-from charnn.sample import generate, sample_next
-from charnn.stepper import Stepper, resolve_precision
+from charnn.sample import RandomStreams, _generate, generate, sample_for, sample_next
+from charnn.stepper import Stepper, int8_supported, resolve_precision
 from charnn.train import train
 from charnn.vocab import Vocabulary
 
@@ -111,7 +112,13 @@ def plain_generation_rate(model: PlainModel, streams: int, length: int) -> float
 
 def charnn_generation_rate(model: CharRNN, vocab: Vocabulary, streams: int, length: int, precision: str) -> float:
     start = time.perf_counter()
-    for _ in generate(model, vocab, vocab.characters[0], length, SAMPLING, streams, seed=0, precision=precision):
+    if precision == "int8 (PyTorch ops)":  # the int8 path without the compiled step, for comparison
+        prime = torch.from_numpy(vocab.encode(vocab.characters[0]))
+        stepper = Stepper(model, "int8", compiled=False)
+        steps = _generate(stepper, vocab, prime, length, SAMPLING, RandomStreams(0, streams))
+    else:
+        steps = generate(model, vocab, vocab.characters[0], length, SAMPLING, streams, seed=0, precision=precision)
+    for _ in steps:
         pass
     return streams * length / (time.perf_counter() - start)
 
@@ -158,7 +165,7 @@ def step_breakdown(model: CharRNN, plain: PlainModel) -> None:
     with torch.inference_mode():
         state = None
         for precision in ("fp32", "bf16", resolve_precision("auto", torch.device("cpu"))):
-            stepper = Stepper(model, precision)
+            stepper = Stepper(model, precision, compiled=False)  # PyTorch's operations, piece by piece
             h = stepper.init_state(1)
             stepper.step(token, h)
             w = stepper.weights
@@ -178,11 +185,17 @@ def step_breakdown(model: CharRNN, plain: PlainModel) -> None:
                 "table lookup": lambda w=w, gi=gi: torch.index_select(w.table, 0, token, out=gi),
             }
             print(f"  charnn Stepper, {precision}: " + ", ".join(f"{k} {time_us(f):.1f}" for k, f in pieces.items()))
+        compiled = Stepper(model, "int8") if int8_supported() else None
+        if compiled is not None and compiled.fused is not None:
+            h = compiled.init_state(1)
+            whole = time_us(lambda: compiled.step(token, h))
+            sampler = time_us(lambda: sample_for(compiled, logits, SAMPLING, uniform))
+            print(f"  charnn compiled int8 step (charnn.kernels): whole step {whole:.1f}, its sampler {sampler:.1f}")
         _, state = plain(token.unsqueeze(1))
         x = token.unsqueeze(1)
         print(f"  plain model(x, state) call: {time_us(lambda: plain(x, state)):.1f}")
         sampling = time_us(lambda: sample_next(logits, SAMPLING, uniform))
-        print(f"  sample_next (temperature 0.8), in both loops: {sampling:.1f}")
+        print(f"  sample_next (temperature 0.8), in the plain loop and charnn fp32/bf16: {sampling:.1f}")
 
 
 def profile(corpus: Corpus, vocab: Vocabulary, model: CharRNN, plain: PlainModel) -> None:
@@ -235,26 +248,27 @@ def main() -> None:
         })  # fmt: skip
         rows.append(("training, batch 64 x window 100", rates["plain"], rates["charnn"], "precision auto", 3))
     for streams, length, target in ((1, one_length, 4), (64, many_length, 3)) if args.only != "training" else ():
+        precisions = ["fp32", "bf16", auto] + (["int8 (PyTorch ops)"] if auto == "int8" else [])
         for precision in ("fp32", "bf16", auto):
             Stepper(model, precision)  # weights are prepared once per model, as in a server: not timed
         measures = {"plain": partial(plain_generation_rate, plain, streams, length)}
-        for precision in ("fp32", "bf16", auto):
+        for precision in precisions:
             measures[precision] = partial(charnn_generation_rate, model, vocab, streams, length, precision)
         rates = best_of(repeats, measures)
         label = f"generation, {streams} stream{'s' if streams > 1 else ''}"
         rows.append((label, rates["plain"], rates[auto], f"precision auto ({auto})", target))
-        for precision in ("fp32", "bf16"):
+        for precision in precisions:
             if precision != auto:
                 rows.append((label, rates["plain"], rates[precision], f"precision {precision}", None))
 
     print()
     header = ("what (characters/s)", "plain loop", "charnn", "ratio", "charnn setting", "target")
-    print("| {:<34}| {:>11} | {:>9} | {:>6} | {:<24}| {} |".format(*header))
-    print(f"|{'-' * 35}|{'-' * 13}|{'-' * 11}|{'-' * 8}|{'-' * 25}|--------|")
+    print("| {:<34}| {:>11} | {:>9} | {:>6} | {:<30}| {} |".format(*header))
+    print(f"|{'-' * 35}|{'-' * 13}|{'-' * 11}|{'-' * 8}|{'-' * 31}|--------|")
     for what, base, ours, setting, target in rows:
         ratio = ours / base
         verdict = "" if target is None else f">= {target}x {'met' if ratio >= target else 'NOT met'}"
-        print(f"| {what:<34}| {base:>11,.0f} | {ours:>9,.0f} | {ratio:>5.2f}x | {setting:<24}| {verdict} |")
+        print(f"| {what:<34}| {base:>11,.0f} | {ours:>9,.0f} | {ratio:>5.2f}x | {setting:<30}| {verdict} |")
 
     if args.profile:
         profile(corpus, vocab, model, plain)

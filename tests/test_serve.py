@@ -116,7 +116,7 @@ def test_without_a_seed_one_is_drawn_and_reported(client, ckpt):
 
 
 def test_streaming_events(client, ckpt):
-    body = {"prompt": "Pip", "max_new_chars": 120, "seed": 3, "num_samples": 2, "stream": True}
+    body = {"prompt": "Pip", "max_new_chars": 300, "seed": 3, "num_samples": 2, "stream": True}
     with client.stream("POST", "/v1/generate", json=body) as response:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
@@ -135,8 +135,10 @@ def test_streaming_events(client, ckpt):
         if "finish_reason" in event:
             finished.append(event["sample"])
     assert sorted(finished) == [0, 1]
-    assert texts == reference(ckpt, "Pip", 120, num_samples=2, seed=3)
-    assert len(parsed) > 10  # characters arrive as they are produced, not in one piece
+    assert texts == reference(ckpt, "Pip", 300, num_samples=2, seed=3)
+    # Characters arrive as they are produced, not in one piece; text that arrives while the
+    # reader is busy is joined into one event, so how many depends on the two speeds.
+    assert len(parsed) > 4
 
 
 @pytest.mark.parametrize("stream", [False, True])

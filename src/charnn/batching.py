@@ -27,7 +27,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence, pad_se
 
 from charnn.config import SampleConfig
 from charnn.model import CharRNN, State
-from charnn.sample import RandomStreams, sample_next
+from charnn.sample import RandomStreams, sample_for
 from charnn.stepper import Stepper
 from charnn.vocab import Vocabulary
 
@@ -250,11 +250,11 @@ class Engine:
         for i, row in enumerate(self._rows):
             groups[row.job.request.sampling].append(i)
         if len(groups) == 1:
-            return sample_next(self._logits, next(iter(groups)), uniforms)
+            return sample_for(self.stepper, self._logits, next(iter(groups)), uniforms)
         chosen = torch.empty(len(self._rows), dtype=torch.long, device=self._logits.device)
         for sampling, rows in groups.items():
             index = torch.tensor(rows, device=self._logits.device)
-            chosen[index] = sample_next(self._logits.index_select(0, index), sampling, uniforms[rows])
+            chosen[index] = sample_for(self.stepper, self._logits.index_select(0, index), sampling, uniforms[rows])
         return chosen
 
     def _advance(self, arrivals: list[Job]) -> None:

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from charnn import kernels
 from charnn.config import SampleConfig
 from charnn.errors import ConfigError
 from charnn.model import CharRNN
@@ -44,6 +45,24 @@ def sample_next(logits: torch.Tensor, sampling: SampleConfig, uniforms: torch.Te
     # right=True never lands on a zero-probability character (a flat step of the CDF).
     choice = torch.searchsorted(cdf, targets, right=True).squeeze(-1)
     return choice.clamp_(max=logits.shape[-1] - 1)
+
+
+def sample_for(stepper: Stepper, logits: torch.Tensor, sampling: SampleConfig, uniforms: torch.Tensor) -> torch.Tensor:
+    """`sample_next`, or its compiled twin where `stepper` runs the compiled int8 step.
+
+    The twin follows the same steps with its sums in double, so it can differ from
+    `sample_next` only where a uniform falls within rounding of a step of the CDF; it saves a
+    dozen small PyTorch calls per character. fp32 and bf16 keep `sample_next`, which is what
+    makes fp32 text equal the plain model's.
+    """
+    if stepper.fused is None:
+        with torch.inference_mode():
+            return sample_next(logits, sampling, uniforms)
+    chosen = torch.empty(logits.shape[0], dtype=torch.long)
+    top_p = 1.0 if sampling.top_p is None else sampling.top_p
+    kernels.load().sample(logits.float().contiguous(), sampling.temperature, sampling.top_k or 0, top_p,
+                          uniforms.to(torch.float64), chosen)  # fmt: skip
+    return chosen
 
 
 class RandomStreams:
@@ -104,12 +123,11 @@ def generate(
 def _generate(stepper, vocab, tokens, length, sampling, streams) -> Iterator[list[str]]:
     num_samples = len(streams.generators)
     characters = vocab.characters
-    # The stepper enters inference_mode per call, not around the loop: a generator must not
-    # leave it switched on in its caller's code between two characters.
+    # inference_mode is entered per call (by the stepper, by sample_for), not around the loop:
+    # a generator must not leave it switched on in its caller's code between two characters.
     logits, state = stepper.prefill(tokens.unsqueeze(0).expand(num_samples, -1))  # (N, P) -> (N, V)
     for step in range(length):
-        with torch.inference_mode():
-            chosen = sample_next(logits, sampling, streams.next())
+        chosen = sample_for(stepper, logits, sampling, streams.next())
         yield [characters[i] for i in chosen.tolist()]
         if step + 1 < length:
             logits = stepper.step(chosen, state)

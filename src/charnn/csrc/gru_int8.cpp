@@ -1,0 +1,357 @@
+// One generation step of a GRU CharRNN with int8 weights, fused: table lookup, every layer's
+// products and gates, and the output layer, in one call from Python.
+//
+// Why: one stream spends most of a step in dozens of small PyTorch calls and in a one-row
+// int8 product that oneDNN does in ~75-115 us. Here the recurrent weights are laid out so
+// that 16 hidden units' r, z and n rows are read together; each thread keeps its own half of
+// the weights (1.5 MB for the reference model) in its core's L2 cache; and the gates run on
+// the products while they are still in registers.
+//
+// Numbers: activations in [-1, 1] become uint8 round(127 x) + 128; the products are exact
+// int32 sums (AVX-512 VNNI for a few rows, AMX tiles for 16 rows at a time), corrected for the
+// +128 with precomputed row sums. Every row then goes through the same float epilogue, so a
+// row's result never depends on the batch it was computed in or on which unit computed it.
+
+#include <torch/extension.h>
+
+#include <ATen/Parallel.h>
+#include <immintrin.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <numeric>
+#include <vector>
+
+namespace {
+
+constexpr int kUnits = 16;                // hidden units per block: one AVX-512 register of floats
+constexpr int kGroupBytes = 3 * kUnits * 4;  // one group of 4 inputs for the r, z and n rows of a block
+
+// Weights of one int8 product y = W x + b with W (3H, K), rearranged by charnn/kernels.py:
+// packed[block][k / 4][gate][unit][k % 4], gate in (r, z, n), unit in the block's 16.
+struct Int8Linear {
+  const int8_t* packed;
+  const int32_t* correction;  // 128 * (sum of row r of W): removes the +128 of the inputs
+  const float* scale;         // row scale of W times the input scale 1/127
+  const float* bias;
+  int64_t hidden;  // H: W has 3H rows
+  int64_t inputs;  // K
+};
+
+Int8Linear unpack(const std::vector<at::Tensor>& t, size_t i) {
+  return {t[i].data_ptr<int8_t>(), t[i + 1].data_ptr<int32_t>(), t[i + 2].data_ptr<float>(),
+          t[i + 3].data_ptr<float>(), t[i + 2].size(0) / 3, t[i].size(1) * 4};
+}
+
+// x in [-1, 1] -> round(127 x) + 128, saturated to [0, 255].
+void quantize(const float* x, uint8_t* q, int64_t n) {
+  const __m512 mul = _mm512_set1_ps(127.0f), add = _mm512_set1_ps(128.5f);
+  const __m512 lo = _mm512_setzero_ps(), hi = _mm512_set1_ps(255.0f);
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    __m512 v = _mm512_add_ps(_mm512_mul_ps(_mm512_loadu_ps(x + i), mul), add);
+    v = _mm512_min_ps(_mm512_max_ps(v, lo), hi);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(q + i), _mm512_cvtepi32_epi8(_mm512_cvttps_epi32(v)));
+  }
+  for (; i < n; ++i) {
+    float v = std::min(std::max(x[i] * 127.0f + 128.5f, 0.0f), 255.0f);
+    q[i] = static_cast<uint8_t>(v);
+  }
+}
+
+// exp(x) to about 2e-7 relative error: 2^n times a degree-6 polynomial on [-ln2/2, ln2/2].
+__m512 exp16(__m512 x) {
+  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0f)), _mm512_set1_ps(87.0f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145752f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.42860677e-6f), r);
+  __m512 p = _mm512_set1_ps(1.0f / 720);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(p, n);
+}
+
+__m512 sigmoid16(__m512 x) {
+  const __m512 one = _mm512_set1_ps(1.0f);
+  return _mm512_div_ps(one, _mm512_add_ps(one, exp16(_mm512_sub_ps(_mm512_setzero_ps(), x))));
+}
+
+__m512 tanh16(__m512 x) {  // 2 sigmoid(2x) - 1
+  const __m512 two = _mm512_set1_ps(2.0f);
+  return _mm512_fmsub_ps(two, sigmoid16(_mm512_mul_ps(two, x)), _mm512_set1_ps(1.0f));
+}
+
+// The float result of rows [offset, offset + 16) from their exact int32 sums.
+__m512 dequantize(const int32_t* sums, const Int8Linear& w, int64_t offset) {
+  const __m512i exact = _mm512_sub_epi32(_mm512_loadu_si512(sums), _mm512_loadu_si512(w.correction + offset));
+  return _mm512_fmadd_ps(_mm512_cvtepi32_ps(exact), _mm512_loadu_ps(w.scale + offset), _mm512_loadu_ps(w.bias + offset));
+}
+
+// sums: the (r, z, n) x 16 int32 products of one block for one row. Either the GRU update of
+// that row's 16 units (gi: the input side of the gates, h: updated in place), or, with h null,
+// the plain product written into out's r, z and n places.
+// Not inlined: every path reaches the floats through this one piece of code.
+__attribute__((noinline)) void finish_block(const int32_t* sums, const Int8Linear& w, int64_t block,
+                                            const float* gi, float* h, float* out) {
+  const int64_t H = w.hidden, j = block * kUnits;
+  const __m512 r_h = dequantize(sums, w, j), z_h = dequantize(sums + 16, w, H + j),
+               n_h = dequantize(sums + 32, w, 2 * H + j);
+  if (h == nullptr) {
+    _mm512_storeu_ps(out + j, r_h);
+    _mm512_storeu_ps(out + H + j, z_h);
+    _mm512_storeu_ps(out + 2 * H + j, n_h);
+    return;
+  }
+  // PyTorch's GRU: r, z = sigmoid(gi + gh); n = tanh(gi_n + r gh_n); h = n + z (h - n)
+  const __m512 r = sigmoid16(_mm512_add_ps(_mm512_loadu_ps(gi + j), r_h));
+  const __m512 z = sigmoid16(_mm512_add_ps(_mm512_loadu_ps(gi + H + j), z_h));
+  const __m512 n = tanh16(_mm512_fmadd_ps(r, n_h, _mm512_loadu_ps(gi + 2 * H + j)));
+  const __m512 old = _mm512_loadu_ps(h + j);
+  _mm512_storeu_ps(h + j, _mm512_fmadd_ps(z, _mm512_sub_ps(old, n), n));
+}
+
+// The int32 products of one block for ROWS rows of quantized inputs, with AVX-512 VNNI.
+// SPLIT independent sums per register keep enough multiply-adds in flight for one row.
+template <int ROWS, int SPLIT>
+void block_sums_vnni(const uint8_t* const* xq, const int8_t* block, int64_t groups, int32_t (*sums)[48]) {
+  __m512i acc[ROWS][SPLIT][3];
+  for (int r = 0; r < ROWS; ++r)
+    for (int s = 0; s < SPLIT; ++s)
+      for (int g = 0; g < 3; ++g) acc[r][s][g] = _mm512_setzero_si512();
+  for (int64_t k = 0; k < groups; k += SPLIT) {
+    for (int s = 0; s < SPLIT; ++s) {
+      const int8_t* w = block + (k + s) * kGroupBytes;
+      const __m512i w0 = _mm512_loadu_si512(w), w1 = _mm512_loadu_si512(w + 64), w2 = _mm512_loadu_si512(w + 128);
+      for (int r = 0; r < ROWS; ++r) {
+        int32_t four;
+        std::memcpy(&four, xq[r] + 4 * (k + s), 4);
+        const __m512i x = _mm512_set1_epi32(four);
+        acc[r][s][0] = _mm512_dpbusd_epi32(acc[r][s][0], x, w0);
+        acc[r][s][1] = _mm512_dpbusd_epi32(acc[r][s][1], x, w1);
+        acc[r][s][2] = _mm512_dpbusd_epi32(acc[r][s][2], x, w2);
+      }
+    }
+  }
+  for (int r = 0; r < ROWS; ++r)
+    for (int g = 0; g < 3; ++g) {
+      __m512i total = acc[r][0][g];
+      for (int s = 1; s < SPLIT; ++s) total = _mm512_add_epi32(total, acc[r][s][g]);
+      _mm512_storeu_si512(sums[r] + 16 * g, total);
+    }
+}
+
+// ---- AMX: 16 rows at a time -------------------------------------------------------------
+
+bool amx_enabled = false;
+
+struct alignas(64) TileConfig {
+  uint8_t palette = 1, start_row = 0, reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+
+// Tiles 0-2: the r, z, n sums (16 rows x 16 int32); 3: 16 rows x 64 input bytes; 4-6: weights.
+void configure_tiles() {
+  TileConfig config;
+  for (int t = 0; t < 7; ++t) {
+    config.colsb[t] = 64;
+    config.rows[t] = 16;
+  }
+  _tile_loadconfig(&config);
+}
+
+void block_sums_amx(const uint8_t* xq, int64_t row_stride, const int8_t* block, int64_t groups,
+                    int32_t (*sums)[48]) {
+  alignas(64) int32_t c[3][16][16];
+  _tile_zero(0);
+  _tile_zero(1);
+  _tile_zero(2);
+  for (int64_t k = 0; k < groups; k += 16) {  // 64 inputs per tile product
+    _tile_loadd(3, xq + 4 * k, row_stride);
+    const int8_t* w = block + k * kGroupBytes;
+    _tile_loadd(4, w, kGroupBytes);
+    _tile_loadd(5, w + 64, kGroupBytes);
+    _tile_loadd(6, w + 128, kGroupBytes);
+    _tile_dpbusd(0, 3, 4);
+    _tile_dpbusd(1, 3, 5);
+    _tile_dpbusd(2, 3, 6);
+  }
+  _tile_stored(0, c[0], 64);
+  _tile_stored(1, c[1], 64);
+  _tile_stored(2, c[2], 64);
+  for (int r = 0; r < 16; ++r)
+    for (int g = 0; g < 3; ++g) std::memcpy(sums[r] + 16 * g, c[g][r], 64);
+}
+
+// Asks Linux once for the AMX tile state; false where the CPU or the kernel has none.
+bool enable_amx() {
+  constexpr int kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+  if (!__builtin_cpu_supports("amx-int8")) return false;
+  return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+}
+
+// ---- One product for a batch ------------------------------------------------------------
+
+// For every row b of xq (B, K): the product with w, then finish_block (gates or plain output).
+void run(const Int8Linear& w, const uint8_t* xq, int64_t batch, const float* gi, int64_t gi_stride, float* h,
+         int64_t h_stride, float* out, int64_t out_stride) {
+  const int64_t blocks = w.hidden / kUnits, groups = w.inputs / 4, K = w.inputs;
+  const bool tiles = amx_enabled && batch >= 16 && groups % 16 == 0;
+  auto finish = [&](int64_t b, int64_t block, const int32_t* sums) {
+    finish_block(sums, w, block, gi ? gi + b * gi_stride : nullptr, h ? h + b * h_stride : nullptr,
+                 out ? out + b * out_stride : nullptr);
+  };
+  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+    if (tiles) configure_tiles();
+    for (int64_t block = begin; block < end; ++block) {
+      const int8_t* wb = w.packed + block * groups * kGroupBytes;
+      int64_t b = 0;
+      int32_t sums[16][48];
+      if (tiles) {
+        for (; b + 16 <= batch; b += 16) {
+          block_sums_amx(xq + b * K, K, wb, groups, sums);
+          for (int r = 0; r < 16; ++r) finish(b + r, block, sums[r]);
+        }
+      }
+      for (; b + 4 <= batch; b += 4) {
+        const uint8_t* rows[4] = {xq + b * K, xq + (b + 1) * K, xq + (b + 2) * K, xq + (b + 3) * K};
+        block_sums_vnni<4, 1>(rows, wb, groups, sums);
+        for (int r = 0; r < 4; ++r) finish(b + r, block, sums[r]);
+      }
+      for (; b < batch; ++b) {
+        const uint8_t* rows[1] = {xq + b * K};
+        block_sums_vnni<1, 4>(rows, wb, groups, sums);
+        finish(b, block, sums[0]);
+      }
+    }
+    if (tiles) _tile_release();
+  });
+}
+
+// logits (B, V) = h (B, H) head_w^T + head_b, in fp32.
+void head(const float* h, int64_t batch, int64_t H, const float* weight, const float* bias, int64_t V,
+          float* logits) {
+  at::parallel_for(0, V, 8, [&](int64_t begin, int64_t end) {
+    for (int64_t b = 0; b < batch; ++b) {
+      const float* x = h + b * H;
+      for (int64_t v = begin; v < end; ++v) {
+        const float* row = weight + v * H;
+        __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+        int64_t k = 0;
+        for (; k + 32 <= H; k += 32) {
+          a0 = _mm512_fmadd_ps(_mm512_loadu_ps(x + k), _mm512_loadu_ps(row + k), a0);
+          a1 = _mm512_fmadd_ps(_mm512_loadu_ps(x + k + 16), _mm512_loadu_ps(row + k + 16), a1);
+        }
+        float total = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
+        for (; k < H; ++k) total += x[k] * row[k];
+        logits[b * V + v] = total + bias[v];
+      }
+    }
+  });
+}
+
+}  // namespace
+
+// One step for every row: tokens (B,) int64; state (L, B, H) fp32, updated in place; the
+// logits (B, V) are written into `logits`. gi (B, 3H) and xq (B, H) are scratch.
+// recurrent: 4 tensors per layer (packed, correction, scale, bias); inputs: the same for the
+// input products of layers 1.. (layer 0's is folded into `table`).
+void step(const at::Tensor& tokens, const at::Tensor& table, at::Tensor& state,
+          const std::vector<at::Tensor>& recurrent, const std::vector<at::Tensor>& inputs,
+          const at::Tensor& head_weight, const at::Tensor& head_bias, at::Tensor& gi, at::Tensor& xq,
+          at::Tensor& logits) {
+  const int64_t layers = state.size(0), batch = state.size(1), H = state.size(2), V = table.size(0);
+  TORCH_CHECK(state.is_contiguous() && gi.is_contiguous() && xq.is_contiguous() && logits.is_contiguous());
+  TORCH_CHECK(tokens.size(0) == batch && gi.size(0) >= batch && xq.size(0) >= batch && logits.size(0) >= batch);
+  const int64_t* token = tokens.data_ptr<int64_t>();
+  float* g = gi.data_ptr<float>();
+  for (int64_t b = 0; b < batch; ++b) {
+    TORCH_CHECK(token[b] >= 0 && token[b] < V, "token out of range");
+    std::memcpy(g + b * 3 * H, table.data_ptr<float>() + token[b] * 3 * H, 3 * H * sizeof(float));
+  }
+  uint8_t* q = xq.data_ptr<uint8_t>();
+  float* h = state.data_ptr<float>();
+  for (int64_t layer = 0; layer < layers; ++layer) {
+    float* hl = h + layer * batch * H;
+    if (layer > 0) {  // gi = input product of the layer below's new state
+      quantize(hl - batch * H, q, batch * H);
+      run(unpack(inputs, 4 * (layer - 1)), q, batch, nullptr, 0, nullptr, 0, g, 3 * H);
+    }
+    quantize(hl, q, batch * H);
+    run(unpack(recurrent, 4 * layer), q, batch, g, 3 * H, hl, H, nullptr, 0);
+  }
+  head(h + (layers - 1) * batch * H, batch, H, head_weight.data_ptr<float>(), head_bias.data_ptr<float>(), V,
+       logits.data_ptr<float>());
+}
+
+// One index per row of logits (B, V) into out (B,), picked as charnn.sample.sample_next picks
+// it (temperature, then top-k, then top-p, then the inverse CDF at one uniform per row), with
+// the sums in double: the int8 path's sampler, without a dozen small PyTorch calls.
+void sample(const at::Tensor& logits, double temperature, int64_t top_k, double top_p, const at::Tensor& uniforms,
+            at::Tensor& out) {
+  TORCH_CHECK(logits.dim() == 2 && logits.is_contiguous() && logits.scalar_type() == at::kFloat);
+  TORCH_CHECK(uniforms.scalar_type() == at::kDouble && out.scalar_type() == at::kLong);
+  const int64_t batch = logits.size(0), V = logits.size(1);
+  TORCH_CHECK(uniforms.numel() == batch && out.numel() == batch);
+  const float* all = logits.data_ptr<float>();
+  const double* u = uniforms.contiguous().data_ptr<double>();
+  int64_t* chosen = out.data_ptr<int64_t>();
+  std::vector<double> p(V), cdf(V);
+  std::vector<int64_t> order(V);
+  for (int64_t b = 0; b < batch; ++b) {
+    const float* x = all + b * V;
+    const int64_t best = std::max_element(x, x + V) - x;  // the first of equal maxima
+    if (temperature == 0) {
+      chosen[b] = best;
+      continue;
+    }
+    double kth = -INFINITY;  // top-k: drop what is below the k-th largest logit
+    if (top_k > 0 && top_k < V) {
+      std::vector<float> sorted(x, x + V);
+      std::nth_element(sorted.begin(), sorted.begin() + (top_k - 1), sorted.end(), std::greater<float>());
+      kth = sorted[top_k - 1];
+    }
+    double total = 0;
+    for (int64_t i = 0; i < V; ++i) {
+      p[i] = x[i] < kth ? 0.0 : std::exp((double(x[i]) - x[best]) / temperature);
+      total += p[i];
+    }
+    if (top_p < 1.0) {  // keep the smallest set of most likely characters whose mass reaches top_p
+      std::iota(order.begin(), order.end(), 0);
+      std::sort(order.begin(), order.end(), [&](int64_t i, int64_t j) { return p[i] > p[j]; });
+      double before = 0;
+      for (int64_t i : order) {
+        const double mass = p[i] / total;
+        if (before >= top_p) p[i] = 0;
+        before += mass;
+      }
+    }
+    double sum = 0;
+    for (int64_t i = 0; i < V; ++i) cdf[i] = sum += p[i];
+    // The first character whose CDF passes the target: never one of zero probability.
+    const double target = u[b] * sum;
+    chosen[b] = std::min<int64_t>(std::upper_bound(cdf.begin(), cdf.end(), target) - cdf.begin(), V - 1);
+  }
+}
+
+bool enable_tiles() {
+  amx_enabled = enable_amx();
+  return amx_enabled;
+}
+
+void disable_tiles() { amx_enabled = false; }
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("step", &step, "one fused int8 GRU generation step");
+  m.def("sample", &sample, "one character per row of logits, as charnn.sample.sample_next picks it");
+  m.def("enable_tiles", &enable_tiles, "use AMX for 16 rows at a time where the CPU and Linux allow it");
+  m.def("disable_tiles", &disable_tiles, "compute every row with AVX-512 VNNI");
+}

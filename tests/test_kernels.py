@@ -1,0 +1,122 @@
+"""The compiled int8 step (charnn.kernels): the same numbers as PyTorch's int8 operations, and
+a row's result independent of its batch, of AMX against VNNI, and of the thread count."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from test_stepper import VOCAB, make_model
+
+from charnn import kernels
+from charnn.config import SampleConfig
+from charnn.sample import generate, generate_text, sample_for, sample_next
+from charnn.stepper import Stepper
+
+pytestmark = pytest.mark.skipif(not kernels.cpu_supported(), reason="no AVX-512 VNNI on this CPU")
+
+
+def test_the_kernel_builds_here():
+    # On a CPU that can run it, a failed build is a bug, not a reason to skip.
+    assert kernels.load() is not None
+
+
+def random_state(stepper: Stepper, batch: int, seed: int) -> torch.Tensor:
+    layers, hidden = stepper.model.config.num_layers, stepper.model.config.hidden_size
+    return torch.rand(layers, batch, hidden, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+@pytest.mark.parametrize("num_layers", [1, 2])
+@pytest.mark.parametrize("batch", [1, 3, 16, 19])
+def test_compiled_step_matches_pytorch_int8(num_layers, batch):
+    model = make_model(num_layers=num_layers)
+    compiled, plain = Stepper(model, "int8"), Stepper(model, "int8", compiled=False)
+    assert compiled.fused is not None and plain.fused is None
+    tokens = torch.randint(0, len(VOCAB), (batch, 40), generator=torch.Generator().manual_seed(batch))
+    state_c = random_state(compiled, batch, 1)
+    for t in range(40):
+        # One step at a time from the same state: over many steps a rounding difference can
+        # move an input across a quantization step, and the two would drift apart by 1/127s.
+        state_p = state_c.clone()
+        logits_c = compiled.step(tokens[:, t], state_c)
+        logits_p = plain.step(tokens[:, t], state_p)
+        # The same int8 sums; only the float rounding of the gates differs. With 2 layers that
+        # rounding can move one of layer 1's quantized inputs by a step (1/127) within the
+        # step: logits then move by about 1e-3. A wrong gate or product moves them by units.
+        atol = 1e-4 if num_layers == 1 else 2e-2
+        torch.testing.assert_close(logits_c, logits_p, rtol=0, atol=atol)
+        torch.testing.assert_close(state_c, state_p, rtol=0, atol=atol)
+
+
+def test_a_rows_numbers_do_not_depend_on_batch_tiles_or_threads():
+    model = make_model(num_layers=2)
+    batch = 19  # 16 rows through AMX tiles (where the CPU has them), 3 through VNNI
+    tokens = torch.randint(0, len(VOCAB), (batch,), generator=torch.Generator().manual_seed(4))
+    start = random_state(Stepper(model, "int8"), batch, 2)
+
+    def run(rows: list[int], threads: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            stepper, state = Stepper(model, "int8"), start[:, rows].contiguous()
+            for _ in range(5):
+                logits = stepper.step(tokens[rows], state).clone()
+            return logits, state
+        finally:
+            torch.set_num_threads(before)
+
+    together = run(list(range(batch)))
+    alone = [run([i]) for i in range(batch)]
+    assert torch.equal(together[0], torch.cat([a[0] for a in alone]))
+    assert torch.equal(together[1], torch.cat([a[1] for a in alone], dim=1))
+    assert all(torch.equal(x, y) for x, y in zip(run(list(range(batch)), threads=2), together, strict=True))
+    module = kernels.load()
+    module.disable_tiles()
+    try:
+        assert all(torch.equal(x, y) for x, y in zip(run(list(range(batch))), together, strict=True))
+    finally:
+        module.enable_tiles()
+
+
+def test_generated_samples_do_not_depend_on_their_batch():
+    model = make_model()
+    sampling = SampleConfig(temperature=1.0)
+    together = generate_text(model, VOCAB, "Pip", 120, sampling, num_samples=18, seed=7, precision="int8")
+    for i in (0, 9, 17):
+        alone = "".join(step[0] for step in generate(model, VOCAB, "Pip", 120, sampling, 1, 7, i, precision="int8"))
+        assert alone == together[i]
+
+
+def test_hidden_sizes_off_the_block_fall_back_to_pytorch():
+    model = make_model(hidden_size=40)  # not a multiple of 16
+    stepper = Stepper(model, "int8")
+    assert stepper.fused is None
+    assert len(generate_text(model, VOCAB, "Pip", 30, SampleConfig(temperature=1.0), precision="int8")[0]) == 30
+
+
+def test_charnn_kernels_0_switches_the_kernel_off():
+    code = (
+        "import torch; from charnn import kernels; from charnn.stepper import Stepper;"
+        "from test_stepper import make_model; assert kernels.load() is None;"
+        "assert Stepper(make_model(), 'int8').fused is None; print('off')"
+    )
+    env = {**os.environ, "CHARNN_KERNELS": "0", "PYTHONPATH": os.pathsep.join(sys.path)}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "off"
+
+
+@pytest.mark.parametrize(
+    "sampling",
+    [SampleConfig(temperature=0), SampleConfig(temperature=0.8), SampleConfig(temperature=1.3, top_k=5),
+     SampleConfig(temperature=1.0, top_p=0.9), SampleConfig(temperature=0.5, top_k=20, top_p=0.5)],
+)  # fmt: skip
+def test_compiled_sampler_picks_what_sample_next_picks(sampling):
+    generator = torch.Generator().manual_seed(11)
+    logits = torch.randn(3000, len(VOCAB), generator=generator) * 3
+    logits[:5, :3] = 4.0  # ties for the largest logit: the first one wins in both
+    uniforms = torch.rand(3000, generator=generator, dtype=torch.float64)
+    stepper = Stepper(make_model(), "int8")
+    assert stepper.fused is not None
+    expected = sample_next(logits, sampling, uniforms)
+    assert torch.equal(sample_for(stepper, logits, sampling, uniforms), expected)
