@@ -210,7 +210,7 @@ def test_openai_client_completions(server, ckpt):
 
 def test_openai_client_streaming(server, ckpt):
     api = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
-    stream = api.completions.create(model="charnn", prompt="Joe", max_tokens=60, n=2, seed=9, temperature=0.9,
+    stream = api.completions.create(model="charnn", prompt="Joe", max_tokens=300, n=2, seed=9, temperature=0.9,
                                     top_p=0.95, stream=True, stream_options={"include_usage": True})  # fmt: skip
     texts, reasons, usage, chunks = ["", ""], [None, None], None, 0
     for chunk in stream:
@@ -221,10 +221,10 @@ def test_openai_client_streaming(server, ckpt):
             texts[choice.index] += choice.text
             if choice.finish_reason is not None:
                 reasons[choice.index] = choice.finish_reason
-    assert texts == reference(ckpt, "Joe", 60, SampleConfig(0.9, top_p=0.95), num_samples=2, seed=9)
+    assert texts == reference(ckpt, "Joe", 300, SampleConfig(0.9, top_p=0.95), num_samples=2, seed=9)
     assert reasons == ["length", "length"]
-    assert usage.completion_tokens == 120 and usage.prompt_tokens == 3
-    assert chunks > 10
+    assert usage.completion_tokens == 600 and usage.prompt_tokens == 3
+    assert chunks > 4  # streamed in pieces (text arriving while the reader is busy is joined)
 
 
 def test_openai_client_sees_errors(server):

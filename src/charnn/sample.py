@@ -58,11 +58,8 @@ def sample_for(stepper: Stepper, logits: torch.Tensor, sampling: SampleConfig, u
     if stepper.fused is None:
         with torch.inference_mode():
             return sample_next(logits, sampling, uniforms)
-    chosen = torch.empty(logits.shape[0], dtype=torch.long)
     top_p = 1.0 if sampling.top_p is None else sampling.top_p
-    kernels.load().sample(logits.float().contiguous(), sampling.temperature, sampling.top_k or 0, top_p,
-                          uniforms.to(torch.float64), chosen)  # fmt: skip
-    return chosen
+    return kernels.load().sample(logits, sampling.temperature, sampling.top_k or 0, top_p, uniforms)
 
 
 class RandomStreams:

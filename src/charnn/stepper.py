@@ -12,7 +12,7 @@ one time step, with less work per character:
   the int8 kernel, which has no out= form, allocates its result and its uint8 input);
 - with int8 weights on a CPU with AVX-512 VNNI, a whole step (every layer, the gates and the
   output layer) is one call of a compiled kernel (`charnn.kernels`, csrc/gru_int8.cpp) that
-  keeps each core's half of the weights in its L2 cache: about 40 us a character for the
+  keeps each core's half of the weights in its L2 cache: about 30 us a character for the
   reference model on 2 cores, against 210 us in PyTorch's operations.
 
 State has the model's layout, ``(num_layers, B, hidden)``, so rows can be added with
@@ -148,16 +148,6 @@ def _fused_int8(weight: torch.Tensor, bias: torch.Tensor) -> list[torch.Tensor]:
 
 
 @dataclass(frozen=True)
-class FusedInt8:
-    """The int8 weights as the compiled step (charnn/csrc/gru_int8.cpp) takes them."""
-
-    recurrent: list[torch.Tensor]  # 4 per layer
-    inputs: list[torch.Tensor]  # 4 per layer above the first
-    head_weight: torch.Tensor  # (V, H) fp32
-    head_bias: torch.Tensor
-
-
-@dataclass(frozen=True)
 class PreparedGRU:
     """Read-only weights of a GRU CharRNN, rearranged for one step at a time."""
 
@@ -165,7 +155,7 @@ class PreparedGRU:
     layers: tuple[_Layer, ...]
     head: _Fp32  # the output layer stays fp32: it is small, and its rounding shows in every logit
     precision: str
-    fused: FusedInt8 | None = None  # int8 where the compiled step runs here
+    fused: object = None  # kernels' Int8GRU: the int8 weights for the compiled step, where it runs here
 
 
 def prepare(model: CharRNN, precision: str) -> PreparedGRU:
@@ -188,8 +178,8 @@ def prepare(model: CharRNN, precision: str) -> PreparedGRU:
                 recurrent += _fused_int8(getattr(rnn, f"weight_hh_l{i}"), getattr(rnn, f"bias_hh_l{i}"))
                 if i > 0:
                     inputs += _fused_int8(getattr(rnn, f"weight_ih_l{i}"), getattr(rnn, f"bias_ih_l{i}"))
-            head_weight = model.head.weight.detach().float().contiguous()
-            fused = FusedInt8(recurrent, inputs, head_weight, model.head.bias.detach().float().contiguous())
+            output = [model.head.weight.detach().float().contiguous(), model.head.bias.detach().float().contiguous()]
+            fused = kernels.load().Int8GRU(table, recurrent, inputs, *output)
     return PreparedGRU(table, tuple(layers), head, precision, fused)
 
 
@@ -237,18 +227,14 @@ class Stepper:
         The logits live in a buffer that the next call overwrites.
         """
         if self.fused is not None:  # one compiled call: no autograd to switch off, no Python per layer
-            return self._fused_step(self.fused, tokens, state)
+            return self._fused_step(tokens, state)
         with torch.inference_mode():
             return self._torch_step(tokens, state)
 
-    def _fused_step(self, fused: FusedInt8, tokens: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        if h.shape[1] != self._batch:
-            self._allocate(h.shape[1])
-        if not h.is_contiguous():
-            raise ValueError("the state must be contiguous: (layers, batch, hidden) as init_state makes it")
-        f, tokens = fused, tokens.to(torch.long).contiguous()
-        kernels.load().step(tokens, self.weights.table, h, f.recurrent, f.inputs, f.head_weight, f.head_bias,
-                            self._gi, self._xq, self._logits)  # fmt: skip
+    def _fused_step(self, tokens: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        if state.shape[1] != self._batch:
+            self._allocate(state.shape[1])
+        self.fused.step(tokens, state, self._gi, self._xq, self._logits)
         return self._logits
 
     def _torch_step(self, tokens: torch.Tensor, state: State) -> torch.Tensor:
