@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from charnn.checkpoint import load_checkpoint
 from charnn.corpus import load_corpus
 from charnn.data import split
+from charnn.evaluate import model_loss
 from charnn.stepper import Stepper, int8_supported
-from charnn.train import evaluate
 
 
 def stepped_loss(stepper: Stepper, tokens: torch.Tensor, num_streams: int) -> float:
@@ -44,7 +44,7 @@ def main() -> None:
     text = load_corpus(args.corpus).text
     _, held_out = split(torch.from_numpy(ckpt.vocab.encode(text)), args.val_fraction)
     print(f"checkpoint {ckpt.path}, held-out {len(held_out):,} characters of {args.corpus}")
-    plain = evaluate(ckpt.model, held_out, seq_len=100, num_streams=args.streams)
+    plain = model_loss(ckpt.model, held_out, seq_len=100, num_streams=args.streams)
     print(f"{'model.forward, fp32':<28}{plain:>10.5f} nats/char")
     # int8 runs twice where the compiled step exists: through it, and through PyTorch's operations.
     steppers = {"fp32": lambda: Stepper(ckpt.model, "fp32"), "bf16": lambda: Stepper(ckpt.model, "bf16")}

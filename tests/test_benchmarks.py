@@ -1,0 +1,37 @@
+"""The speed and generation-quality benchmarks run on the real code paths; here, that they run.
+
+Their figures are for benchmarks/RESULTS.md; these tests only catch a benchmark that no longer
+starts or whose table lost a row.
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import SRC
+
+BENCHMARKS = SRC.parent / "benchmarks"
+
+
+def run_benchmark(*args: str) -> str:
+    env = dict(os.environ, PYTHONPATH=str(SRC))
+    result = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout
+
+
+def test_generation_quality_compares_every_precision(tiny_run: Path):
+    out = run_benchmark(str(BENCHMARKS / "generation_quality.py"), str(tiny_run), "--corpus",
+                        str(tiny_run.parent / "corpus.txt"), "--streams", "4")  # fmt: skip
+    for label in ("model.forward, fp32", "Stepper, fp32", "Stepper, bf16"):
+        assert label in out
+    # fp32 steps give the model's own loss.
+    lines = {line[:28].strip(): line[28:].split()[0] for line in out.splitlines() if "nats/char" in line}
+    assert lines["model.forward, fp32"] == lines["Stepper, fp32"]
+
+
+def test_speed_quick_prints_its_table():
+    out = run_benchmark(str(BENCHMARKS / "speed.py"), "--quick", "--threads", "1")
+    assert "| training, batch 64 x window 100" in out
+    assert out.count("| generation, 1 stream ") >= 3 and out.count("| generation, 64 streams ") >= 3
