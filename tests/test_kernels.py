@@ -1,6 +1,7 @@
 """The compiled int8 step (charnn.kernels): the same numbers as PyTorch's int8 operations, and
 a row's result independent of its batch, of AMX against VNNI, and of the thread count."""
 
+import json
 import os
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import torch
 from test_stepper import VOCAB, make_model
 
 from charnn import kernels
+from charnn.checkpoint import save_checkpoint
 from charnn.config import SampleConfig
 from charnn.sample import generate, generate_text, sample_for, sample_next
 from charnn.stepper import Stepper
@@ -120,3 +122,20 @@ def test_compiled_sampler_picks_what_sample_next_picks(sampling):
     assert stepper.fused is not None
     expected = sample_next(logits, sampling, uniforms)
     assert torch.equal(sample_for(stepper, logits, sampling, uniforms), expected)
+
+
+def test_without_a_compiler_generation_goes_on_with_a_note(tmp_path):
+    model = make_model()
+    save_checkpoint(tmp_path / "ckpt_1", model, VOCAB, {"epoch": 1}, {})
+    env = {**os.environ, "CXX": str(tmp_path / "no-such-g++"), "CHARNN_CACHE": str(tmp_path / "cache"),
+           "PYTHONPATH": os.pathsep.join(sys.path)}  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "charnn", "generate", str(tmp_path / "ckpt_1"), "--prime", "Pip", "--length", "30",
+         "--precision", "int8", "--json"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert len(json.loads(result.stdout)["samples"][0]) == 30
+    notes = [line for line in result.stderr.splitlines() if line.startswith("charnn: note:")]
+    assert len(notes) == 1 and "could not be built" in notes[0] and "not found" in notes[0]
+    assert "Traceback" not in result.stderr

@@ -9,11 +9,12 @@ CHARNN_KERNELS=0 in the environment. Callers fall back to PyTorch's own operatio
 `pack` rearranges one int8 weight matrix for the kernel; see the layout note in the source.
 """
 
+import contextlib
 import functools
 import hashlib
+import logging
 import os
 import sys
-import warnings
 from pathlib import Path
 
 import torch
@@ -42,6 +43,17 @@ def cpu_supported() -> bool:
     return {"avx512f", "avx512bw", "avx512vl", "avx512_vnni", "fma"} <= _cpu_flags()
 
 
+@contextlib.contextmanager
+def _quiet(logger_name: str):
+    logger = logging.getLogger(logger_name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 @functools.cache
 def load():
     """The compiled module, or None where it cannot be built or run here."""
@@ -57,10 +69,15 @@ def load():
         if not any(build_dir.glob("*.so")):
             print("charnn: compiling the int8 generation step (once; about a minute)...", file=sys.stderr)
         build_dir.mkdir(parents=True, exist_ok=True)
-        module = build("charnn_gru_int8", [str(SOURCE)], extra_cflags=FLAGS, build_directory=str(build_dir))
+        # The builder logs a screenful about an unexpected compiler; the note below says enough.
+        with _quiet("torch.utils.cpp_extension"):
+            module = build("charnn_gru_int8", [str(SOURCE)], extra_cflags=FLAGS, build_directory=str(build_dir))
     except Exception as error:  # no compiler, no ninja, a failed build: the slower path still works
-        message = f"charnn: the fast int8 generation step could not be built ({error}); using PyTorch's operations"
-        warnings.warn(message, stacklevel=2)
+        lines = [line.strip() for line in str(error).splitlines()]
+        reason = next((line for line in lines if "error:" in line.lower() or "not found" in line), "")
+        reason = reason[:200] or type(error).__name__
+        print(f"charnn: note: the int8 generation kernel could not be built ({reason}); generating "
+              "with PyTorch's operations instead (slower)", file=sys.stderr)  # fmt: skip
         return None
     if os.environ.get("CHARNN_AMX", "1") != "0":
         module.enable_tiles()
