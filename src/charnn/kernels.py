@@ -2,9 +2,9 @@
 
 `load()` compiles the C++ source with PyTorch's extension builder (g++ and ninja) into
 charnn's cache (CHARNN_CACHE, else ~/.cache/charnn), once per machine, source and PyTorch
-version, and returns the module, or
-None where it cannot run here: no x86 CPU with AVX-512 VNNI, no compiler, a failed build, or
-CHARNN_KERNELS=0 in the environment. Callers fall back to PyTorch's own operations then.
+version, and returns the module; or None where it cannot run here (no x86 CPU with AVX-512
+VNNI, no compiler, a failed build, or CHARNN_KERNELS=0 in the environment), and callers then
+step through PyTorch's own operations. CHARNN_AMX=0 keeps the kernel on VNNI for every row.
 
 `pack` rearranges one int8 weight matrix for the kernel; see the layout note in the source.
 """
@@ -106,7 +106,7 @@ def build_now() -> int:
         print("charnn: no AVX-512 VNNI on this CPU: generation uses PyTorch's operations")
         return 0
     module = load()
-    print("charnn: int8 generation kernel " + ("ready" if module is not None else "NOT built (see the warning)"))
+    print("charnn: int8 generation kernel " + ("ready" if module is not None else "NOT built (see the note above)"))
     return 0
 
 
