@@ -22,6 +22,7 @@ if [ "$(cat .venv/.charnn-installed 2>/dev/null)" != "$stamp" ]; then
   pip install -e ".[dev]"
   echo "$stamp" > .venv/.charnn-installed
 fi
-# Compile the int8 generation step now (about 35 s, once per machine and source version)
-# rather than in the middle of the first `charnn generate`.
+# Compile the kernels now (the int8 generation step and the GRU training gates; under a
+# minute each, once per machine and source version)
+# rather than in the middle of the first `charnn generate` or `charnn train`.
 .venv/bin/python -m charnn.kernels

@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from charnn import fastgru, kernels
 from charnn.checkpoint import load_checkpoint
 from charnn.config import ModelConfig, TrainConfig
 from charnn.corpus import Corpus
@@ -26,9 +27,11 @@ def loss_and_grads(model, forward, tokens, targets):
     return logits.detach().float(), {name: p.grad.clone() for name, p in model.named_parameters()}
 
 
+@pytest.mark.parametrize("hidden_size", [40, 48])  # 48: the compiled gates where they build; 40: PyTorch's
 @pytest.mark.parametrize(("dtype", "tolerance"), [(torch.float32, 1e-5), (torch.bfloat16, 0.03)])
-def test_same_logits_and_gradients_as_the_model(dtype, tolerance):
-    model = make_model()
+def test_same_logits_and_gradients_as_the_model(dtype, tolerance, hidden_size):
+    model = make_model(hidden_size)
+    assert (fastgru._kernel(hidden_size) is not None) == (hidden_size == 48 and kernels.cpu_supports_training())
     generator = torch.Generator().manual_seed(1)
     tokens, targets = torch.randint(0, 23, (2, 5, 30), generator=generator)
     expected_logits, expected = loss_and_grads(model, lambda: model(tokens)[0], tokens, targets)

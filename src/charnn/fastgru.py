@@ -23,6 +23,7 @@ import weakref
 import torch
 import torch.nn.functional as F
 
+from charnn import kernels
 from charnn.model import CharRNN
 
 
@@ -66,6 +67,11 @@ class _Workspace:
 
 
 _WORKSPACES: "weakref.WeakKeyDictionary[CharRNN, _Workspace]" = weakref.WeakKeyDictionary()
+
+
+def _kernel(hidden: int):
+    """The compiled gates (charnn.kernels.load_training), where they run for this hidden size."""
+    return kernels.load_training() if hidden % kernels.UNITS == 0 else None
 
 
 def _has_packed_linear() -> bool:
@@ -117,15 +123,22 @@ class _GRUSequence(torch.autograd.Function):
         ghs = ws.get("ghs", (steps, batch, 3 * hidden))  # W_hh h + b_hh
         gi = ws.get("gi", (batch, 3 * hidden))
         hs[0].zero_()
-        for t, token in enumerate(tokens.unbind(0)):
-            h, g, gh = hs[t], gates[t], ghs[t]
-            torch.index_select(table, 0, token, out=gi)
-            hs_low[t].copy_(h)
-            gh.copy_(product(hs_low[t]))
-            torch.add(gi[:, : 2 * hidden], gh[:, : 2 * hidden], out=g).sigmoid_()
-            torch.addcmul(gi[:, 2 * hidden :], g[:, :hidden], gh[:, 2 * hidden :], out=ns[t]).tanh_()
-            torch.lerp(ns[t], h, g[:, hidden:], out=hs[t + 1])  # n + z (h - n)
-        hs_low[steps].copy_(hs[steps])
+        kernel = _kernel(hidden)
+        if kernel is not None:  # the gates in one compiled pass a step (charnn/csrc/gru_train.cpp)
+            hs_low[0].zero_()
+            for t, token in enumerate(tokens.unbind(0)):
+                gh_low = product(hs_low[t])
+                kernel.forward_step(table, token, gh_low, ghs[t], hs[t], gates[t], ns[t], hs[t + 1], hs_low[t + 1])
+        else:
+            for t, token in enumerate(tokens.unbind(0)):
+                h, g, gh = hs[t], gates[t], ghs[t]
+                torch.index_select(table, 0, token, out=gi)
+                hs_low[t].copy_(h)
+                gh.copy_(product(hs_low[t]))
+                torch.add(gi[:, : 2 * hidden], gh[:, : 2 * hidden], out=g).sigmoid_()
+                torch.addcmul(gi[:, 2 * hidden :], g[:, :hidden], gh[:, 2 * hidden :], out=ns[t]).tanh_()
+                torch.lerp(ns[t], h, g[:, hidden:], out=hs[t + 1])  # n + z (h - n)
+            hs_low[steps].copy_(hs[steps])
         ctx.save_for_backward(tokens, w)
         ctx.buffers = (hs, hs_low, gates, ns, ghs)
         ctx.workspace, ctx.vocab_size = ws, len(table)
@@ -147,9 +160,18 @@ class _GRUSequence(torch.autograd.Function):
         d_gi, d_gh = ws.get("d_gi", (batch, 3 * hidden)), ws.get("d_gh", (batch, 3 * hidden))
         tmp = ws.get("tmp", (batch, 2 * hidden))
         dh = ws.get("dh", (batch, hidden)).zero_()
+        kernel = _kernel(hidden)
+        if kernel is not None:  # every gradient but the products' in one compiled pass a step
+            grad_low = grad_out.to(dtype).contiguous()
+            back = None  # d_gh W_hh of the step after
+            for t in reversed(range(steps)):
+                kernel.backward_step(dh, back, grad_low[t], gates[t], ns[t], hs[t], ghs[t], d_gi, d_gh, d_gh_all[t])
+                d_table.index_add_(0, tokens[t], d_gi)
+                d_b += d_gh
+                back = product(d_gh_all[t])
         d_rz, d_n = d_gh[:, : 2 * hidden], d_gi[:, 2 * hidden :]
         d_r, d_z, dn = d_rz[:, :hidden], d_rz[:, hidden:], tmp[:, :hidden]
-        for t in reversed(range(steps)):
+        for t in reversed(range(steps) if kernel is None else ()):
             dh += grad_out[t]
             g, n = gates[t], ns[t]
             r, z = g[:, :hidden], g[:, hidden:]
