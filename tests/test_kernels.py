@@ -16,7 +16,10 @@ from charnn.config import SampleConfig
 from charnn.sample import generate, generate_text, sample_for, sample_next
 from charnn.stepper import Stepper
 
-pytestmark = pytest.mark.skipif(not kernels.cpu_supported(), reason="no AVX-512 VNNI on this CPU")
+pytestmark = [
+    pytest.mark.skipif(not kernels.cpu_supported(), reason="no AVX-512 VNNI on this CPU"),
+    pytest.mark.skipif(kernels._switched_off(), reason="CHARNN_KERNELS=0: the kernels are switched off"),
+]
 
 
 def test_the_kernel_builds_here():

@@ -99,6 +99,28 @@ class _Product:
         return torch.addmm(self.bias, x, self.weight.t())
 
 
+def _backward_gates(dh, grad, g, n, h_prev, gh, d_gi, d_gh, tmp) -> None:
+    """One step's gradients but the products', in PyTorch's operations: d_gi, d_gh from dh.
+
+    On entry dh is what reaches h_t from the step after; `grad` (the output's gradient) is
+    added to it in place.
+    """
+    hidden = dh.shape[1]
+    r, z = g[:, :hidden], g[:, hidden:]
+    d_rz, d_n = d_gh[:, : 2 * hidden], d_gi[:, 2 * hidden :]
+    d_r, d_z, dn = d_rz[:, :hidden], d_rz[:, hidden:], tmp[:, :hidden]
+    dh += grad
+    torch.sub(h_prev, n, out=d_z).mul_(dh)  # h = n + z (h_prev - n), so dz = dh (h_prev - n)
+    torch.addcmul(dh, dh, z, value=-1, out=dn)  # dn = dh (1 - z)
+    torch.mul(n, n, out=d_n)
+    torch.addcmul(dn, dn, d_n, value=-1, out=d_n)  # through tanh: (1 - n^2)
+    torch.mul(d_n, gh[:, 2 * hidden :], out=d_r)  # n = tanh(gi_n + r gh_n)
+    torch.addcmul(g, g, g, value=-1, out=tmp)  # through both sigmoids: s (1 - s)
+    d_rz.mul_(tmp)
+    torch.mul(d_n, r, out=d_gh[:, 2 * hidden :])
+    d_gi[:, : 2 * hidden].copy_(d_rz)
+
+
 class _GRUSequence(torch.autograd.Function):
     """h_t = GRU(table[token_t], h_{t-1}) for t = 1..T from h_0 = 0, PyTorch's (reset-after) GRU.
 
@@ -161,33 +183,19 @@ class _GRUSequence(torch.autograd.Function):
         tmp = ws.get("tmp", (batch, 2 * hidden))
         dh = ws.get("dh", (batch, hidden)).zero_()
         kernel = _kernel(hidden)
-        if kernel is not None:  # every gradient but the products' in one compiled pass a step
-            grad_low = grad_out.to(dtype).contiguous()
-            back = None  # d_gh W_hh of the step after
-            for t in reversed(range(steps)):
+        grad_low = grad_out.to(dtype).contiguous() if kernel is not None else grad_out
+        for t in reversed(range(steps)):
+            # From the step after: the direct path through z h_prev, and d_gh W_hh.
+            back = product(d_gh_all[t + 1]) if t + 1 < steps else None
+            if kernel is not None:  # all of the step's gradients but the products' in one compiled pass
                 kernel.backward_step(dh, back, grad_low[t], gates[t], ns[t], hs[t], ghs[t], d_gi, d_gh, d_gh_all[t])
-                d_table.index_add_(0, tokens[t], d_gi)
-                d_b += d_gh
-                back = product(d_gh_all[t])
-        d_rz, d_n = d_gh[:, : 2 * hidden], d_gi[:, 2 * hidden :]
-        d_r, d_z, dn = d_rz[:, :hidden], d_rz[:, hidden:], tmp[:, :hidden]
-        for t in reversed(range(steps) if kernel is None else ()):
-            dh += grad_out[t]
-            g, n = gates[t], ns[t]
-            r, z = g[:, :hidden], g[:, hidden:]
-            torch.sub(hs[t], n, out=d_z).mul_(dh)  # h = n + z (h_prev - n), so dz = dh (h_prev - n)
-            torch.addcmul(dh, dh, z, value=-1, out=dn)  # dn = dh (1 - z)
-            torch.mul(n, n, out=d_n)
-            torch.addcmul(dn, dn, d_n, value=-1, out=d_n)  # through tanh: (1 - n^2)
-            torch.mul(d_n, ghs[t, :, 2 * hidden :], out=d_r)  # n = tanh(gi_n + r gh_n)
-            torch.addcmul(g, g, g, value=-1, out=tmp)  # through both sigmoids: s (1 - s)
-            d_rz.mul_(tmp)
-            torch.mul(d_n, r, out=d_gh[:, 2 * hidden :])
-            d_gi[:, : 2 * hidden].copy_(d_rz)
+            else:
+                if back is not None:
+                    dh.mul_(gates[t + 1, :, hidden:]).add_(back)
+                _backward_gates(dh, grad_out[t], gates[t], ns[t], hs[t], ghs[t], d_gi, d_gh, tmp)
+                d_gh_all[t].copy_(d_gh)
             d_table.index_add_(0, tokens[t], d_gi)
             d_b += d_gh
-            d_gh_all[t].copy_(d_gh)
-            dh.mul_(z).add_(product(d_gh_all[t]))  # the direct path through z h_prev, and through W_hh
         # h^T d_gh with both operands row-major: oneDNN is two to three times slower on
         # transposed views, more than converting and transposing costs.
         flat_h = hs_low[:-1].view(steps * batch, hidden)
