@@ -396,8 +396,11 @@ void disable_tiles() { amx_enabled = false; }
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   pybind11::class_<Int8GRU>(m, "Int8GRU")
       .def(pybind11::init<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor, at::Tensor>())
-      .def("step", &Int8GRU::step, "one generation step for every row: layers, gates and output layer");
-  m.def("sample", &sample, "one character per row of logits, as charnn.sample.sample_next picks it");
+      // The GIL is let go while the kernels run: a server's event loop goes on meanwhile.
+      .def("step", &Int8GRU::step, "one generation step for every row: layers, gates and output layer",
+           pybind11::call_guard<pybind11::gil_scoped_release>());
+  m.def("sample", &sample, "one character per row of logits, as charnn.sample.sample_next picks it",
+        pybind11::call_guard<pybind11::gil_scoped_release>());
   m.def("enable_tiles", &enable_tiles, "use AMX for 16 rows at a time where the CPU and Linux allow it");
   m.def("disable_tiles", &disable_tiles, "compute every row with AVX-512 VNNI");
 }

@@ -171,6 +171,9 @@ void backward_step(at::Tensor& dh_z, const c10::optional<at::Tensor>& back, cons
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("forward_step", &forward_step, "the gates of one GRU time step, from the recurrent product");
-  m.def("backward_step", &backward_step, "the gradients of one GRU time step, but the products'");
+  // The GIL is let go while the kernels run, as PyTorch's own operations do.
+  m.def("forward_step", &forward_step, "the gates of one GRU time step, from the recurrent product",
+        pybind11::call_guard<pybind11::gil_scoped_release>());
+  m.def("backward_step", &backward_step, "the gradients of one GRU time step, but the products'",
+        pybind11::call_guard<pybind11::gil_scoped_release>());
 }
