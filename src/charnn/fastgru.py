@@ -1,6 +1,6 @@
 """A faster training forward for GRU models on CPUs: the same numbers as ``model(tokens)``, less work.
 
-Two savings over ``nn.GRU`` under autocast:
+Savings over ``nn.GRU`` under autocast:
 
 - The embedding and the input projection are folded into one (V, 3H) table per batch, so the
   input side of every character is a row lookup, not a (256 x 3072) matrix product forward
@@ -9,6 +9,9 @@ Two savings over ``nn.GRU`` under autocast:
 - The recurrence is written by hand as an autograd Function: one bf16 matrix product per time
   step forward and one backward (AMX runs these), the gates in fp32, and the recurrent
   weight's gradient as one large product after the loop instead of one small one per step.
+- Where the compiled kernel builds (charnn.kernels.load_training, csrc/gru_train.cpp) and the
+  hidden size is a multiple of 16, each step's gates, forward and backward, are one compiled
+  pass instead of 6 and about 14 PyTorch operations: about 14% more characters a second.
 - Its buffers are kept from one batch to the next. Fresh memory of this size (hundreds of MB
   per batch) comes from the kernel page by page, and those page faults cost about a third of
   the recurrence's time.
