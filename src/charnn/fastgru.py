@@ -13,7 +13,7 @@ Savings over ``nn.GRU`` under autocast:
   hidden size is a multiple of 16, each step's gates, forward and backward, are one compiled
   pass instead of 6 and about 14 PyTorch operations: about 14% more characters a second.
 - Its buffers are kept from one batch to the next. Fresh memory of this size (hundreds of MB
-  per batch) comes from the kernel page by page, and those page faults cost about a third of
+  per batch) comes from the operating system page by page, and those page faults cost about a third of
   the recurrence's time.
 
 Master weights and the state stay fp32; only the matrix products' inputs are rounded to bf16.
