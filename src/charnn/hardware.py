@@ -1,6 +1,7 @@
 """Where and in what precision to compute: CUDA when present, bf16 where the CPU has it natively."""
 
 import contextlib
+import functools
 from pathlib import Path
 
 import torch
@@ -8,12 +9,20 @@ import torch
 from charnn.errors import TrainingError
 
 
-def cpu_has_bf16() -> bool:
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags as Linux lists them (empty where /proc/cpuinfo is missing)."""
     try:
-        flags = Path("/proc/cpuinfo").read_text()
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return frozenset(line.split(":", 1)[1].split())
     except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
+        pass
+    return frozenset()
+
+
+def cpu_has_bf16() -> bool:
+    return not cpu_flags().isdisjoint({"amx_bf16", "avx512_bf16"})
 
 
 def resolve_device(name: str) -> torch.device:

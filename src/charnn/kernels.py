@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from charnn.corpus import cache_dir
+from charnn.hardware import cpu_flags
 
 CSRC = Path(__file__).parent / "csrc"
 UNITS = 16  # hidden units per block of the kernels: hidden sizes must be a multiple of it
@@ -31,24 +32,14 @@ FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni", "-mfma"
 _AVX512 = {"avx512f", "avx512bw", "avx512vl", "fma"}
 
 
-def _cpu_flags() -> set[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
 def cpu_supported() -> bool:
     """The int8 generation kernel needs AVX-512 with VNNI (AMX is used where present)."""
-    return _AVX512 | {"avx512_vnni"} <= _cpu_flags()
+    return _AVX512 | {"avx512_vnni"} <= cpu_flags()
 
 
 def cpu_supports_training() -> bool:
     """The training kernel needs AVX-512 only."""
-    return _AVX512 <= _cpu_flags()
+    return _AVX512 <= cpu_flags()
 
 
 @contextlib.contextmanager

@@ -30,7 +30,6 @@ GRU models get the fast step; LSTM and RNN models step through ``model.forward``
 import functools
 import weakref
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +37,7 @@ import torch.nn.functional as F
 from charnn import kernels
 from charnn.config import GENERATE_PRECISIONS as PRECISIONS
 from charnn.errors import ConfigError
+from charnn.hardware import cpu_flags
 from charnn.model import CharRNN, State
 
 # h of a GRU is a convex mix of tanh outputs and the previous h, so it stays in [-1, 1]:
@@ -47,18 +47,10 @@ _H_SCALE = 1.0 / 127
 _H_ZERO = 128
 
 
-def _cpu_flags() -> str:
-    try:
-        return Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return ""
-
-
 @functools.cache
 def int8_supported() -> bool:
     """True where oneDNN's int8 matrix product is present and the CPU has int8 dot products."""
-    flags = _cpu_flags()
-    if not any(f in flags for f in ("amx_int8", "avx512_vnni", "avx_vnni")):
+    if cpu_flags().isdisjoint({"amx_int8", "avx512_vnni", "avx_vnni"}):
         return False
     return hasattr(torch.ops.onednn, "qlinear_pointwise") and hasattr(torch.ops.onednn, "qlinear_prepack")
 
