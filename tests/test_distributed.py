@@ -128,3 +128,15 @@ def test_nproc_mistakes_are_refused_before_launching(capsys, tmp_path):
         lines = capsys.readouterr().err.strip().splitlines()
         assert len(lines) == 1 and needle in lines[0], lines
         assert not (tmp_path / "run").exists()
+
+
+def test_a_finished_two_process_run_exits_0_every_time(tmp_path):
+    # A rank used to abort at exit ("terminate called without an active exception") about once in
+    # 15 runs on a loaded machine, once in 5 in the full suite: 15 runs miss a 1-in-5 failure 3.5% of the time.
+    data = _data(tmp_path)
+    for attempt in range(15):
+        run = tmp_path / f"run{attempt}"
+        options = ["--max-steps", "6", "--checkpoint-every", "2", "--nproc", "2", *SMALL]
+        result = run_cli("train", data, "--out", str(run), *options)
+        assert result.returncode == 0, f"attempt {attempt + 1}: {result.stderr}"
+        assert "terminate called" not in result.stderr and list_checkpoints(run)

@@ -96,7 +96,8 @@ def config_from_args(args: argparse.Namespace, cls, **fixed):
 def cmd_train(args: argparse.Namespace) -> int:
     from charnn.corpus import load_corpus
     from charnn.prepare import is_prepared, open_prepared
-    from charnn.train import check_run_dir, resume, train
+    from charnn.run_folder import check_new
+    from charnn.train import resume, train
     from charnn.vocab import Vocabulary
 
     if args.nproc is not None and args.nproc < 1:
@@ -119,7 +120,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     # Cheap checks first: flags and the output folder, before reading a large corpus.
     train_config = config_from_args(args, TrainConfig)
     config_from_args(args, ModelConfig, vocab_size=1)
-    check_run_dir(args.out, args.overwrite)
+    check_new(args.out, args.overwrite)
     if launching:
         if train_config.batch_size % args.nproc:
             raise ConfigError(f"--batch-size {train_config.batch_size} is not a multiple of --nproc {args.nproc}; "
@@ -166,7 +167,8 @@ def _launch(args: argparse.Namespace) -> int:
 def _finish(result, run_dir) -> int:
     if int(os.environ.get("RANK", 0)) > 0:  # rank 0 speaks for the run
         return SIGNAL_EXIT_CODES.get(result.stopped_by, 0)
-    print(f"stopped by {result.stopped_by}; last checkpoint: {result.last_checkpoint}", file=sys.stderr)
+    last = result.last_checkpoint or "none written"
+    print(f"stopped by {result.stopped_by}; last checkpoint: {last}", file=sys.stderr)
     if result.best_checkpoint is not None:
         print(f"best validation loss {result.best_val_loss:.4f} in {result.best_checkpoint}", file=sys.stderr)
     if result.stopped_by in SIGNAL_EXIT_CODES:
@@ -544,6 +546,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    code = _main(argv)
+    if "charnn.distributed" in sys.modules:  # perhaps a rank of a distributed run: see exit_process
+        from charnn.distributed import exit_process
+
+        exit_process(code)
+    return code
+
+
+def _main(argv: list[str] | None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     args.argv = argv

@@ -125,6 +125,8 @@ def source_files(spec: str) -> tuple[list[Path], bool]:
         return files, True
     if path.is_file():
         return [path], False
+    if path.exists():  # a device, a named pipe, a socket: nothing with an end to read
+        raise CorpusError(f"{spec} is not a regular file or folder; give a text file, a folder of them, or a URL")
     if spec in REGISTERED:
         return [_find_registered(spec)], False
     if os.sep in spec or spec.endswith(".txt") or path.suffix:

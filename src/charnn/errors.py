@@ -48,3 +48,7 @@ class TrainingError(CharnnError):
 
 class DistributedError(TrainingError):
     """A process of a distributed run lost contact with the others (one of them failed)."""
+
+
+class LockedError(CharnnError):
+    """A run or data folder that another process is writing into right now."""

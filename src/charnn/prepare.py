@@ -21,6 +21,7 @@ times, the same options) reuses DATA_DIR at once.
 """
 
 import codecs
+import contextlib
 import hashlib
 import json
 import os
@@ -36,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from charnn import locks
 from charnn.corpus import invalid_bytes, source_files, unknown_encoding
 from charnn.errors import ConfigError, CorpusError, DataDirError
 from charnn.vocab import Vocabulary
@@ -129,12 +131,33 @@ def prepare(
         raise ConfigError(f"--val-fraction must be in [0, 1), got {val_fraction}")
     data_dir = Path(data_dir)
     files, folder = source_files(corpus)
+    # One writer at a time: an existing folder is locked before it is read, a new one once it is made.
+    with _DataDirLock(data_dir) as lock:
+        if data_dir.is_dir():
+            lock.take()
+        result = _prepare(corpus, files, folder, data_dir, encoding, val_fraction, overwrite, chunk_bytes, lock)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+class _DataDirLock(contextlib.ExitStack):
+    def __init__(self, data_dir: Path):
+        super().__init__()
+        self.data_dir, self.held = data_dir, False
+
+    def take(self) -> None:
+        if not self.held:
+            self.enter_context(locks.hold(self.data_dir, f"data folder {self.data_dir}"))
+            self.held = True
+
+
+def _prepare(corpus, files, folder, data_dir, encoding, val_fraction, overwrite, chunk_bytes, lock) -> PrepareResult:
     source = _source(corpus)
     stats = [_stat(p) for p in files]
     options = {"name": corpus, "source": source, "encoding": encoding, "val_fraction": val_fraction}
     previous = _check_data_dir(data_dir, source, overwrite)
     if previous is not None and not overwrite and _up_to_date(data_dir, previous, options, stats):
-        return PrepareResult(data_dir, previous, reused=True, seconds=time.perf_counter() - started)
+        return PrepareResult(data_dir, previous, reused=True)
     _decoder(encoding)  # an unknown encoding is refused before anything is read
 
     scans = [_scan(path, encoding, chunk_bytes) for path in files]
@@ -148,10 +171,11 @@ def prepare(
     train_tokens = characters - int(characters * val_fraction)  # the same cut as data.split
 
     try:
-        if overwrite and data_dir.is_dir():
+        data_dir.mkdir(parents=True, exist_ok=True)
+        lock.take()
+        if overwrite:
             for child in data_dir.iterdir():
                 shutil.rmtree(child) if child.is_dir() else child.unlink()
-        data_dir.mkdir(parents=True, exist_ok=True)
         (data_dir / MANIFEST).unlink(missing_ok=True)  # a crash from here on leaves no valid manifest
         for stale in data_dir.glob(".prepare-*"):  # left by a preparation that was killed
             stale.unlink()
@@ -203,7 +227,7 @@ def prepare(
         _write_atomically(data_dir / MANIFEST, (json.dumps(manifest, indent=1, ensure_ascii=False) + "\n").encode())
     except OSError as error:
         raise DataDirError(f"cannot write {data_dir / MANIFEST}: {error.strerror or error}") from None
-    return PrepareResult(data_dir, manifest, reused=False, seconds=time.perf_counter() - started)
+    return PrepareResult(data_dir, manifest, reused=False)
 
 
 def open_prepared(data_dir: str | Path) -> PreparedData:

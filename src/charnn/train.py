@@ -18,10 +18,10 @@ torchrun, every process runs the same code: `charnn.distributed` wraps the model
 each process its share of every batch and keeps the writing to rank 0.
 """
 
+import contextlib
 import dataclasses
 import json
 import math
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,7 +31,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from charnn import checkpoint, distributed, fastgru
+from charnn import checkpoint, distributed, fastgru, run_folder
 from charnn.config import ModelConfig, TrainConfig
 from charnn.corpus import Corpus, load_corpus
 from charnn.data import Batches, split
@@ -96,32 +96,6 @@ class RunState:
     elapsed: float = 0.0  # seconds of training before this invocation
 
 
-def check_run_dir(run_dir: Path, overwrite: bool) -> None:
-    """Refuse a folder that cannot take a new run; changes nothing."""
-    run_dir = Path(run_dir)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise RunDirError(f"--out {run_dir} is a file, not a folder")
-    if run_dir.is_dir() and any(run_dir.iterdir()) and not overwrite:
-        raise RunDirError(
-            f"{run_dir} already holds files (another run?); pass --overwrite to replace it, "
-            "--resume to continue it, or choose another --out"
-        )
-
-
-def prepare_run_dir(run_dir: Path, overwrite: bool) -> bool:
-    """Make `run_dir` ready for a new run; True if this call created it."""
-    check_run_dir(run_dir, overwrite)
-    if run_dir.is_dir() and any(run_dir.iterdir()):
-        for child in run_dir.iterdir():
-            shutil.rmtree(child) if child.is_dir() else child.unlink()
-        return False
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise RunDirError(f"cannot create {run_dir}: {error.strerror}") from None
-    return True
-
-
 StopCheck = Callable[[], str | None]
 
 
@@ -150,17 +124,12 @@ def _train(corpus, vocab, model_config, config, run_dir, on_event, overwrite, sh
     device = distributed.device_for(group, resolve_device(config.device))
     dtype = resolve_precision(config.precision, device)
     trainer = Trainer(corpus, vocab, config, run_dir, device, dtype, on_event, should_stop, group)
-    created = prepare_run_dir(run_dir, overwrite) if group.is_main else False
-    distributed.barrier(group)
-    try:
+    # Rank 0 writes the folder and holds its lock; the others wait until it is ready.
+    with run_folder.new_run(run_dir, overwrite) if group.is_main else contextlib.nullcontext():
+        distributed.barrier(group)
         torch.manual_seed(config.seed)
         trainer.build(CharRNN(model_config))
         return trainer.run()
-    except BaseException:
-        # A run that never wrote a checkpoint leaves no folder behind.
-        if created and not checkpoint.list_checkpoints(run_dir):
-            shutil.rmtree(run_dir, ignore_errors=True)
-        raise
 
 
 def resume(
@@ -179,14 +148,12 @@ def resume(
     if not run_dir.is_dir():
         raise RunDirError(f"no such run folder: {run_dir}")
     group = distributed.from_env()
-    with distributed.session(group):
+    with distributed.session(group), run_folder.existing_run(run_dir) if group.is_main else contextlib.nullcontext():
+        distributed.barrier(group)
         return _resume(run_dir, overrides, on_event, should_stop, group)
 
 
 def _resume(run_dir, overrides, on_event, should_stop, group) -> TrainResult:
-    if group.is_main:
-        checkpoint.recover_run_dir(run_dir)
-    distributed.barrier(group)
     resumable = [p for p in checkpoint.list_checkpoints(run_dir) if (p / checkpoint.TRAINER_STATE).is_file()]
     if not resumable:
         raise RunDirError(f"{run_dir} holds no complete checkpoint to resume from; start a new run instead")
@@ -208,6 +175,7 @@ def _resume(run_dir, overrides, on_event, should_stop, group) -> TrainResult:
     dtype = resolve_precision(config.precision, device)
     trainer = Trainer(corpus, ckpt.vocab, config, run_dir, device, dtype, on_event, should_stop, group)
     trainer.build(ckpt.model.train(), state, trainer_state)
+    trainer.result.last_checkpoint = path  # until a newer one is written
     if group.is_main:
         _truncate_metrics(run_dir / METRICS, state.step)
     return trainer.run()
