@@ -2,34 +2,64 @@
 (gru_int8.cpp, `load()`) and the fused gates of GRU training (gru_train.cpp, `load_training()`).
 
 Each is compiled with PyTorch's extension builder (g++ and ninja) into charnn's cache
-(CHARNN_CACHE, else ~/.cache/charnn), once per machine, source and PyTorch version; a loader
-returns the module, or None where it cannot run here (a CPU without AVX-512, or without VNNI
-for int8; no compiler; a failed build; CHARNN_KERNELS=0 in the environment), and callers then
-use PyTorch's own operations. CHARNN_AMX=0 keeps the int8 kernel on VNNI for every row.
+(CHARNN_CACHE, else ~/.cache/charnn), once per distinct build: its sources, flags, PyTorch
+version and install folder, and Python's headers name the folder, so two environments never
+undo each other's build. A loader returns the module, or None where it cannot run here (a CPU
+without AVX-512, or without VNNI for int8; no compiler; a failed build; CHARNN_KERNELS=0 in
+the environment), and callers then use PyTorch's own operations. CHARNN_AMX=0 keeps the int8
+kernel on VNNI for every row.
+
+A build runs in a child process (`python -m charnn.kernels --build NAME`) that shares an OS
+lock with its parent while it compiles into a private folder, then renames that into place:
+a build killed at any moment leaves no lock and no half-built kernel. A caller waits (for its
+own build, or for another process's) at most CHARNN_KERNEL_WAIT seconds (default 180); past
+that it goes on with PyTorch's operations while the build finishes in the background, ready
+for the next run.
 
 `pack` rearranges one int8 weight matrix for the kernel; see the layout note in the source.
 """
 
-import contextlib
 import functools
 import hashlib
+import importlib.util
 import logging
 import os
+import shutil
+import signal
+import subprocess
 import sys
+import sysconfig
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from charnn.corpus import cache_dir
 from charnn.hardware import cpu_flags
+from charnn.locks import Lock
 
 CSRC = Path(__file__).parent / "csrc"
 UNITS = 16  # hidden units per block of the kernels: hidden sizes must be a multiple of it
-# AVX-512 VNNI and AMX instructions; OpenMP so that at::parallel_for really runs in parallel
-# (with PyTorch's own OpenMP runtime); no contraction, so every path rounds alike.
-FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni", "-mfma", "-mamx-tile", "-mamx-int8",
-         "-fopenmp", "-ffp-contract=off"]  # fmt: skip
+# AVX-512 with FMA; OpenMP so that at::parallel_for really runs in parallel (with PyTorch's
+# own OpenMP runtime); no contraction, so every path rounds alike.
+_BASE_FLAGS = ("-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mfma", "-fopenmp", "-ffp-contract=off")
 _AVX512 = {"avx512f", "avx512bw", "avx512vl", "fma"}
+BUILD_LIMIT = 900  # seconds: a build still running then is stopped (a compiler that hangs)
+
+
+@dataclass(frozen=True)
+class Kernel:
+    name: str  # the Python module it builds
+    source: str  # in csrc/
+    flags: tuple[str, ...]
+    what: str  # for messages
+
+
+INT8 = Kernel("charnn_gru_int8", "gru_int8.cpp", (*_BASE_FLAGS, "-mavx512vnni", "-mamx-tile", "-mamx-int8"),
+              "the int8 generation kernel")  # fmt: skip
+TRAINING = Kernel("charnn_gru_train", "gru_train.cpp", _BASE_FLAGS, "the GRU training kernel")
+KERNELS = {kernel.name: kernel for kernel in (INT8, TRAINING)}
 
 
 def cpu_supported() -> bool:
@@ -42,39 +72,99 @@ def cpu_supports_training() -> bool:
     return _AVX512 <= cpu_flags()
 
 
-@contextlib.contextmanager
-def _quiet(logger_name: str):
-    logger = logging.getLogger(logger_name)
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+def _wait_seconds() -> float:
     try:
-        yield
+        return max(0.0, float(os.environ.get("CHARNN_KERNEL_WAIT", 180)))
+    except ValueError:
+        return 180.0
+
+
+def build_folder(kernel: Kernel) -> Path:
+    """The cache folder of one distinct build of `kernel`."""
+    texts = [(CSRC / kernel.source).read_text(), (CSRC / "simd.h").read_text(), *kernel.flags, torch.__version__,
+             str(Path(torch.__file__).parent), sysconfig.get_paths()["include"]]  # fmt: skip
+    return cache_dir() / "kernels" / hashlib.sha256("\n".join(texts).encode()).hexdigest()[:16]
+
+
+def _library(kernel: Kernel) -> Path:
+    return build_folder(kernel) / f"{kernel.name}.so"
+
+
+def _note(kernel: Kernel, why: str) -> None:
+    print(f"charnn: note: {kernel.what} {why}; using PyTorch's operations instead (slower)", file=sys.stderr)
+
+
+def _load(kernel: Kernel):
+    """The built module of `kernel`, building it first if needed; None, after one note, where that fails."""
+    library = _library(kernel)
+    if not library.is_file() and not _build_in_child(kernel):
+        return None
+    try:
+        spec = importlib.util.spec_from_file_location(kernel.name, library)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    except (ImportError, OSError) as error:
+        _note(kernel, f"could not be loaded ({str(error).splitlines()[0][:200]})")
+        return None
+    return module
+
+
+def _build_in_child(kernel: Kernel) -> bool:
+    """Build `kernel` in a child process under the build lock, waiting at most CHARNN_KERNEL_WAIT seconds."""
+    folder = build_folder(kernel)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + _wait_seconds()
+    lock = Lock(folder.with_name(folder.name + ".lock"))
+    if not lock.acquire():
+        print(f"charnn: waiting for another process that is compiling {kernel.what}...", file=sys.stderr)
+        if not lock.acquire(wait=max(0.0, deadline - time.monotonic())):
+            _note(kernel, "is still being compiled by another process")
+            return False
+    try:
+        if _library(kernel).is_file():  # built by the process we waited for
+            return True
+        # The child shares the lock (the same open file): killed, it lets go; the lock outlives
+        # this process when the child goes on alone.
+        child = subprocess.Popen([sys.executable, "-m", "charnn.kernels", "--build", kernel.name],
+                                 pass_fds=(lock.fd,), start_new_session=True)  # fmt: skip
+        try:
+            return child.wait(timeout=max(0.0, deadline - time.monotonic())) == 0  # on failure the child said why
+        except subprocess.TimeoutExpired:
+            # Not stopped: it finishes in the background, and the next run finds the kernel ready.
+            _note(kernel, "is still being compiled (in the background)")
+            return False
     finally:
-        logger.setLevel(level)
+        lock.release()
 
 
-def _build(name: str, source: str, what: str):
-    """Compile csrc/`source` (once) and import it; None, after a one-line note, if that fails."""
-    # One folder per source, flags and PyTorch version, in charnn's cache: a changed source or
-    # a new PyTorch builds afresh, and an existing build says that no compiler run is coming.
-    texts = [(CSRC / source).read_text(), (CSRC / "simd.h").read_text(), *FLAGS, torch.__version__]
-    build_dir = cache_dir() / "kernels" / hashlib.sha256("\n".join(texts).encode()).hexdigest()[:16]
+def _build(kernel: Kernel) -> int:
+    """Compile `kernel` into the cache (in the child process, holding the build lock); exit status."""
+    folder = build_folder(kernel)
+    # Nobody else is building while we hold the lock: private folders left by killed builds are stale.
+    for stale in folder.parent.glob(folder.name + ".tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    private = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
+    print(f"charnn: compiling {kernel.what} (once; under a minute)...", file=sys.stderr)
+    # A compiler that hangs must not hold the lock forever: the whole process group goes.
+    signal.signal(signal.SIGALRM, lambda *_: os.killpg(0, signal.SIGKILL))
+    signal.alarm(BUILD_LIMIT)
     try:
         from torch.utils.cpp_extension import load as build
 
-        if not any(build_dir.glob(f"{name}*.so")):
-            print(f"charnn: compiling {what} (once; under a minute)...", file=sys.stderr)
-        build_dir.mkdir(parents=True, exist_ok=True)
         # The builder logs a screenful about an unexpected compiler; the note below says enough.
-        with _quiet("torch.utils.cpp_extension"):
-            return build(name, [str(CSRC / source)], extra_cflags=FLAGS, build_directory=str(build_dir))
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+        private.mkdir()
+        build(kernel.name, [str(CSRC / kernel.source)], extra_cflags=list(kernel.flags), build_directory=str(private),
+              is_python_module=True)  # fmt: skip
+        shutil.rmtree(folder, ignore_errors=True)  # an old folder without a library in it
+        os.rename(private, folder)
     except Exception as error:  # no compiler, no ninja, a failed build: the slower path still works
+        shutil.rmtree(private, ignore_errors=True)
         lines = [line.strip() for line in str(error).splitlines()]
         reason = next((line for line in lines if "error:" in line.lower() or "not found" in line), "")
-        reason = reason[:200] or type(error).__name__
-        print(f"charnn: note: {what} could not be built ({reason}); using PyTorch's operations instead (slower)",
-              file=sys.stderr)  # fmt: skip
-        return None
+        _note(kernel, f"could not be built ({reason[:200] or type(error).__name__})")
+        return 1
+    return 0
 
 
 def _switched_off() -> bool:
@@ -86,7 +176,7 @@ def load():
     """The int8 generation kernel (csrc/gru_int8.cpp), or None where it cannot be built or run here."""
     if _switched_off() or not cpu_supported():
         return None
-    module = _build("charnn_gru_int8", "gru_int8.cpp", "the int8 generation kernel")
+    module = _load(INT8)
     if module is not None and os.environ.get("CHARNN_AMX", "1") != "0":
         module.enable_tiles()
     return module
@@ -97,7 +187,7 @@ def load_training():
     """The GRU training kernel (csrc/gru_train.cpp), or None where it cannot be built or run here."""
     if _switched_off() or not cpu_supports_training():
         return None
-    return _build("charnn_gru_train", "gru_train.cpp", "the GRU training kernel")
+    return _load(TRAINING)
 
 
 def supports(hidden_size: int, device: torch.device) -> bool:
@@ -131,4 +221,6 @@ def build_now() -> int:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--build":
+        sys.exit(_build(KERNELS[sys.argv[2]]))
     sys.exit(build_now())
