@@ -12,6 +12,12 @@ import torch
 # machine (two cores) hurts a spinning thread pool most.
 torch.set_num_threads(1)
 
+# The tests talk to servers on loopback (httpx, urllib, schemathesis, Chromium): never through a
+# proxy that the environment may name for the outside world.
+os.environ["NO_PROXY"] = os.environ["no_proxy"] = ",".join(
+    filter(None, ["127.0.0.1", "localhost", os.environ.get("NO_PROXY") or os.environ.get("no_proxy")])
+)
+
 # Non-ASCII text and curly quotes on purpose: the vocabulary is characters, not bytes.
 TINY_TEXT = (
     "“Pip,” said Joe, “old chap! 你好.” The marshes were dark; the river ran on.\n"

@@ -1,6 +1,7 @@
 """The batching engine: every row gives exactly what generate_text gives; rows join and leave freely."""
 
 import asyncio
+import time
 
 import pytest
 import torch
@@ -12,9 +13,10 @@ from charnn.model import CharRNN
 from charnn.sample import generate_text
 from charnn.vocab import Vocabulary
 from conftest import TINY_TEXT
+from serving import DEADLINE, gated
 
 
-async def collect(job, seen=(), timeout: float = 30.0) -> tuple[list[str], list[str]]:
+async def collect(job, seen=(), timeout: float = DEADLINE) -> tuple[list[str], list[str]]:
     """Every sample's text and finish reason; `seen` holds events already taken off the queue."""
     n = job.request.num_samples
     texts, reasons = [""] * n, [None] * n
@@ -84,9 +86,12 @@ def test_concurrent_requests_equal_generate_text(request, which):
     model, vocab = request.getfixturevalue(which)
 
     async def scenario(engine):
-        first = engine.submit(REQUESTS[0])
-        seen = [await first.queue.get()]  # the first is under way when the others arrive together
-        jobs = [engine.submit(r) for r in REQUESTS[1:]]
+        # Held at its first step: the first request is under way when the others arrive, and they
+        # arrive together, however the engine thread and this one are scheduled.
+        with gated(engine):
+            first = engine.submit(REQUESTS[0])
+            seen = [await asyncio.wait_for(first.queue.get(), DEADLINE)]
+            jobs = [engine.submit(r) for r in REQUESTS[1:]]
         results = await asyncio.gather(collect(first, seen), *(collect(job) for job in jobs))
         return results, engine.steps
 
@@ -121,9 +126,8 @@ def test_a_cancelled_job_leaves_the_batch(tiny):
         await long.queue.get()
         assert engine.active_rows in (0, 3)  # counted after each step
         long.cancel()
-        for _ in range(500):
-            if engine.active_rows == 0 and not engine._rows:
-                break
+        deadline = time.monotonic() + DEADLINE  # a safety net: the rows leave at the next step
+        while (engine.active_rows or engine._rows) and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         rows_after_cancel = len(engine._rows)
         after = await collect(engine.submit(Request("Pip", 10)))
@@ -143,7 +147,7 @@ def test_a_failing_step_fails_its_jobs_and_the_engine_goes_on(tiny):
 
         engine.stepper.prefill = broken
         job = engine.submit(Request("Pip", 10))
-        event = await asyncio.wait_for(job.queue.get(), 10)
+        event = await asyncio.wait_for(job.queue.get(), DEADLINE)
         del engine.stepper.prefill
         return event, await collect(engine.submit(Request("Pip", 10)))
 

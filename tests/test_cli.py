@@ -160,8 +160,11 @@ def test_evaluate_and_plot_commands(capsys, tiny_run, tmp_path):
     assert main(["evaluate", str(tiny_run)]) == 0  # the held-out text of its own corpus
     out = capsys.readouterr().out
     assert "Kneser-Ney 5-gram" in out and "gzip -9" in out and "invented words" in out
-    assert main(["plot", str(tiny_run)]) == 0
-    assert (tiny_run / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    run = tmp_path / "run"  # plotted in a copy: tiny_run is shared by the whole session
+    shutil.copytree(tiny_run, run)
+    (run / "loss.png").unlink(missing_ok=True)  # training drew one: this one must be the plot command's
+    assert main(["plot", str(run)]) == 0
+    assert (run / "loss.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_evaluate_needs_the_training_text(capsys, tiny_run, tmp_path):

@@ -1,5 +1,9 @@
 """A crash test: kill -9 a training run at random moments, some during a checkpoint write,
-resume each time, and end with exactly the weights of a run that was never interrupted."""
+resume each time, and end with exactly the weights of a run that was never interrupted.
+
+Nothing depends on the machine's speed: the random moments are drawn in units of the time
+between two checkpoints, measured in the same test, and a kill meant for a checkpoint write
+freezes the process first and checks that the write is still under way."""
 
 import os
 import random
@@ -11,7 +15,7 @@ import time
 import torch
 from safetensors.torch import load_file
 
-from charnn.checkpoint import WEIGHTS, list_checkpoints
+from charnn.checkpoint import WEIGHTS, list_checkpoints, load_checkpoint
 from conftest import SRC, TINY_TEXT
 
 SMALL = ["--embedding-dim", "8", "--hidden-size", "24", "--seq-len", "10", "--batch-size", "4", "--precision",
@@ -30,7 +34,7 @@ def _newest_step(run):
     return len(checkpoints), (checkpoints[-1].name if checkpoints else None)
 
 
-def _wait_for_progress(process, run, before, timeout=120):
+def _wait_for_progress(process, run, before, timeout=120):  # the timeout is only a safety net
     """Wait until a checkpoint newer than `before` exists; False if the process ended first."""
     deadline = time.monotonic() + timeout
     while _newest_step(run) == before:
@@ -41,12 +45,33 @@ def _wait_for_progress(process, run, before, timeout=120):
     return True
 
 
-def _wait_for_a_write(process, run, timeout=30) -> bool:
-    """Spin until a checkpoint is being written (its temporary folder exists)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and process.poll() is None:
-        if any(".tmp-" in name for name in os.listdir(run)):
+def _writing(run) -> bool:
+    return any(".tmp-" in name for name in os.listdir(run))
+
+
+def _state(process) -> str:
+    """The process's state letter in /proc: R, S, D, T (stopped), Z (ended, not yet reaped), ..."""
+    with open(f"/proc/{process.pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
+def _stopped_in_a_write(process, run, timeout=120) -> bool:
+    """Spin until a checkpoint is being written (its temporary folder exists), then stop the process
+    (SIGSTOP) there: True once it is stopped with the write still under way. A write that ended
+    before the stop took hold is let go on (SIGCONT) and the next one tried. False if it ended."""
+    deadline = time.monotonic() + timeout  # only a safety net
+    while process.poll() is None:
+        assert time.monotonic() < deadline, "no checkpoint write seen"
+        if not _writing(run):
+            continue
+        process.send_signal(signal.SIGSTOP)
+        while (state := _state(process)) not in "TtZ":
+            assert time.monotonic() < deadline, f"the process did not stop ({state})"
+        if state == "Z":
+            return False
+        if _writing(run):
             return True
+        process.send_signal(signal.SIGCONT)
     return False
 
 
@@ -56,6 +81,9 @@ def test_sigkill_at_random_moments_then_resume_gives_identical_weights(tmp_path)
     straight = tmp_path / "straight"
     done = _start(str(corpus), "--out", str(straight), *SMALL)
     assert done.wait(timeout=300) == 0, done.stderr.read()
+    # The time between two checkpoints here and now (training time, without the start-up).
+    training_seconds = load_checkpoint(straight / "ckpt_4").training["elapsed_seconds"]
+    between_checkpoints = training_seconds / len(list_checkpoints(straight))
 
     run = tmp_path / "killed"
     rng = random.Random(7)
@@ -66,11 +94,12 @@ def test_sigkill_at_random_moments_then_resume_gives_identical_weights(tmp_path)
         if not _wait_for_progress(process, run, before):
             break  # finished before we could kill it again
         if kills % 2:
-            # Wait for the next checkpoint write and kill inside it.
-            if not _wait_for_a_write(process, run):
+            # Stop the process inside a checkpoint write and kill it there.
+            if not _stopped_in_a_write(process, run):
                 break
         else:
-            time.sleep(rng.uniform(0, 0.3))
+            # Anywhere within the next two checkpoints, however fast they come.
+            time.sleep(rng.uniform(0, 2) * between_checkpoints)
         process.send_signal(signal.SIGKILL)
         process.wait()
         kills += 1

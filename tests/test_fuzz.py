@@ -18,7 +18,11 @@ from charnn.corpus import load_corpus, normalize
 from charnn.errors import CharnnError, CorpusError, UnknownCharactersError
 from charnn.vocab import Vocabulary
 
-FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# No time limit per example (deadline) and no example database (which hypothesis keeps in the
+# current folder and replays from there): a run depends neither on the machine's speed nor on earlier runs.
+FUZZ = settings(
+    max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 
 
 @FUZZ

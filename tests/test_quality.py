@@ -3,6 +3,7 @@
 import json
 import math
 import random
+import shutil
 
 import pytest
 import torch
@@ -87,10 +88,14 @@ def test_schedules_and_options_train(tmp_path):
         assert result.history[-1]["loss"] < math.log(len(vocab))
 
 
-def test_plot_is_a_valid_png(tiny_run):
+def test_plot_is_a_valid_png(tiny_run, tmp_path):
     import matplotlib.image
 
-    path = plot_run(tiny_run)
+    run = tmp_path / "run"  # plotted in a copy: tiny_run is shared by the whole session
+    shutil.copytree(tiny_run, run)
+    (run / "loss.png").unlink(missing_ok=True)  # training drew one: this one must be plot_run's
+    path = plot_run(run)
+    assert path == run / "loss.png"
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     image = matplotlib.image.imread(path)
     assert image.shape[0] > 200 and image.shape[1] > 300

@@ -8,21 +8,24 @@ from charnn.sample import generate, generate_text, sample_next
 
 
 def test_temperature_zero_is_argmax():
-    logits = torch.randn(16, 30)
-    chosen = sample_next(logits, SampleConfig(temperature=0), torch.rand(16))
+    generator = torch.Generator().manual_seed(0)  # its own generator: the same draws whatever test ran before
+    logits = torch.randn(16, 30, generator=generator)
+    chosen = sample_next(logits, SampleConfig(temperature=0), torch.rand(16, generator=generator))
     assert torch.equal(chosen, logits.argmax(-1))
 
 
 def test_sampling_follows_the_distribution():
     logits = torch.log(torch.tensor([[0.1, 0.6, 0.3]])).expand(20_000, -1)
-    chosen = sample_next(logits, SampleConfig(temperature=1.0), torch.rand(20_000))
+    chosen = sample_next(
+        logits, SampleConfig(temperature=1.0), torch.rand(20_000, generator=torch.Generator().manual_seed(1))
+    )
     shares = torch.bincount(chosen, minlength=3).float() / 20_000
     torch.testing.assert_close(shares, torch.tensor([0.1, 0.6, 0.3]), atol=0.02, rtol=0)
 
 
 def test_top_k_and_top_p_exclude_unlikely_characters():
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]])).expand(5_000, -1)
-    uniforms = torch.rand(5_000)
+    uniforms = torch.rand(5_000, generator=torch.Generator().manual_seed(2))
     assert set(sample_next(logits, SampleConfig(1.0, top_k=2), uniforms).tolist()) == {0, 1}
     assert set(sample_next(logits, SampleConfig(1.0, top_p=0.8), uniforms).tolist()) == {0, 1}
     assert set(sample_next(logits, SampleConfig(1.0, top_p=0.81), uniforms).tolist()) == {0, 1, 2}

@@ -3,6 +3,7 @@
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from charnn.config import SampleConfig, ServeLimits
 from charnn.errors import ConfigError
 from charnn.sample import generate_text
 from conftest import SRC, run_cli
-from serving import running_server, slowed, wait_until
+from serving import DEADLINE, gated, running_server, wait_until
 
 LIMITS = ServeLimits(max_prompt_chars=64, max_new_chars=300, max_num_samples=4, max_streams=16)
 
@@ -38,7 +39,7 @@ def ckpt(tiny_run):
 
 @pytest.fixture(scope="module")
 def client(server):
-    with httpx.Client(base_url=server.url, timeout=30) as c:
+    with httpx.Client(base_url=server.url, timeout=DEADLINE) as c:
         yield c
 
 
@@ -54,7 +55,11 @@ def reference(ckpt, prompt, length, sampling=SampleConfig(0.8), num_samples=1, s
 
 def sse_events(response: httpx.Response) -> list[str]:
     """The data of each server-sent event, checking the framing on the way."""
-    body = response.read().decode("utf-8")
+    return sse_data(response.read())
+
+
+def sse_data(raw: bytes) -> list[str]:
+    body = raw.decode("utf-8")
     assert body.endswith("\n\n")
     events = []
     for block in body.split("\n\n")[:-1]:
@@ -115,12 +120,21 @@ def test_without_a_seed_one_is_drawn_and_reported(client, ckpt):
     assert served["samples"] == reference(ckpt, "Pip", 40, seed=served["seed"])
 
 
-def test_streaming_events(client, ckpt):
+def test_streaming_events(server, client, ckpt):
     body = {"prompt": "Pip", "max_new_chars": 300, "seed": 3, "num_samples": 2, "stream": True}
-    with client.stream("POST", "/v1/generate", json=body) as response:
+    # The engine is held after its first characters until the client has read them: they come
+    # as they are produced, not with the rest, however fast either side is.
+    with gated(server.service.engine) as gate, client.stream("POST", "/v1/generate", json=body) as response:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
-        events = sse_events(response)
+        pieces = response.iter_bytes()
+        raw = b""
+        while not raw.endswith(b"\n\n"):
+            raw += next(pieces)
+        early = [json.loads(e) for e in sse_data(raw)]
+        gate.open()
+        events = sse_data(raw + b"".join(pieces))
+    assert early and all(set(e) == {"text", "sample"} for e in early)  # text, before any sample ended
     assert events[-1] == "[DONE]"
     parsed = [json.loads(e) for e in events[:-1]]
     summary = parsed[-1]
@@ -136,8 +150,8 @@ def test_streaming_events(client, ckpt):
             finished.append(event["sample"])
     assert sorted(finished) == [0, 1]
     assert texts == reference(ckpt, "Pip", 300, num_samples=2, seed=3)
-    # Characters arrive as they are produced, not in one piece; text that arrives while the
-    # reader is busy is joined into one event, so how many depends on the two speeds.
+    # Characters arrive as they are produced, not in one piece (text that arrives while the
+    # reader is busy is joined into one event).
     assert len(parsed) > 4
 
 
@@ -171,14 +185,12 @@ def test_concurrent_requests_share_batches_and_stay_exact(server, client, ckpt):
         )
     ]  # fmt: skip
     steps = server.service.engine.steps
-    start = threading.Barrier(len(bodies))
-
-    def call(body):
-        start.wait()
-        return client.post("/v1/generate", json=body).json()
-
-    with slowed(server.service, 0.002), ThreadPoolExecutor(len(bodies)) as pool:
-        results = list(pool.map(call, bodies))
+    with ThreadPoolExecutor(len(bodies)) as pool, gated(server.service.engine) as gate:
+        futures = [pool.submit(client.post, "/v1/generate", json=body) for body in bodies]
+        # Held at its first step until all eight are in: they share the batch whatever the timing.
+        wait_until(lambda: len(server.service.jobs) == len(bodies), message="all requests to arrive")
+        gate.open()
+        results = [future.result().json() for future in futures]
     for body, result in zip(bodies, results, strict=True):
         sampling = SampleConfig(body["temperature"], body["top_k"])
         assert result["samples"] == reference(ckpt, body["prompt"], body["max_new_chars"], sampling, 2, body["seed"])
@@ -210,17 +222,21 @@ def test_openai_client_completions(server, ckpt):
 
 def test_openai_client_streaming(server, ckpt):
     api = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
-    stream = api.completions.create(model="charnn", prompt="Joe", max_tokens=300, n=2, seed=9, temperature=0.9,
-                                    top_p=0.95, stream=True, stream_options={"include_usage": True})  # fmt: skip
     texts, reasons, usage, chunks = ["", ""], [None, None], None, 0
-    for chunk in stream:
-        chunks += 1
-        if chunk.usage is not None:
-            usage = chunk.usage
-        for choice in chunk.choices:
-            texts[choice.index] += choice.text
-            if choice.finish_reason is not None:
-                reasons[choice.index] = choice.finish_reason
+    with gated(server.service.engine) as gate:  # held after its first characters until they are read
+        stream = api.completions.create(model="charnn", prompt="Joe", max_tokens=300, n=2, seed=9, temperature=0.9,
+                                        top_p=0.95, stream=True, stream_options={"include_usage": True})  # fmt: skip
+        for chunk in stream:
+            if chunks == 0:  # read while the engine is held: text, before any sample ended
+                assert chunk.choices and chunk.choices[0].text and chunk.choices[0].finish_reason is None
+                gate.open()
+            chunks += 1
+            if chunk.usage is not None:
+                usage = chunk.usage
+            for choice in chunk.choices:
+                texts[choice.index] += choice.text
+                if choice.finish_reason is not None:
+                    reasons[choice.index] = choice.finish_reason
     assert texts == reference(ckpt, "Joe", 300, SampleConfig(0.9, top_p=0.95), num_samples=2, seed=9)
     assert reasons == ["length", "length"]
     assert usage.completion_tokens == 600 and usage.prompt_tokens == 3
@@ -325,35 +341,46 @@ def test_serve_limits_are_validated():
 
 def test_too_many_streams_then_a_disconnect_frees_a_slot(tiny_run):
     limits = ServeLimits(max_streams=2, max_new_chars=5000)
-    with running_server(tiny_run, limits) as server, slowed(server.service, 0.005):
+    # The engine is held at its first step: both streams are under way, however fast the machine.
+    with running_server(tiny_run, limits) as server, gated(server.service.engine) as gate:
         service = server.service
         body = {"prompt": "Pip", "max_new_chars": 5000, "stream": True}
-        with httpx.Client(base_url=server.url, timeout=30) as a, httpx.Client(base_url=server.url, timeout=30) as b:
+        with (
+            httpx.Client(base_url=server.url, timeout=DEADLINE) as a,
+            httpx.Client(base_url=server.url, timeout=DEADLINE) as b,
+        ):
             with a.stream("POST", "/v1/generate", json=body) as first, b.stream("POST", "/v1/generate", json=body):
                 lines = first.iter_lines()  # kept: a dropped iterator would close the connection
                 assert next(lines).startswith("data: ")
-                refused = httpx.post(server.url + "/v1/generate", json={"prompt": "Pip", "max_new_chars": 5})
+                refused = httpx.post(server.url + "/v1/generate", json={"prompt": "Pip", "max_new_chars": 5},
+                                     timeout=DEADLINE)  # fmt: skip
                 assert refused.status_code == 429
                 assert "--max-streams" in refused.json()["error"]["message"]
                 assert refused.headers["retry-after"] == "1"
-                assert service.engine.active_rows == 2
+                # Two more steps: the second stream joins the batch (the engine holds again after).
+                gate.allow(2)
+                wait_until(lambda: service.engine.active_rows == 2, message="both streams' rows in the batch")
             # Both clients hung up mid-stream: their slots are free and their rows gone.
-            wait_until(lambda: not service.jobs, 2.0, "slots to be given back")
-            wait_until(lambda: service.engine.active_rows == 0, 2.0, "rows to leave the batch")
-        assert httpx.post(server.url + "/v1/generate", json={"prompt": "Pip", "max_new_chars": 5}).status_code == 200
+            wait_until(lambda: not service.jobs, message="slots to be given back")
+            gate.open()
+            wait_until(lambda: service.engine.active_rows == 0, message="rows to leave the batch")
+        done = httpx.post(server.url + "/v1/generate", json={"prompt": "Pip", "max_new_chars": 5}, timeout=DEADLINE)
+        assert done.status_code == 200
 
 
 def test_a_non_streaming_client_that_hangs_up_frees_its_slot(tiny_run):
-    with running_server(tiny_run, ServeLimits(max_new_chars=5000)) as server, slowed(server.service, 0.005):
+    # One step, then the engine holds: the request is under way until the client has hung up.
+    with running_server(tiny_run, ServeLimits(max_new_chars=5000)) as server, gated(server.service.engine, 1) as gate:
         host, port = server.url.removeprefix("http://").split(":")
         body = json.dumps({"prompt": "Pip", "max_new_chars": 5000}).encode()
         request = (f"POST /v1/generate HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
                    f"Content-Length: {len(body)}\r\n\r\n").encode() + body  # fmt: skip
         with socket.create_connection((host, int(port))) as connection:
             connection.sendall(request)
-            wait_until(lambda: server.service.engine.active_rows == 1, 5.0, "the request to start")
-        wait_until(lambda: not server.service.jobs, 2.0, "the slot to be given back")
-        wait_until(lambda: server.service.engine.active_rows == 0, 2.0, "the row to leave the batch")
+            wait_until(lambda: server.service.engine.active_rows == 1, message="the request to start")
+        wait_until(lambda: not server.service.jobs, message="the slot to be given back")
+        gate.open()
+        wait_until(lambda: server.service.engine.active_rows == 0, message="the row to leave the batch")
 
 
 # --- the schema ----------------------------------------------------------------------------
@@ -375,7 +402,7 @@ def test_schemathesis_finds_no_server_errors(server, tmp_path):
     """Every check schemathesis has, against the live server; a fixed seed keeps it reproducible."""
     command = [str(Path(sys.executable).with_name("schemathesis")), "run", server.url + "/openapi.json",
                "--checks", "all", "--max-examples", "25", "--seed", "1", "--generation-database", "none",
-               "--workers", "1", "--no-color", "--request-timeout", "20"]  # fmt: skip
+               "--workers", "1", "--no-color", "--request-timeout", str(DEADLINE)]  # fmt: skip
     done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
     assert "No issues found" in done.stdout
@@ -403,28 +430,35 @@ def test_cli_serve_bad_limit(capsys, tiny_run):
 
 
 def test_cli_serve_end_to_end(tiny_run):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     env = dict(os.environ, PYTHONPATH=str(SRC))
     limits = ["--max-new-chars", "50", "--max-prompt-chars", "10", "--max-num-samples", "2", "--max-streams", "3"]
-    command = [sys.executable, "-m", "charnn", "serve", str(tiny_run), "--port", str(port), "--threads", "1", *limits]
+    # Port 0: the system picks a free port and uvicorn says which (a port found free beforehand
+    # could be taken by another process before the server binds it).
+    command = [sys.executable, "-m", "charnn", "serve", str(tiny_run), "--port", "0", "--threads", "1", *limits]
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines, announced = [], threading.Event()
+
+    def read_output():
+        for line in process.stdout:
+            lines.append(line)
+            if "Uvicorn running on" in line:
+                announced.set()
+        announced.set()  # the output ended: the server is gone
+
+    reader = threading.Thread(target=read_output, daemon=True)
+    reader.start()
     try:
-        url = f"http://127.0.0.1:{port}"
-
-        def up():
-            try:
-                return httpx.get(url + "/healthz", timeout=1).status_code == 200
-            except httpx.TransportError:
-                return process.poll() is None and False
-
-        wait_until(up, 60.0, "charnn serve to start")
-        limits = httpx.get(url + "/v1/model").json()["limits"]
+        announced.wait(DEADLINE)
+        started = re.search(r"Uvicorn running on (http://127\.0\.0\.1:\d+)", "".join(lines))
+        assert started, "".join(lines)  # on loopback, the default
+        url = started[1]
+        assert httpx.get(url + "/healthz", timeout=DEADLINE).status_code == 200
+        limits = httpx.get(url + "/v1/model", timeout=DEADLINE).json()["limits"]
         assert limits == {"max_prompt_chars": 10, "max_new_chars": 50, "max_num_samples": 2, "max_streams": 3}
-        served = httpx.post(url + "/v1/generate", json={"prompt": "Pip", "max_new_chars": 50, "seed": 1}).json()
+        body = {"prompt": "Pip", "max_new_chars": 50, "seed": 1}
+        served = httpx.post(url + "/v1/generate", json=body, timeout=DEADLINE).json()
         assert len(served["samples"][0]) == 50
     finally:
         process.terminate()
-        output = process.communicate(timeout=30)[0]
-    assert f"Uvicorn running on http://127.0.0.1:{port}" in output
+        process.wait(timeout=DEADLINE)
+        reader.join(DEADLINE)

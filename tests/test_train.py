@@ -63,10 +63,18 @@ def test_max_steps_stops_mid_epoch_with_a_checkpoint(tmp_path):
 def test_time_limit_stops_cleanly(tmp_path):
     corpus = Corpus("tiny", TINY_TEXT * 40)
     vocab = Vocabulary.from_text(corpus.text)
-    config = TrainConfig(seq_len=20, batch_size=8, epochs=1000, time_limit=0.02, precision="fp32")
-    result = train(corpus, vocab, _small(vocab), config, tmp_path / "run")
+    # Far more epochs than any machine runs in 1.2 s: the limit is what stops the run.
+    config = TrainConfig(seq_len=20, batch_size=8, epochs=1_000_000, time_limit=0.02, precision="fp32")
+    events = []
+    result = train(corpus, vocab, _small(vocab), config, tmp_path / "run", events.append)
     assert result.stopped_by == "time_limit"
-    assert result.history[-1]["elapsed"] < 30
+    # It stops at the first step that ends past the limit, however long a step takes here: each
+    # step reports its time just after checking it, so only the last step, and the one before
+    # (if it reported just after its check), can report a time past the limit.
+    limit = config.time_limit * 60
+    steps = [e for e in events if e.kind in ("step", "log")]
+    assert steps[-1].step == result.history[-1]["step"] and steps[-1].elapsed >= limit
+    assert all(e.elapsed < limit for e in steps[:-2])
     load_checkpoint(result.last_checkpoint)
 
 

@@ -14,7 +14,7 @@ import pytest
 from charnn.checkpoint import load_checkpoint
 from charnn.config import SampleConfig, ServeLimits
 from charnn.sample import generate_text
-from serving import running_server, slowed, wait_until
+from serving import DEADLINE, gated, running_server, wait_until
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -64,6 +64,7 @@ def browser(tmp_path_factory):
 @pytest.fixture
 def page(browser, server):
     page = browser.new_page()
+    page.set_default_timeout(DEADLINE * 1000)  # waits are for conditions; the deadline is only a safety net
     page.goto(server.url + "/")
     page.wait_for_function("document.querySelector('#model-vocabulary') !== null")
     yield page
@@ -84,12 +85,15 @@ def test_generate_streams_the_same_text_as_generate_text(page, server, tiny_run)
     set_range(page, "#temperature", 0.8)
     set_range(page, "#length", 400)
     page.fill("#seed", "11")
-    with slowed(server.service, 0.004):  # slow enough to watch the text grow
+    # The engine holds after 100 characters until the page has shown part of the text, however
+    # fast the machine: the text is watched growing, not only seen whole.
+    with gated(server.service.engine, 99) as gate:
         page.click("#generate")
         page.wait_for_function("document.querySelector('#generated').textContent.length > 20")
         partial = page.inner_text("#generated")
         assert page.is_enabled("#stop") and page.is_disabled("#generate")
-        page.wait_for_function("document.querySelector('#status').textContent.startsWith('done')", timeout=60_000)
+        gate.open()
+        page.wait_for_function("document.querySelector('#status').textContent.startsWith('done')")
     expected = generate_text(ckpt.model, ckpt.vocab, "“Pip,” said Joe", 400, SampleConfig(0.8), seed=11)[0]
     text = page.eval_on_selector("#generated", "el => el.textContent")
     assert text == expected
@@ -102,13 +106,14 @@ def test_generate_streams_the_same_text_as_generate_text(page, server, tiny_run)
 def test_stop_ends_the_stream_and_frees_the_slot(page, server):
     page.fill("#prompt", "Pip")
     set_range(page, "#length", 3000)
-    with slowed(server.service, 0.005):
+    with gated(server.service.engine, 99) as gate:  # held after 100 characters: Stop comes mid-stream
         page.click("#generate")
         page.wait_for_function("document.querySelector('#generated').textContent.length > 10")
         page.click("#stop")
         page.wait_for_function("document.querySelector('#status').textContent.startsWith('stopped')")
-        wait_until(lambda: not server.service.jobs, 3.0, "the slot to be given back")
-        wait_until(lambda: server.service.engine.active_rows == 0, 3.0, "the rows to leave the batch")
+        wait_until(lambda: not server.service.jobs, message="the slot to be given back")
+        gate.open()
+        wait_until(lambda: server.service.engine.active_rows == 0, message="the rows to leave the batch")
     assert len(page.eval_on_selector("#generated", "el => el.textContent")) < 3000
     assert page.is_enabled("#generate") and page.is_disabled("#stop")
 
