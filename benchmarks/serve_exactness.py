@@ -17,10 +17,10 @@ from pathlib import Path
 
 import torch
 
-from charnn.batching import Engine, Request
 from charnn.config import ModelConfig, SampleConfig
 from charnn.model import CharRNN
 from charnn.sample import generate_text
+from charnn.serve.engine import Engine, JobDone, JobFailed, Request, SampleText
 from charnn.vocab import Vocabulary
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,10 +33,10 @@ async def served(model, vocab, requests, rng) -> list[list[str]]:
 
     async def collect(job):
         texts = [""] * job.request.num_samples
-        while (event := await job.queue.get()).kind != "done":
-            if event.kind == "error":
-                raise RuntimeError(event.text)
-            if event.kind == "text":
+        while not isinstance(event := await job.queue.get(), JobDone):
+            if isinstance(event, JobFailed):
+                raise RuntimeError(event.message)
+            if isinstance(event, SampleText):
                 texts[event.sample] += event.text
         return texts
 

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import uvicorn
 
-from charnn.batching import Engine
 from charnn.config import ServeLimits
 from charnn.serve import Service, create_app
+from charnn.serve.engine import Engine
 
 # How long to wait for something that should happen at once: only a safety net against a hang,
 # generous for a loaded machine; a test never relies on it passing.

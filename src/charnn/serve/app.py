@@ -1,7 +1,8 @@
-"""An HTTP API and a web page over one loaded model: FastAPI, served by uvicorn.
+"""The server's app: routes, error mapping and streaming over one loaded model, served by uvicorn.
 
 `create_app(checkpoint, limits)` builds the app; `serve(...)` runs it. Every request goes
-through one `batching.Engine`, which advances all concurrent requests together as a batch.
+through one `engine.Engine`, which advances all concurrent requests together as a batch; the
+bodies are in `schemas`.
 
 - `POST /v1/generate`: `{prompt, max_new_chars, temperature, top_k, top_p, seed, num_samples,
   stop, stream}` -> `{samples, finish_reason, finish_reasons, seed, model}`; with `"stream": true`,
@@ -26,30 +27,34 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.resources import files
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import torch
 from fastapi import FastAPI
 from fastapi import Request as HttpRequest
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
-from charnn.batching import Engine, Event, Job, Request
 from charnn.checkpoint import load_checkpoint
 from charnn.config import SampleConfig, ServeLimits
-from charnn.errors import ConfigError, UnknownCharactersError
+from charnn.errors import ConfigError
 from charnn.sample import new_seed
+from charnn.serve.engine import Engine, Job, JobDone, JobEvent, JobFailed, Request, SampleFinished, SampleText
+from charnn.serve.schemas import (
+    COMPLETION_EVENTS,
+    COMPLETIONS_DEFAULT_MAX_TOKENS,
+    ERRORS,
+    GENERATE_EVENTS,
+    MAX_TEMPERATURE,
+    Completion,
+    CompletionChoice,
+    GenerateResponse,
+    Usage,
+    request_models,
+)
 
-MAX_TEMPERATURE = 2.0
-MAX_STOP_SEQUENCES = 4
-MAX_STOP_CHARS = 50
-MAX_SEED = 2**53 - 1  # the largest integer a JavaScript client can send exactly
-DEFAULT_NEW_CHARS = 200  # /v1/generate; /v1/completions keeps OpenAI's default of 16
-COMPLETIONS_DEFAULT_MAX_TOKENS = 16
-
-
+# Flags that set the limits a field is checked against, named in the field's error.
 LIMIT_FLAGS = {
     "prompt": "--max-prompt-chars",
     "max_new_chars": "--max-new-chars",
@@ -67,137 +72,6 @@ UNSUPPORTED = {
     "best_of": "leave it out or send 1",
     "suffix": "leave it out or send null",
 }
-
-# --- request and response bodies ---------------------------------------------------------
-
-
-def _integral(value: Any) -> Any:
-    # JSON Schema counts 41.0 as an integer; the models are otherwise strict (no "41", no true).
-    return int(value) if isinstance(value, float) and value.is_integer() else value
-
-
-def _integer(**constraints):
-    return Annotated[int, Field(**constraints), BeforeValidator(_integral)]
-
-
-Stop = Annotated[str, Field(min_length=1, max_length=MAX_STOP_CHARS)]
-Stops = Stop | Annotated[list[Stop], Field(max_length=MAX_STOP_SEQUENCES)] | None
-Seed = Annotated[_integer(ge=0, le=MAX_SEED) | None, Field(description="the same seed gives the same text")]
-FinishReason = Literal["stop", "length"]
-
-
-class ErrorDetail(BaseModel):
-    field: str | None = Field(description="the request field at fault, when there is one")
-    message: str
-    type: str
-
-
-class ErrorBody(BaseModel):
-    error: ErrorDetail
-
-
-class GenerateResponse(BaseModel):
-    samples: list[str] = Field(description="the new text of each sample, without the prompt")
-    finish_reason: FinishReason = Field(description='"length" if any sample reached max_new_chars, else "stop"')
-    finish_reasons: list[FinishReason]
-    seed: int
-    model: str
-
-
-class CompletionChoice(BaseModel):
-    text: str
-    index: int
-    logprobs: None = None
-    finish_reason: FinishReason
-
-
-class Usage(BaseModel):
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int
-
-
-class Completion(BaseModel):
-    id: str
-    object: Literal["text_completion"] = "text_completion"
-    created: int
-    model: str
-    choices: list[CompletionChoice]
-    usage: Usage
-
-
-class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-    include_usage: bool = False
-
-
-def _pattern(characters) -> str:
-    """A regular expression (valid in JSON Schema and in Python) for text made of `characters`."""
-    named = {"\n": "\\n", "\t": "\\t", "\r": "\\r"}
-    parts = []
-    for c in characters:
-        if c in named:
-            parts.append(named[c])
-        elif c in "\\]^-[":
-            parts.append("\\" + c)
-        elif ord(c) < 32 or ord(c) == 127:
-            parts.append(f"\\u{ord(c):04x}")
-        else:
-            parts.append(c)
-    return f"^[{''.join(parts)}]+$"
-
-
-def _request_models(limits: ServeLimits, characters) -> tuple[type[BaseModel], type[BaseModel]]:
-    """The two request bodies, with the server's limits and the model's characters in their schema."""
-    # The pattern documents which characters a prompt may hold; the server checks them itself,
-    # so that a mistake gets a 400 that names the unknown characters.
-    Prompt = Annotated[
-        str,
-        Field(min_length=1, max_length=limits.max_prompt_chars, json_schema_extra={"pattern": _pattern(characters)}),
-    ]
-    Temperature = Annotated[float, Field(ge=0, le=MAX_TEMPERATURE, allow_inf_nan=False)]
-    TopP = Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)]
-    TopK = _integer(ge=1)
-    Zero = Annotated[float, Field(ge=0, le=0)]
-
-    class GenerateRequest(BaseModel):
-        model_config = ConfigDict(extra="forbid", strict=True)
-        prompt: Prompt = Field(description="text to continue: characters the model knows")
-        max_new_chars: _integer(ge=0, le=limits.max_new_chars) = min(DEFAULT_NEW_CHARS, limits.max_new_chars)
-        temperature: Temperature = Field(0.8, description="0 is greedy; higher is more random")
-        top_k: TopK | None = None
-        top_p: TopP | None = None
-        seed: Seed = None
-        num_samples: _integer(ge=1, le=limits.max_num_samples) = 1
-        stop: Stops = Field(None, description="end a sample before the first of these strings")
-        stream: bool = Field(False, description="server-sent events as characters are produced")
-
-    class CompletionRequest(BaseModel):
-        """OpenAI's completions request; tokens are characters."""
-
-        model_config = ConfigDict(extra="forbid", strict=True)
-        model: str | None = Field(None, description="accepted and ignored: this server serves one model")
-        prompt: Prompt
-        max_tokens: _integer(ge=0, le=limits.max_new_chars) | None = COMPLETIONS_DEFAULT_MAX_TOKENS
-        temperature: Temperature | None = 1.0
-        top_p: TopP | None = 1.0
-        top_k: TopK | None = Field(None, description="an extension to OpenAI's API")
-        n: _integer(ge=1, le=limits.max_num_samples) | None = 1
-        stop: Stops = None
-        seed: Seed = None
-        stream: bool | None = False
-        stream_options: StreamOptions | None = None
-        echo: bool | None = Field(False, description="put the prompt before each choice's text")
-        user: str | None = Field(None, description="accepted and ignored")
-        # Sent by some clients with their neutral values; anything else is not supported.
-        frequency_penalty: Zero | None = Field(None, description="only 0 is supported")
-        presence_penalty: Zero | None = Field(None, description="only 0 is supported")
-        logit_bias: Annotated[dict[str, int], Field(max_length=0)] | None = Field(None, description="only {}")
-        logprobs: None = Field(None, description="not supported")
-        best_of: _integer(ge=1, le=1) | None = Field(None, description="only 1 is supported")
-        suffix: None = Field(None, description="not supported")
-
-    return GenerateRequest, CompletionRequest
 
 
 # --- errors --------------------------------------------------------------------------------
@@ -241,77 +115,6 @@ def _validation_error(error: RequestValidationError) -> JSONResponse:
     if field in LIMIT_FLAGS and kind in ("less_than_equal", "string_too_long"):
         message += f" (a server limit, set by {LIMIT_FLAGS[field]})"
     return _error(422, field, message)
-
-
-ERRORS = {
-    400: {"model": ErrorBody, "description": "characters the model does not know"},
-    422: {"model": ErrorBody, "description": "a field that is missing, of the wrong type or out of range"},
-    429: {"model": ErrorBody, "description": "too many generation requests in flight (--max-streams)"},
-}
-
-
-def _events_schema(*data: dict) -> dict:
-    """A text/event-stream response: each event's data is one of these JSON objects, or [DONE]."""
-    json_data = {"contentMediaType": "application/json", "contentSchema": {"anyOf": list(data)}}
-    event = {
-        "type": "object",
-        "required": ["data"],
-        "properties": {"event": {"type": "string"}, "data": {"anyOf": [{"const": "[DONE]"}, json_data]}},
-    }
-    return {"text/event-stream": {"itemSchema": event}}
-
-
-_REASON = {"enum": ["stop", "length"]}
-_ERROR_EVENT = {"type": "object", "required": ["error"], "properties": {"error": {"type": "object"}}}
-GENERATE_EVENTS = _events_schema(
-    {
-        "type": "object",
-        "description": "new characters of one sample; its last event has finish_reason",
-        "required": ["text", "sample"],
-        "properties": {
-            "text": {"type": "string"},
-            "sample": {"type": "integer", "minimum": 0},
-            "finish_reason": _REASON,
-        },
-    },
-    {
-        "type": "object",
-        "description": "the last event before [DONE]",
-        "required": ["finish_reason", "finish_reasons", "seed", "model"],
-        "properties": {
-            "finish_reason": _REASON,
-            "finish_reasons": {"type": "array", "items": _REASON},
-            "seed": {"type": "integer"},
-            "model": {"type": "string"},
-        },
-    },
-    _ERROR_EVENT,
-)
-_CHOICE = {
-    "type": "object",
-    "required": ["text", "index", "finish_reason"],
-    "properties": {
-        "text": {"type": "string"},
-        "index": {"type": "integer", "minimum": 0},
-        "logprobs": {"type": "null"},
-        "finish_reason": {"anyOf": [_REASON, {"type": "null"}]},
-    },
-}
-COMPLETION_EVENTS = _events_schema(
-    {
-        "type": "object",
-        "required": ["id", "object", "created", "model", "choices"],
-        "properties": {
-            "id": {"type": "string"},
-            "object": {"const": "text_completion"},
-            "created": {"type": "integer"},
-            "model": {"type": "string"},
-            "choices": {"type": "array", "items": _CHOICE},
-            "usage": {"type": "object"},
-        },
-    },
-    _ERROR_EVENT,
-)
 
 
 # --- the model as the server sees it ------------------------------------------------------
@@ -372,11 +175,7 @@ class Service:
                 "rate_limit_error",
             )
         stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
-        request = Request(prompt, max_new_chars, sampling, num_samples, seed, stops)
-        try:
-            job = self.engine.submit(request)
-        except UnknownCharactersError as error:  # checked above; kept for safety
-            raise ApiError(400, "prompt", str(error)) from None
+        job = self.engine.submit(Request(prompt, max_new_chars, sampling, num_samples, seed, stops))
         self.jobs.add(job)
         return job
 
@@ -386,31 +185,31 @@ class Service:
         self.jobs.discard(job)
 
 
-async def _events(job: Job) -> AsyncIterator[list[Event]]:
+async def _events(job: Job) -> AsyncIterator[list[JobEvent]]:
     """The job's events, a batch at a time: whatever has arrived since the last batch."""
     while True:
         batch = [await job.queue.get()]
         while not job.queue.empty():
             batch.append(job.queue.get_nowait())
         yield batch
-        if batch[-1].kind in ("done", "error"):
+        if isinstance(batch[-1], JobDone | JobFailed):
             return
 
 
-def _coalesced(batch: list[Event]) -> list[Event]:
+def _coalesced(batch: list[JobEvent]) -> list[JobEvent]:
     """Join the text of each sample within a batch, so a slow reader gets fewer, longer events."""
-    out: list[Event] = []
+    out: list[JobEvent] = []
     pending: dict[int, str] = {}
     for event in batch:
-        if event.kind == "text":
+        if isinstance(event, SampleText):
             pending[event.sample] = pending.get(event.sample, "") + event.text
             continue
-        if event.kind == "finish" and event.sample in pending:
-            out.append(Event("text", event.sample, pending.pop(event.sample)))
+        if isinstance(event, SampleFinished) and event.sample in pending:
+            out.append(SampleText(event.sample, pending.pop(event.sample)))
         out.append(event)
     # Text that arrived after everything else in the batch (no finish or done followed it).
-    tail = [Event("text", k, t) for k, t in pending.items()]
-    if out and out[-1].kind in ("done", "error"):
+    tail = [SampleText(k, t) for k, t in pending.items()]
+    if out and isinstance(out[-1], JobDone | JobFailed):
         return out[:-1] + tail + out[-1:]
     return out + tail
 
@@ -440,12 +239,12 @@ async def _collect(job: Job, http: HttpRequest, num_samples: int) -> tuple[list[
         texts, reasons = [[] for _ in range(num_samples)], ["length"] * num_samples
         async for batch in _events(job):
             for event in batch:
-                if event.kind == "text":
+                if isinstance(event, SampleText):
                     texts[event.sample].append(event.text)
-                elif event.kind == "finish":
-                    reasons[event.sample] = event.text
-                elif event.kind == "error":
-                    raise _Failed(event.text)
+                elif isinstance(event, SampleFinished):
+                    reasons[event.sample] = event.reason
+                elif isinstance(event, JobFailed):
+                    raise _Failed(event.message)
         return ["".join(t) for t in texts], reasons
 
     async def disconnected():
@@ -491,8 +290,8 @@ def _overall(reasons: list[str]) -> str:
 def create_app(checkpoint_path: str | Path, limits: ServeLimits = ServeLimits()) -> FastAPI:
     """The app for one checkpoint; raises CheckpointError for a broken one."""
     service = Service(Path(checkpoint_path), limits)
-    GenerateRequest, CompletionRequest = _request_models(limits, service.checkpoint.vocab.characters)
-    page = (files("charnn") / "static" / "index.html").read_text(encoding="utf-8")
+    GenerateRequest, CompletionRequest = request_models(limits, service.checkpoint.vocab.characters)
+    page = (files("charnn.serve") / "static" / "index.html").read_text(encoding="utf-8")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -601,16 +400,16 @@ async def _generate_stream(job: Job, seed: int, model: str) -> AsyncIterator[str
     async for batch in _events(job):
         chunk = []
         for event in _coalesced(batch):
-            if event.kind == "text":
+            if isinstance(event, SampleText):
                 chunk.append(_sse({"text": event.text, "sample": event.sample}))
-            elif event.kind == "finish":
-                reasons[event.sample] = event.text
-                chunk.append(_sse({"text": "", "sample": event.sample, "finish_reason": event.text}))
-            elif event.kind == "done":
+            elif isinstance(event, SampleFinished):
+                reasons[event.sample] = event.reason
+                chunk.append(_sse({"text": "", "sample": event.sample, "finish_reason": event.reason}))
+            elif isinstance(event, JobDone):
                 summary = {"finish_reason": _overall(reasons), "finish_reasons": reasons, "seed": seed, "model": model}
                 chunk += [_sse(summary), _sse("[DONE]")]
             else:
-                chunk.append(_sse({"error": {"field": None, "message": event.text, "type": "server_error"}}))
+                chunk.append(_sse({"error": {"field": None, "message": event.message, "type": "server_error"}}))
         yield "".join(chunk)
 
 
@@ -625,12 +424,12 @@ async def _completion_stream(job: Job, head: dict, n: int, echo: str, include_us
     async for batch in _events(job):
         out = []
         for event in _coalesced(batch):
-            if event.kind == "text":
+            if isinstance(event, SampleText):
                 generated += len(event.text)
                 out.append(chunk(event.sample, event.text, None))
-            elif event.kind == "finish":
-                out.append(chunk(event.sample, "", event.text))
-            elif event.kind == "done":
+            elif isinstance(event, SampleFinished):
+                out.append(chunk(event.sample, "", event.reason))
+            elif isinstance(event, JobDone):
                 if include_usage:
                     prompt = len(job.request.prompt)
                     usage = {"prompt_tokens": prompt, "completion_tokens": generated}
@@ -638,7 +437,7 @@ async def _completion_stream(job: Job, head: dict, n: int, echo: str, include_us
                     out.append(_sse({**head, "choices": [], "usage": usage}))
                 out.append(_sse("[DONE]"))
             else:
-                out.append(_sse({"error": {"field": None, "message": event.text, "type": "server_error"}}))
+                out.append(_sse({"error": {"field": None, "message": event.message, "type": "server_error"}}))
         yield "".join(out)
 
 

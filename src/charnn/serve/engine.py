@@ -1,4 +1,4 @@
-"""Dynamic batching: one loaded model advances every running request together, a character per step.
+"""The server's engine: one loaded model advances every running request together, a character per step.
 
 A single background thread owns the model. A new request is fed its prompt in one forward
 pass of its own (as `charnn.sample.generate` does), then its rows (one per sample) join the
@@ -7,20 +7,21 @@ random stream and with its own request's sampling options, then runs one forward
 model over all rows: `(B, 1)` tokens and a `(layers, B, hidden)` state. Rows join and leave
 between steps, so ten concurrent users cost one batch of ten rows rather than ten forwards.
 
-Results come back to the asyncio side as `Event`s on each job's queue. A job whose client
-has gone away is cancelled; its rows leave the batch at the next step.
+Results come back to the asyncio side as events on each job's queue: `SampleText`,
+`SampleFinished`, then `JobDone`, or `JobFailed`. A job whose client has gone away is
+cancelled; its rows leave the batch at the next step.
 
     engine = Engine(ckpt.model, ckpt.vocab)
     engine.start(asyncio.get_running_loop())
     job = engine.submit(Request("Pip", 100, SampleConfig(0.8), num_samples=2, seed=7))
-    event = await job.queue.get()  # Event("text", sample=0, text="...")
+    event = await job.queue.get()  # SampleText(sample=0, text="...")
 """
 
 import asyncio
 import threading
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Literal
 
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence, pad_sequence
@@ -44,13 +45,38 @@ class Request:
     stop: tuple[str, ...] = ()
 
 
-class Event(NamedTuple):
-    """`text`: new characters of one sample; `finish`: a sample ended (text holds "stop" or
-    "length"); `done`: every sample ended; `error`: the job failed (text says why)."""
+FinishReason = Literal["stop", "length"]
 
-    kind: str
-    sample: int = -1
-    text: str = ""
+
+@dataclass(frozen=True, slots=True)
+class SampleText:
+    """New characters of one sample."""
+
+    sample: int
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class SampleFinished:
+    """One sample ended: at a stop sequence, or at max_new_chars."""
+
+    sample: int
+    reason: FinishReason
+
+
+@dataclass(frozen=True, slots=True)
+class JobDone:
+    """Every sample of the job has ended; the last event of a job that succeeded."""
+
+
+@dataclass(frozen=True, slots=True)
+class JobFailed:
+    """The job failed; the last event of its queue."""
+
+    message: str
+
+
+JobEvent = SampleText | SampleFinished | JobDone | JobFailed
 
 
 class Job:
@@ -59,7 +85,7 @@ class Job:
     def __init__(self, request: Request, tokens: torch.Tensor):
         self.request = request
         self.tokens = tokens  # (P,) the encoded prompt
-        self.queue: asyncio.Queue[Event] = asyncio.Queue()
+        self.queue: asyncio.Queue[JobEvent] = asyncio.Queue()
         self.cancelled = False
         self.streams = RandomStreams(request.seed, request.num_samples)
         self.steps = 0  # characters drawn so far for each sample
@@ -168,16 +194,16 @@ class Engine:
                 except Exception as error:  # a bug: fail the jobs it touched, keep serving others
                     jobs = {id(r.job): r.job for r in self._rows} | {id(j): j for j in arrivals}
                     self._clear()
-                    self._send([(job, Event("error", text=f"generation failed: {error!r}")) for job in jobs.values()])
+                    self._send([(job, JobFailed(f"generation failed: {error!r}")) for job in jobs.values()])
         jobs = {id(r.job): r.job for r in self._rows} | {id(j): j for j in self._inbox}
         self._clear()
-        self._send([(job, Event("error", text="the server is shutting down")) for job in jobs.values()])
+        self._send([(job, JobFailed("the server is shutting down")) for job in jobs.values()])
 
     def _clear(self) -> None:
         self._rows, self._logits, self._state = [], None, None
         self.active_rows = 0
 
-    def _send(self, events: list[tuple[Job, Event]]) -> None:
+    def _send(self, events: list[tuple[Job, JobEvent]]) -> None:
         # One hop into the event loop per step, not one per character.
         if events and self._loop is not None and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(_deliver, events)
@@ -208,11 +234,11 @@ class Engine:
         last = outputs[torch.arange(len(prompts)), lengths - 1]  # (A, H)
         return self.model.head(last), state
 
-    def _admit(self, jobs: list[Job], events: list[tuple[Job, Event]]) -> None:
+    def _admit(self, jobs: list[Job], events: list[tuple[Job, JobEvent]]) -> None:
         """Feed the prompts of newly arrived jobs and add their rows (one per sample) to the batch."""
         for job in [j for j in jobs if j.request.max_new_chars == 0]:
             n = job.request.num_samples
-            events += [(job, Event("finish", k, "length")) for k in range(n)] + [(job, Event("done"))]
+            events += [(job, SampleFinished(k, "length")) for k in range(n)] + [(job, JobDone())]
         jobs = [j for j in jobs if j.request.max_new_chars > 0]
         if not jobs:
             return
@@ -258,7 +284,7 @@ class Engine:
         return chosen
 
     def _advance(self, arrivals: list[Job]) -> None:
-        events: list[tuple[Job, Event]] = []
+        events: list[tuple[Job, JobEvent]] = []
         # Rows of jobs whose clients left are dropped before any more work is spent on them.
         self._keep([i for i, row in enumerate(self._rows) if not row.job.cancelled])
         self._admit([job for job in arrivals if not job.cancelled], events)
@@ -285,15 +311,15 @@ class Engine:
             if reason is None:
                 end = len(row.text) - _held_back(row.text, request.stop) if request.stop else len(row.text)
             if end > row.sent:
-                events.append((job, Event("text", row.sample, row.text[row.sent : end])))
+                events.append((job, SampleText(row.sample, row.text[row.sent : end])))
                 row.sent = end
             if reason is None:
                 keep.append(i)
                 continue
-            events.append((job, Event("finish", row.sample, reason)))
+            events.append((job, SampleFinished(row.sample, reason)))
             job.live -= 1
             if job.live == 0:
-                events.append((job, Event("done")))
+                events.append((job, JobDone()))
         self._send(events)
 
         if len(keep) < len(self._rows):
@@ -309,6 +335,6 @@ class Engine:
         self.steps += 1
 
 
-def _deliver(events: list[tuple[Job, Event]]) -> None:
+def _deliver(events: list[tuple[Job, JobEvent]]) -> None:
     for job, event in events:
         job.queue.put_nowait(event)

@@ -1,4 +1,4 @@
-"""The batching engine: every row gives exactly what generate_text gives; rows join and leave freely."""
+"""The server's engine: every row gives exactly what generate_text gives; rows join and leave freely."""
 
 import asyncio
 import time
@@ -6,11 +6,11 @@ import time
 import pytest
 import torch
 
-from charnn.batching import Engine, Request, _held_back
 from charnn.checkpoint import load_checkpoint
 from charnn.config import ModelConfig, SampleConfig
 from charnn.model import CharRNN
 from charnn.sample import generate_text
+from charnn.serve.engine import Engine, JobDone, JobFailed, Request, SampleFinished, SampleText, _held_back
 from charnn.vocab import Vocabulary
 from conftest import TINY_TEXT
 from serving import DEADLINE, gated
@@ -23,11 +23,11 @@ async def collect(job, seen=(), timeout: float = DEADLINE) -> tuple[list[str], l
     pending = list(seen)
     while True:
         event = pending.pop(0) if pending else await asyncio.wait_for(job.queue.get(), timeout)
-        if event.kind == "text":
+        if isinstance(event, SampleText):
             texts[event.sample] += event.text
-        elif event.kind == "finish":
-            reasons[event.sample] = event.text
-        elif event.kind == "done":
+        elif isinstance(event, SampleFinished):
+            reasons[event.sample] = event.reason
+        elif isinstance(event, JobDone):
             return texts, reasons
         else:
             raise AssertionError(event)
@@ -152,7 +152,7 @@ def test_a_failing_step_fails_its_jobs_and_the_engine_goes_on(tiny):
         return event, await collect(engine.submit(Request("Pip", 10)))
 
     event, (texts, _) = run(model, vocab, scenario)
-    assert event.kind == "error" and "boom" in event.text
+    assert isinstance(event, JobFailed) and "boom" in event.message
     assert len(texts[0]) == 10
 
 

@@ -1,0 +1,223 @@
+"""The server's request and response bodies, error bodies, and the schemas of its event streams.
+
+Pydantic models that FastAPI checks requests against and documents in /openapi.json. The two
+request bodies carry the server's limits and the model's characters, so they are built per
+app by `request_models(limits, characters)`.
+"""
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+
+from charnn.config import ServeLimits
+from charnn.serve.engine import FinishReason
+
+MAX_TEMPERATURE = 2.0
+MAX_STOP_SEQUENCES = 4
+MAX_STOP_CHARS = 50
+MAX_SEED = 2**53 - 1  # the largest integer a JavaScript client can send exactly
+DEFAULT_NEW_CHARS = 200  # /v1/generate; /v1/completions keeps OpenAI's default of 16
+COMPLETIONS_DEFAULT_MAX_TOKENS = 16
+
+# --- request and response bodies ---------------------------------------------------------
+
+
+def _integral(value: Any) -> Any:
+    # JSON Schema counts 41.0 as an integer; the models are otherwise strict (no "41", no true).
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def _integer(**constraints):
+    return Annotated[int, Field(**constraints), BeforeValidator(_integral)]
+
+
+Stop = Annotated[str, Field(min_length=1, max_length=MAX_STOP_CHARS)]
+Stops = Stop | Annotated[list[Stop], Field(max_length=MAX_STOP_SEQUENCES)] | None
+Seed = Annotated[_integer(ge=0, le=MAX_SEED) | None, Field(description="the same seed gives the same text")]
+
+
+class ErrorDetail(BaseModel):
+    field: str | None = Field(description="the request field at fault, when there is one")
+    message: str
+    type: str
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+class GenerateResponse(BaseModel):
+    samples: list[str] = Field(description="the new text of each sample, without the prompt")
+    finish_reason: FinishReason = Field(description='"length" if any sample reached max_new_chars, else "stop"')
+    finish_reasons: list[FinishReason]
+    seed: int
+    model: str
+
+
+class CompletionChoice(BaseModel):
+    text: str
+    index: int
+    logprobs: None = None
+    finish_reason: FinishReason
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class Completion(BaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    include_usage: bool = False
+
+
+def _pattern(characters) -> str:
+    """A regular expression (valid in JSON Schema and in Python) for text made of `characters`."""
+    named = {"\n": "\\n", "\t": "\\t", "\r": "\\r"}
+    parts = []
+    for c in characters:
+        if c in named:
+            parts.append(named[c])
+        elif c in "\\]^-[":
+            parts.append("\\" + c)
+        elif ord(c) < 32 or ord(c) == 127:
+            parts.append(f"\\u{ord(c):04x}")
+        else:
+            parts.append(c)
+    return f"^[{''.join(parts)}]+$"
+
+
+def request_models(limits: ServeLimits, characters) -> tuple[type[BaseModel], type[BaseModel]]:
+    """The two request bodies, with the server's limits and the model's characters in their schema."""
+    # The pattern documents which characters a prompt may hold; the server checks them itself,
+    # so that a mistake gets a 400 that names the unknown characters.
+    Prompt = Annotated[
+        str,
+        Field(min_length=1, max_length=limits.max_prompt_chars, json_schema_extra={"pattern": _pattern(characters)}),
+    ]
+    Temperature = Annotated[float, Field(ge=0, le=MAX_TEMPERATURE, allow_inf_nan=False)]
+    TopP = Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)]
+    TopK = _integer(ge=1)
+    Zero = Annotated[float, Field(ge=0, le=0)]
+
+    class GenerateRequest(BaseModel):
+        model_config = ConfigDict(extra="forbid", strict=True)
+        prompt: Prompt = Field(description="text to continue: characters the model knows")
+        max_new_chars: _integer(ge=0, le=limits.max_new_chars) = min(DEFAULT_NEW_CHARS, limits.max_new_chars)
+        temperature: Temperature = Field(0.8, description="0 is greedy; higher is more random")
+        top_k: TopK | None = None
+        top_p: TopP | None = None
+        seed: Seed = None
+        num_samples: _integer(ge=1, le=limits.max_num_samples) = 1
+        stop: Stops = Field(None, description="end a sample before the first of these strings")
+        stream: bool = Field(False, description="server-sent events as characters are produced")
+
+    class CompletionRequest(BaseModel):
+        """OpenAI's completions request; tokens are characters."""
+
+        model_config = ConfigDict(extra="forbid", strict=True)
+        model: str | None = Field(None, description="accepted and ignored: this server serves one model")
+        prompt: Prompt
+        max_tokens: _integer(ge=0, le=limits.max_new_chars) | None = COMPLETIONS_DEFAULT_MAX_TOKENS
+        temperature: Temperature | None = 1.0
+        top_p: TopP | None = 1.0
+        top_k: TopK | None = Field(None, description="an extension to OpenAI's API")
+        n: _integer(ge=1, le=limits.max_num_samples) | None = 1
+        stop: Stops = None
+        seed: Seed = None
+        stream: bool | None = False
+        stream_options: StreamOptions | None = None
+        echo: bool | None = Field(False, description="put the prompt before each choice's text")
+        user: str | None = Field(None, description="accepted and ignored")
+        # Sent by some clients with their neutral values; anything else is not supported.
+        frequency_penalty: Zero | None = Field(None, description="only 0 is supported")
+        presence_penalty: Zero | None = Field(None, description="only 0 is supported")
+        logit_bias: Annotated[dict[str, int], Field(max_length=0)] | None = Field(None, description="only {}")
+        logprobs: None = Field(None, description="not supported")
+        best_of: _integer(ge=1, le=1) | None = Field(None, description="only 1 is supported")
+        suffix: None = Field(None, description="not supported")
+
+    return GenerateRequest, CompletionRequest
+
+
+# --- in the OpenAPI document: error responses and event streams ----------------------------
+
+ERRORS = {
+    400: {"model": ErrorBody, "description": "characters the model does not know"},
+    422: {"model": ErrorBody, "description": "a field that is missing, of the wrong type or out of range"},
+    429: {"model": ErrorBody, "description": "too many generation requests in flight (--max-streams)"},
+}
+
+
+def _events_schema(*data: dict) -> dict:
+    """A text/event-stream response: each event's data is one of these JSON objects, or [DONE]."""
+    json_data = {"contentMediaType": "application/json", "contentSchema": {"anyOf": list(data)}}
+    event = {
+        "type": "object",
+        "required": ["data"],
+        "properties": {"event": {"type": "string"}, "data": {"anyOf": [{"const": "[DONE]"}, json_data]}},
+    }
+    return {"text/event-stream": {"itemSchema": event}}
+
+
+_REASON = {"enum": ["stop", "length"]}
+_ERROR_EVENT = {"type": "object", "required": ["error"], "properties": {"error": {"type": "object"}}}
+GENERATE_EVENTS = _events_schema(
+    {
+        "type": "object",
+        "description": "new characters of one sample; its last event has finish_reason",
+        "required": ["text", "sample"],
+        "properties": {
+            "text": {"type": "string"},
+            "sample": {"type": "integer", "minimum": 0},
+            "finish_reason": _REASON,
+        },
+    },
+    {
+        "type": "object",
+        "description": "the last event before [DONE]",
+        "required": ["finish_reason", "finish_reasons", "seed", "model"],
+        "properties": {
+            "finish_reason": _REASON,
+            "finish_reasons": {"type": "array", "items": _REASON},
+            "seed": {"type": "integer"},
+            "model": {"type": "string"},
+        },
+    },
+    _ERROR_EVENT,
+)
+_CHOICE = {
+    "type": "object",
+    "required": ["text", "index", "finish_reason"],
+    "properties": {
+        "text": {"type": "string"},
+        "index": {"type": "integer", "minimum": 0},
+        "logprobs": {"type": "null"},
+        "finish_reason": {"anyOf": [_REASON, {"type": "null"}]},
+    },
+}
+COMPLETION_EVENTS = _events_schema(
+    {
+        "type": "object",
+        "required": ["id", "object", "created", "model", "choices"],
+        "properties": {
+            "id": {"type": "string"},
+            "object": {"const": "text_completion"},
+            "created": {"type": "integer"},
+            "model": {"type": "string"},
+            "choices": {"type": "array", "items": _CHOICE},
+            "usage": {"type": "object"},
+        },
+    },
+    _ERROR_EVENT,
+)
