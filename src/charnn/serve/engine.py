@@ -1,11 +1,12 @@
 """The server's engine: one loaded model advances every running request together, a character per step.
 
 A single background thread owns the model. A new request is fed its prompt in one forward
-pass of its own (as `charnn.sample.generate` does), then its rows (one per sample) join the
-shared batch. Each step draws one character for every active row, each row from its own
-random stream and with its own request's sampling options, then runs one forward of the
-model over all rows: `(B, 1)` tokens and a `(layers, B, hidden)` state. Rows join and leave
-between steps, so ten concurrent users cost one batch of ten rows rather than ten forwards.
+pass of its own, exactly as `charnn.sample.generate` feeds it, then its rows (one per
+sample) join the shared batch. Each step draws one character for every active row, each row
+from its own random stream and with its own request's sampling options, then runs one
+forward of the model over all rows: `(B, 1)` tokens and a `(layers, B, hidden)` state. Rows
+join and leave between steps, so ten concurrent users cost one batch of ten rows rather
+than ten forwards.
 
 Results come back to the asyncio side as events on each job's queue: `SampleText`,
 `SampleFinished`, then `JobDone`, or `JobFailed`. A job whose client has gone away is
@@ -24,7 +25,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence, pad_sequence
 
 from charnn.config import SampleConfig
 from charnn.model import CharRNN, State
@@ -219,44 +219,22 @@ class Engine:
         self._logits = self._logits.index_select(0, index)
         self._state = _select(self._state, index)
 
-    def _prefill(self, prompts: list[torch.Tensor]) -> tuple[torch.Tensor, State]:
-        """Feed several prompts of any lengths in one packed forward: logits at each one's end (A, V).
-
-        Requests often arrive together (clients that finished together come back together);
-        one packed pass costs about what the longest prompt costs alone, where one pass per
-        prompt would cost the sum. Reaches inside the model because packing needs the layers.
-        """
-        lengths = torch.tensor([len(p) for p in prompts])
-        padded = pad_sequence(prompts, batch_first=True).to(self.device)  # (A, P_max)
-        packed = pack_padded_sequence(self.model.embedding(padded), lengths, batch_first=True, enforce_sorted=False)
-        outputs, state = self.model.rnn(packed)
-        outputs, _ = pad_packed_sequence(outputs, batch_first=True)  # (A, P_max, H)
-        last = outputs[torch.arange(len(prompts)), lengths - 1]  # (A, H)
-        return self.model.head(last), state
-
     def _admit(self, jobs: list[Job], events: list[tuple[Job, JobEvent]]) -> None:
         """Feed the prompts of newly arrived jobs and add their rows (one per sample) to the batch."""
-        for job in [j for j in jobs if j.request.max_new_chars == 0]:
+        for job in jobs:
             n = job.request.num_samples
-            events += [(job, SampleFinished(k, "length")) for k in range(n)] + [(job, JobDone())]
-        jobs = [j for j in jobs if j.request.max_new_chars > 0]
-        if not jobs:
-            return
-        if len(jobs) == 1:
-            # Alone, the prompt goes in exactly as `generate` feeds it: every sample a copy, one pass.
-            n = jobs[0].request.num_samples
-            logits, state = self.stepper.prefill(jobs[0].tokens.unsqueeze(0).expand(n, -1))  # (n, V)
-        else:
-            logits, state = self._prefill([job.tokens for job in jobs])  # (A, V): one row per job
-            copies = torch.tensor([job.request.num_samples for job in jobs])
-            index = torch.repeat_interleave(torch.arange(len(jobs)), copies).to(logits.device)
-            logits, state = logits.index_select(0, index), _select(state, index)
-        self._rows += [_Row(job, k) for job in jobs for k in range(job.request.num_samples)]
-        if self._logits is None:
-            self._logits, self._state = logits, state
-        else:
-            self._logits = torch.cat([self._logits, logits])
-            self._state = _concat([self._state, state])
+            if job.request.max_new_chars == 0:
+                events += [(job, SampleFinished(k, "length")) for k in range(n)] + [(job, JobDone())]
+                continue
+            # Each prompt goes in exactly as `generate` feeds it: every sample a copy, one pass,
+            # so that the request's text is `generate`'s.
+            logits, state = self.stepper.prefill(job.tokens.unsqueeze(0).expand(n, -1))  # (n, V)
+            self._rows += [_Row(job, k) for k in range(n)]
+            if self._logits is None:
+                self._logits, self._state = logits, state
+            else:
+                self._logits = torch.cat([self._logits, logits])
+                self._state = _concat([self._state, state])
 
     def _uniforms(self) -> torch.Tensor:
         """One uniform per row: each job's streams advance once per step, whichever rows remain."""
