@@ -5,7 +5,9 @@
 - `engine`: the background thread that advances every request together, a character per step;
 - `static/index.html`: the web page.
 
+    from charnn.config import ServeLimits
     from charnn.serve import create_app
+
     app = create_app("runs/ge", ServeLimits(max_streams=16))
 """
 

@@ -162,6 +162,8 @@ class Service:
 
     def start(self, prompt: str, max_new_chars: int, sampling: SampleConfig, num_samples: int, seed, stop) -> Job:
         """Validate what the schema cannot, take a slot, and hand the request to the engine."""
+        # The one check of the prompt's characters (the schema's pattern only documents them):
+        # a 400 that names each one, before a slot is taken; the engine trusts its Request.
         unknown = self.checkpoint.vocab.unknown(prompt)
         if unknown:
             shown = ", ".join(repr(c) for c in unknown)
@@ -183,6 +185,9 @@ class Service:
         """Give back a job's slot and stop its rows at the next step (a finished job has none)."""
         job.cancel()
         self.jobs.discard(job)
+
+
+# --- streaming -----------------------------------------------------------------------------
 
 
 async def _events(job: Job) -> AsyncIterator[list[JobEvent]]:
