@@ -19,8 +19,8 @@ import torch
 
 from charnn.batching import Engine, Request
 from charnn.config import ModelConfig, SampleConfig
+from charnn.generation import generate_text
 from charnn.model import CharRNN
-from charnn.sample import generate_text
 from charnn.vocab import Vocabulary
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,8 +9,8 @@ import torch
 from charnn.batching import Engine, Request, _held_back
 from charnn.checkpoint import load_checkpoint
 from charnn.config import ModelConfig, SampleConfig
+from charnn.generation import generate_text
 from charnn.model import CharRNN
-from charnn.sample import generate_text
 from charnn.vocab import Vocabulary
 from conftest import TINY_TEXT
 from serving import DEADLINE, gated
