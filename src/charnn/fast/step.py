@@ -30,6 +30,7 @@ GRU models get the fast step; LSTM and RNN models step through ``model.forward``
 """
 
 import functools
+import itertools
 import weakref
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -156,13 +157,14 @@ class Int8Product(NamedTuple):
     The kernel takes each product as these four tensors, in this order.
     """
 
-    packed: torch.Tensor  # int8 (3H, K) rearranged by _pack
+    packed: torch.Tensor  # int8 (H/16, K/4, 192): W (3H, K) in the kernel's blocks, see _pack
     correction: torch.Tensor  # int32 (3H,): 128 * the sum of each row of W, removes the +128 of the uint8 inputs
     scale: torch.Tensor  # fp32 (3H,): each row's scale times the input's 1/127
     bias: torch.Tensor  # fp32 (3H,)
 
     @classmethod
     def quantize(cls, weight: torch.Tensor, bias: torch.Tensor) -> "Int8Product":
+        """W (3H, K) and b (3H,) of PyTorch's GRU, with one int8 scale per row."""
         q, scale = _quantize_rows(weight)
         correction = (q.sum(dim=1, dtype=torch.int32) * _H_ZERO).to(torch.int32)
         return cls(_pack(q), correction, (scale * _H_SCALE).contiguous(), bias.detach().float().contiguous())
@@ -179,9 +181,10 @@ def _compiled_step(model: CharRNN, table: torch.Tensor):
     layers = range(model.config.num_layers)
     recurrent = [Int8Product.quantize(getattr(rnn, f"weight_hh_l{i}"), getattr(rnn, f"bias_hh_l{i}")) for i in layers]
     inputs = [Int8Product.quantize(getattr(rnn, f"weight_ih_l{i}"), getattr(rnn, f"bias_ih_l{i}")) for i in layers[1:]]
-    flat = lambda products: [tensor for product in products for tensor in product]  # noqa: E731
     head = model.head.weight.detach().float().contiguous(), model.head.bias.detach().float().contiguous()
-    return build.load_generation().Int8GRU(table, flat(recurrent), flat(inputs), *head)
+    # The kernel takes each list as one run of tensors, four per product in Int8Product's order.
+    flat = itertools.chain.from_iterable
+    return build.load_generation().Int8GRU(table, list(flat(recurrent)), list(flat(inputs)), *head)
 
 
 @dataclass(frozen=True)
