@@ -18,7 +18,7 @@ from charnn.checkpoint import load_checkpoint
 from charnn.corpus import load_corpus
 from charnn.data import split
 from charnn.evaluate import model_loss
-from charnn.stepper import Stepper, int8_supported
+from charnn.fast.step import Stepper, int8_supported
 
 
 def stepped_loss(stepper: Stepper, tokens: torch.Tensor, num_streams: int) -> float:

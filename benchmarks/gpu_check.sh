@@ -36,7 +36,7 @@ if not torch.cuda.is_available():
 from charnn.checkpoint import load_checkpoint
 from charnn.config import ModelConfig, SampleConfig, TrainConfig
 from charnn.corpus import load_corpus
-from charnn.sample import generate_text
+from charnn.generation import generate_text
 from charnn.train import resolve_precision, train
 from charnn.vocab import Vocabulary
 

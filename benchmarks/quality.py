@@ -25,7 +25,7 @@ from charnn.config import ModelConfig, SampleConfig, TrainConfig
 from charnn.corpus import load_corpus
 from charnn.data import split
 from charnn.evaluate import evaluate_text, invented_words
-from charnn.sample import generate_text
+from charnn.generation import generate_text
 from charnn.train import train
 from charnn.vocab import Vocabulary
 

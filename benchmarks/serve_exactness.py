@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 
 from charnn.config import ModelConfig, SampleConfig
+from charnn.generation import generate_text
 from charnn.model import CharRNN
-from charnn.sample import generate_text
 from charnn.serve.engine import Engine, JobDone, JobFailed, Request, SampleText
 from charnn.vocab import Vocabulary
 

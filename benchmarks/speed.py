@@ -2,7 +2,7 @@
 
 Training: charnn's trainer (`charnn.train.train`, precision auto) against a plain fp32
 Embedding -> nn.GRU -> Linear loop written here, at the reference configuration (batch 64,
-window 100, embedding 256, GRU 1024). Generation: `charnn.sample.generate` against the plain
+window 100, embedding 256, GRU 1024). Generation: `charnn.generation.generate` against the plain
 loop that calls the model once per character, for one stream and for 64 at once. Where auto
 means int8, a row also shows int8 through PyTorch's operations instead of the compiled step.
 
@@ -32,9 +32,10 @@ from charnn.config import ModelConfig, SampleConfig, TrainConfig
 from charnn.corpus import Corpus, load_corpus
 from charnn.data import Batches
 from charnn.errors import CorpusError
+from charnn.fast.step import Stepper, int8_supported, resolve_step_precision
+from charnn.generation import _generate, generate
 from charnn.model import CharRNN
-from charnn.sample import RandomStreams, _generate, generate, sample_for, sample_next
-from charnn.stepper import Stepper, int8_supported, resolve_precision
+from charnn.sample import RandomStreams, sample_next
 from charnn.train import train
 from charnn.vocab import Vocabulary
 
@@ -164,7 +165,7 @@ def step_breakdown(model: CharRNN, plain: PlainModel) -> None:
     print("\none stream, microseconds per call (best of 7 rounds of 500):")
     with torch.inference_mode():
         state = None
-        for precision in ("fp32", "bf16", resolve_precision("auto", torch.device("cpu"))):
+        for precision in ("fp32", "bf16", resolve_step_precision("auto", torch.device("cpu"))):
             stepper = Stepper(model, precision, compiled=False)  # PyTorch's operations, piece by piece
             h = stepper.init_state(1)
             stepper.step(token, h)
@@ -189,8 +190,8 @@ def step_breakdown(model: CharRNN, plain: PlainModel) -> None:
         if compiled is not None and compiled.fused is not None:
             h = compiled.init_state(1)
             whole = time_us(lambda: compiled.step(token, h))
-            sampler = time_us(lambda: sample_for(compiled, logits, SAMPLING, uniform))
-            print(f"  charnn compiled int8 step (charnn.kernels): whole step {whole:.1f}, its sampler {sampler:.1f}")
+            sampler = time_us(lambda: compiled.sample(logits, SAMPLING, uniform))
+            print(f"  charnn compiled int8 step (charnn.fast.step): whole step {whole:.1f}, its sampler {sampler:.1f}")
         _, state = plain(token.unsqueeze(1))
         x = token.unsqueeze(1)
         print(f"  plain model(x, state) call: {time_us(lambda: plain(x, state)):.1f}")
@@ -234,7 +235,7 @@ def main() -> None:
     model = CharRNN(ModelConfig(len(vocab))).eval()
     plain = PlainModel(len(vocab))
     plain.load_state_dict(model.state_dict())
-    auto = resolve_precision("auto", torch.device("cpu"))
+    auto = resolve_step_precision("auto", torch.device("cpu"))
     print(f"machine: {machine()}")
     print(f"corpus: {corpus.name}, {len(vocab)} symbols; generation precision auto = {auto}; repeats {repeats}")
 

@@ -25,4 +25,4 @@ fi
 # Compile the kernels now (the int8 generation step and the GRU training gates; under a
 # minute each, once per machine and source version)
 # rather than in the middle of the first `charnn generate` or `charnn train`.
-CHARNN_KERNEL_WAIT=900 .venv/bin/python -m charnn.kernels
+CHARNN_KERNEL_WAIT=900 .venv/bin/python -m charnn.fast.build

@@ -1,4 +1,4 @@
-"""Building the compiled kernels (charnn.kernels), with real compiler runs: a build killed midway
+"""Building the compiled kernels (charnn.fast.build), with real compiler runs: a build killed midway
 leaves nothing that blocks the next command, a build another process holds is waited for only
 so long, and two environments never share (and so never undo) a build."""
 
@@ -12,16 +12,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_stepper import VOCAB, make_model
+from test_step import VOCAB, make_model
 
-from charnn import kernels
 from charnn.checkpoint import save_checkpoint
+from charnn.fast import build
 from charnn.locks import Lock
 from conftest import SRC
 
 pytestmark = [
-    pytest.mark.skipif(not kernels.cpu_supported(), reason="no AVX-512 VNNI on this CPU"),
-    pytest.mark.skipif(kernels._switched_off(), reason="CHARNN_KERNELS=0: the kernels are switched off"),
+    pytest.mark.skipif(not build.cpu_supports_generation(), reason="no AVX-512 VNNI on this CPU"),
+    pytest.mark.skipif(build._switched_off(), reason="CHARNN_KERNELS=0: the kernels are switched off"),
 ]
 
 
@@ -49,7 +49,7 @@ def _session(session: int) -> dict[int, str]:
 
 def test_a_build_killed_midway_then_generate_gives_text(tmp_path):
     cache = tmp_path / "cache"
-    builder = subprocess.Popen([sys.executable, "-m", "charnn.kernels"], env=_env(cache), start_new_session=True,
+    builder = subprocess.Popen([sys.executable, "-m", "charnn.fast.build"], env=_env(cache), start_new_session=True,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     # Wait for the compiler itself to run for the builder's child, then kill them all.
     deadline = time.monotonic() + 300  # a safety net only
@@ -70,13 +70,13 @@ def test_a_build_killed_midway_then_generate_gives_text(tmp_path):
     assert len(json.loads(result.stdout)["samples"][0]) == 30
     assert "compiling the int8 generation kernel" in result.stderr and "note:" not in result.stderr, result.stderr
     assert not list((cache / "kernels").glob("*.tmp-*"))
-    assert len(list((cache / "kernels").glob(f"*/{kernels.INT8.name}.so"))) == 1
+    assert len(list((cache / "kernels").glob(f"*/{build.GENERATION.name}.so"))) == 1
 
 
 def test_a_build_held_by_another_process_is_waited_for_only_so_long(tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     monkeypatch.setenv("CHARNN_CACHE", str(cache))
-    folder = kernels.build_folder(kernels.INT8)
+    folder = build.build_folder(build.GENERATION)
     folder.parent.mkdir(parents=True)
     lock = Lock(folder.with_name(folder.name + ".lock"))
     assert lock.acquire()  # this test's process stands for a build in progress that never ends
@@ -94,8 +94,8 @@ def test_a_build_held_by_another_process_is_waited_for_only_so_long(tmp_path, mo
 
 def test_each_environment_has_its_own_build(monkeypatch, tmp_path):
     monkeypatch.setenv("CHARNN_CACHE", str(tmp_path))
-    here = kernels.build_folder(kernels.INT8)
-    assert kernels.build_folder(kernels.INT8) == here  # the same build, found again
-    assert kernels.build_folder(kernels.TRAINING) != here
+    here = build.build_folder(build.GENERATION)
+    assert build.build_folder(build.GENERATION) == here  # the same build, found again
+    assert build.build_folder(build.TRAINING) != here
     monkeypatch.setattr(torch, "__file__", "/another/venv/lib/python3.11/site-packages/torch/__init__.py")
-    assert kernels.build_folder(kernels.INT8) != here
+    assert build.build_folder(build.GENERATION) != here

@@ -1,4 +1,4 @@
-"""The compiled int8 step (charnn.kernels): the same numbers as PyTorch's int8 operations, and
+"""The compiled int8 step (charnn.fast.build, charnn.fast.step): the same numbers as PyTorch's int8 operations, and
 a row's result independent of its batch, of AMX against VNNI, and of the thread count."""
 
 import json
@@ -12,24 +12,25 @@ from functools import partial
 
 import pytest
 import torch
-from test_stepper import VOCAB, make_model
+from test_step import VOCAB, make_model
 
-from charnn import kernels
 from charnn.checkpoint import save_checkpoint
 from charnn.config import ModelConfig, SampleConfig
+from charnn.fast import build
+from charnn.fast.step import Stepper
+from charnn.generation import generate, generate_text
 from charnn.model import CharRNN
-from charnn.sample import generate, generate_text, sample_for, sample_next
-from charnn.stepper import Stepper
+from charnn.sample import sample_next
 
 pytestmark = [
-    pytest.mark.skipif(not kernels.cpu_supported(), reason="no AVX-512 VNNI on this CPU"),
-    pytest.mark.skipif(kernels._switched_off(), reason="CHARNN_KERNELS=0: the kernels are switched off"),
+    pytest.mark.skipif(not build.cpu_supports_generation(), reason="no AVX-512 VNNI on this CPU"),
+    pytest.mark.skipif(build._switched_off(), reason="CHARNN_KERNELS=0: the kernels are switched off"),
 ]
 
 
 def test_the_kernel_builds_here():
     # On a CPU that can run it, a failed build is a bug, not a reason to skip.
-    assert kernels.load() is not None
+    assert build.load_generation() is not None
 
 
 def random_state(stepper: Stepper, batch: int, seed: int) -> torch.Tensor:
@@ -81,7 +82,7 @@ def test_a_rows_numbers_do_not_depend_on_batch_tiles_or_threads():
     assert torch.equal(together[0], torch.cat([a[0] for a in alone]))
     assert torch.equal(together[1], torch.cat([a[1] for a in alone], dim=1))
     assert all(torch.equal(x, y) for x, y in zip(run(list(range(batch)), threads=2), together, strict=True))
-    module = kernels.load()
+    module = build.load_generation()
     module.disable_tiles()
     try:
         assert all(torch.equal(x, y) for x, y in zip(run(list(range(batch))), together, strict=True))
@@ -107,8 +108,8 @@ def test_hidden_sizes_off_the_block_fall_back_to_pytorch():
 
 def test_charnn_kernels_0_switches_the_kernel_off():
     code = (
-        "import torch; from charnn import kernels; from charnn.stepper import Stepper;"
-        "from test_stepper import make_model; assert kernels.load() is None;"
+        "import torch; from charnn.fast import build; from charnn.fast.step import Stepper;"
+        "from test_step import make_model; assert build.load_generation() is None;"
         "assert Stepper(make_model(), 'int8').fused is None; print('off')"
     )
     env = {**os.environ, "CHARNN_KERNELS": "0", "PYTHONPATH": os.pathsep.join(sys.path)}
@@ -129,7 +130,7 @@ def test_compiled_sampler_picks_what_sample_next_picks(sampling):
     stepper = Stepper(make_model(), "int8")
     assert stepper.fused is not None
     expected = sample_next(logits, sampling, uniforms)
-    assert torch.equal(sample_for(stepper, logits, sampling, uniforms), expected)
+    assert torch.equal(stepper.sample(logits, sampling, uniforms), expected)
 
 
 def test_without_a_compiler_generation_goes_on_with_a_note(tmp_path):

@@ -7,7 +7,7 @@ from charnn.checkpoint import list_checkpoints, load_checkpoint
 from charnn.config import ModelConfig, SampleConfig, TrainConfig
 from charnn.corpus import Corpus
 from charnn.errors import ConfigError, RunDirError
-from charnn.sample import generate_text
+from charnn.generation import generate_text
 from charnn.train import METRICS, train
 from charnn.vocab import Vocabulary
 from conftest import TINY_TEXT

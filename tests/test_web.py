@@ -13,7 +13,7 @@ import pytest
 
 from charnn.checkpoint import load_checkpoint
 from charnn.config import SampleConfig, ServeLimits
-from charnn.sample import generate_text
+from charnn.generation import generate_text
 from serving import DEADLINE, gated, running_server, wait_until
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"

@@ -27,8 +27,8 @@ _EXPORTS = {
     "CharRNN": "charnn.model",
     "Checkpoint": "charnn.checkpoint",
     "load_checkpoint": "charnn.checkpoint",
-    "generate": "charnn.sample",
-    "generate_text": "charnn.sample",
+    "generate": "charnn.generation",
+    "generate_text": "charnn.generation",
 }
 
 __all__ = sorted(_EXPORTS)

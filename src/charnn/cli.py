@@ -317,8 +317,9 @@ def _temperatures(text: str) -> list[float]:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from charnn.checkpoint import load_checkpoint
+    from charnn.generation import generate, generate_text
     from charnn.hardware import resolve_device
-    from charnn.sample import generate, generate_text, new_seed
+    from charnn.sample import new_seed
 
     samplings = [SampleConfig(t, args.top_k, args.top_p) for t in _temperatures(args.temperature)]
     if args.length < 0:

@@ -16,7 +16,7 @@ CELLS = ("gru", "lstm", "rnn")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 LR_SCHEDULES = ("constant", "cosine", "plateau")
-GENERATE_PRECISIONS = ("auto", "fp32", "bf16", "int8")  # weights when generating: see charnn.stepper
+GENERATE_PRECISIONS = ("auto", "fp32", "bf16", "int8")  # weights when generating: see charnn.fast.step
 
 
 def _check(condition: bool, message: str) -> None:

@@ -31,12 +31,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from charnn import checkpoint, distributed, fastgru, run_folder
+from charnn import checkpoint, distributed, run_folder
 from charnn.config import ModelConfig, TrainConfig
 from charnn.corpus import Corpus, load_corpus
 from charnn.data import Batches, split
 from charnn.errors import CheckpointError, ConfigError, CorpusError, RunDirError, TrainingError
 from charnn.evaluate import NATS_TO_BITS, loss_sums, model_loss
+from charnn.fast import recurrence as fastgru
 from charnn.hardware import autocast, resolve_device, resolve_precision
 from charnn.model import CharRNN
 from charnn.prepare import PreparedData, open_prepared

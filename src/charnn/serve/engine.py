@@ -1,7 +1,7 @@
 """The server's engine: one loaded model advances every running request together, a character per step.
 
 A single background thread owns the model. A new request is fed its prompt in one forward
-pass of its own, exactly as `charnn.sample.generate` feeds it, then its rows (one per
+pass of its own, exactly as `charnn.generation.generate` feeds it, then its rows (one per
 sample) join the shared batch. Each step draws one character for every active row, each row
 from its own random stream and with its own request's sampling options, then runs one
 forward of the model over all rows: `(B, 1)` tokens and a `(layers, B, hidden)` state. Rows
@@ -27,9 +27,9 @@ from typing import Literal
 import torch
 
 from charnn.config import SampleConfig
+from charnn.fast.step import Stepper
 from charnn.model import CharRNN, State
-from charnn.sample import RandomStreams, sample_for
-from charnn.stepper import Stepper
+from charnn.sample import RandomStreams
 from charnn.vocab import Vocabulary
 
 
@@ -254,11 +254,11 @@ class Engine:
         for i, row in enumerate(self._rows):
             groups[row.job.request.sampling].append(i)
         if len(groups) == 1:
-            return sample_for(self.stepper, self._logits, next(iter(groups)), uniforms)
+            return self.stepper.sample(self._logits, next(iter(groups)), uniforms)
         chosen = torch.empty(len(self._rows), dtype=torch.long, device=self._logits.device)
         for sampling, rows in groups.items():
             index = torch.tensor(rows, device=self._logits.device)
-            chosen[index] = sample_for(self.stepper, self._logits.index_select(0, index), sampling, uniforms[rows])
+            chosen[index] = self.stepper.sample(self._logits.index_select(0, index), sampling, uniforms[rows])
         return chosen
 
     def _advance(self, arrivals: list[Job]) -> None:

@@ -4,11 +4,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from charnn import fastgru, kernels
 from charnn.checkpoint import load_checkpoint
 from charnn.config import ModelConfig, TrainConfig
 from charnn.corpus import Corpus
-from charnn.fastgru import supported, training_forward
+from charnn.fast import build, recurrence
+from charnn.fast.recurrence import supported, training_forward
 from charnn.model import CharRNN
 from charnn.train import train
 from charnn.vocab import Vocabulary
@@ -31,8 +31,8 @@ def loss_and_grads(model, forward, tokens, targets):
 @pytest.mark.parametrize(("dtype", "tolerance"), [(torch.float32, 1e-5), (torch.bfloat16, 0.03)])
 def test_same_logits_and_gradients_as_the_model(dtype, tolerance, hidden_size):
     model = make_model(hidden_size)
-    compiled = hidden_size == 48 and kernels.cpu_supports_training() and not kernels._switched_off()
-    assert (fastgru._kernel(hidden_size) is not None) == compiled
+    compiled = hidden_size == 48 and build.cpu_supports_training() and not build._switched_off()
+    assert (recurrence._kernel(hidden_size) is not None) == compiled
     generator = torch.Generator().manual_seed(1)
     tokens, targets = torch.randint(0, 23, (2, 5, 30), generator=generator)
     expected_logits, expected = loss_and_grads(model, lambda: model(tokens)[0], tokens, targets)

@@ -1,5 +1,6 @@
-"""The compiled kernels (csrc/), built on first use and cached: the int8 generation step
-(gru_int8.cpp, `load()`) and the fused gates of GRU training (gru_train.cpp, `load_training()`).
+"""The compiled kernels (csrc/), built on first use and cached: the int8 generation step and
+sampler (gru_int8.cpp, `load_generation()`, used by charnn.fast.step) and the fused gates of
+GRU training (gru_train.cpp, `load_training()`, used by charnn.fast.recurrence).
 
 Each is compiled with PyTorch's extension builder (g++ and ninja) into charnn's cache
 (CHARNN_CACHE, else ~/.cache/charnn), once per distinct build: its sources, flags, PyTorch
@@ -9,14 +10,12 @@ without AVX-512, or without VNNI for int8; no compiler; a failed build; CHARNN_K
 the environment), and callers then use PyTorch's own operations. CHARNN_AMX=0 keeps the int8
 kernel on VNNI for every row.
 
-A build runs in a child process (`python -m charnn.kernels --build NAME`) that shares an OS
+A build runs in a child process (`python -m charnn.fast.build --build NAME`) that shares an OS
 lock with its parent while it compiles into a private folder, then renames that into place:
 a build killed at any moment leaves no lock and no half-built kernel. A caller waits (for its
 own build, or for another process's) at most CHARNN_KERNEL_WAIT seconds (default 180); past
 that it goes on with PyTorch's operations while the build finishes in the background, ready
-for the next run.
-
-`pack` rearranges one int8 weight matrix for the kernel; see the layout note in the source.
+for the next run. `python -m charnn.fast.build` builds both (scripts/setup.sh).
 """
 
 import functools
@@ -56,13 +55,13 @@ class Kernel:
     what: str  # for messages
 
 
-INT8 = Kernel("charnn_gru_int8", "gru_int8.cpp", (*_BASE_FLAGS, "-mavx512vnni", "-mamx-tile", "-mamx-int8"),
-              "the int8 generation kernel")  # fmt: skip
+GENERATION = Kernel("charnn_gru_int8", "gru_int8.cpp", (*_BASE_FLAGS, "-mavx512vnni", "-mamx-tile", "-mamx-int8"),
+                    "the int8 generation kernel")  # fmt: skip
 TRAINING = Kernel("charnn_gru_train", "gru_train.cpp", _BASE_FLAGS, "the GRU training kernel")
-KERNELS = {kernel.name: kernel for kernel in (INT8, TRAINING)}
+KERNELS = {kernel.name: kernel for kernel in (GENERATION, TRAINING)}
 
 
-def cpu_supported() -> bool:
+def cpu_supports_generation() -> bool:
     """The int8 generation kernel needs AVX-512 with VNNI (AMX is used where present)."""
     return _AVX512 | {"avx512_vnni"} <= cpu_flags()
 
@@ -125,7 +124,7 @@ def _build_in_child(kernel: Kernel) -> bool:
             return True
         # The child shares the lock (the same open file): killed, it lets go; the lock outlives
         # this process when the child goes on alone.
-        child = subprocess.Popen([sys.executable, "-m", "charnn.kernels", "--build", kernel.name],
+        child = subprocess.Popen([sys.executable, "-m", "charnn.fast.build", "--build", kernel.name],
                                  pass_fds=(lock.fd,), start_new_session=True)  # fmt: skip
         try:
             return child.wait(timeout=max(0.0, deadline - time.monotonic())) == 0  # on failure the child said why
@@ -172,11 +171,11 @@ def _switched_off() -> bool:
 
 
 @functools.cache
-def load():
+def load_generation():
     """The int8 generation kernel (csrc/gru_int8.cpp), or None where it cannot be built or run here."""
-    if _switched_off() or not cpu_supported():
+    if _switched_off() or not cpu_supports_generation():
         return None
-    module = _load(INT8)
+    module = _load(GENERATION)
     if module is not None and os.environ.get("CHARNN_AMX", "1") != "0":
         module.enable_tiles()
     return module
@@ -190,27 +189,10 @@ def load_training():
     return _load(TRAINING)
 
 
-def supports(hidden_size: int, device: torch.device) -> bool:
-    """Whether the int8 generation kernel serves this model's steps."""
-    return device.type == "cpu" and hidden_size % UNITS == 0 and load() is not None
-
-
-def pack(q: torch.Tensor) -> torch.Tensor:
-    """int8 (3H, K) in PyTorch's (r, z, n) row order -> the kernel's blocks.
-
-    Block i holds units [16 i, 16 i + 16): for each group of 4 inputs, the r rows, then the
-    z rows, then the n rows of those units, 4 bytes each, so one 64-byte load feeds 16 units.
-    """
-    rows, inputs = q.shape
-    hidden = rows // 3
-    blocks = q.view(3, hidden // UNITS, UNITS, inputs // 4, 4)  # gate, block, unit, group, 4
-    return blocks.permute(1, 3, 0, 2, 4).contiguous().view(hidden // UNITS, inputs // 4, 3 * UNITS * 4)
-
-
 def build_now() -> int:
     """Build (or find) the kernels; exit status for scripts/setup.sh (0: a failed build is not fatal)."""
     for what, supported, loader in (
-        ("int8 generation", cpu_supported, load),
+        ("int8 generation", cpu_supports_generation, load_generation),
         ("training", cpu_supports_training, load_training),
     ):
         if not supported():

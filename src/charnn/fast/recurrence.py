@@ -9,7 +9,7 @@ Savings over ``nn.GRU`` under autocast:
 - The recurrence is written by hand as an autograd Function: one bf16 matrix product per time
   step forward and one backward (AMX runs these), the gates in fp32, and the recurrent
   weight's gradient as one large product after the loop instead of one small one per step.
-- Where the compiled kernel builds (charnn.kernels.load_training, csrc/gru_train.cpp) and the
+- Where the compiled kernel builds (charnn.fast.build.load_training, csrc/gru_train.cpp) and the
   hidden size is a multiple of 16, each step's gates, forward and backward, are one compiled
   pass instead of 6 and about 14 PyTorch operations: about 14% more characters a second.
 - Its buffers are kept from one batch to the next. Fresh memory of this size (hundreds of MB
@@ -26,7 +26,7 @@ import weakref
 import torch
 import torch.nn.functional as F
 
-from charnn import kernels
+from charnn.fast import build
 from charnn.model import CharRNN
 
 
@@ -73,8 +73,8 @@ _WORKSPACES: "weakref.WeakKeyDictionary[CharRNN, _Workspace]" = weakref.WeakKeyD
 
 
 def _kernel(hidden: int):
-    """The compiled gates (charnn.kernels.load_training), where they run for this hidden size."""
-    return kernels.load_training() if hidden % kernels.UNITS == 0 else None
+    """The compiled gates (charnn.fast.build.load_training), where they run for this hidden size."""
+    return build.load_training() if hidden % build.UNITS == 0 else None
 
 
 def _has_packed_linear() -> bool:
@@ -149,7 +149,7 @@ class _GRUSequence(torch.autograd.Function):
         gi = ws.get("gi", (batch, 3 * hidden))
         hs[0].zero_()
         kernel = _kernel(hidden)
-        if kernel is not None:  # the gates in one compiled pass a step (charnn/csrc/gru_train.cpp)
+        if kernel is not None:  # the gates in one compiled pass a step (charnn/fast/csrc/gru_train.cpp)
             hs_low[0].zero_()
             for t, token in enumerate(tokens.unbind(0)):
                 gh_low = product(hs_low[t])

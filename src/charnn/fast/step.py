@@ -11,9 +11,10 @@ one time step, with less work per character:
 - the gates run in a few in-place operations on buffers allocated once per batch size (only
   the int8 kernel, which has no out= form, allocates its result and its uint8 input);
 - with int8 weights on a CPU with AVX-512 VNNI, a whole step (every layer, the gates and the
-  output layer) is one call of a compiled kernel (`charnn.kernels`, csrc/gru_int8.cpp) that
-  keeps each core's half of the weights in its L2 cache: about 30 us a character for the
-  reference model on 2 cores, against 210 us in PyTorch's operations.
+  output layer) is one call of a compiled kernel (csrc/gru_int8.cpp, built by
+  `charnn.fast.build`) that keeps each core's half of the weights in its L2 cache: about 30 us
+  a character for the reference model on 2 cores, against 210 us in PyTorch's operations;
+  its compiled sampler picks the next characters (`Stepper.sample`).
 
 State has the model's layout, ``(num_layers, B, hidden)``, so rows can be added with
 ``torch.cat(..., dim=1)`` and removed by indexing: a server can batch independent requests.
@@ -22,23 +23,28 @@ behind it are shared and read-only.
 
     stepper = Stepper(model, precision="auto")
     logits, state = stepper.prefill(prime_tokens)  # (B, V), state
+    next_tokens = stepper.sample(logits, sampling, uniforms)  # (B, V) -> (B,)
     logits = stepper.step(next_tokens, state)  # (B,) -> (B, V); state is updated in place
 
 GRU models get the fast step; LSTM and RNN models step through ``model.forward``.
 """
 
 import functools
+import itertools
 import weakref
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
-from charnn import kernels
 from charnn.config import GENERATE_PRECISIONS as PRECISIONS
+from charnn.config import SampleConfig
 from charnn.errors import ConfigError
+from charnn.fast import build
 from charnn.hardware import cpu_flags
 from charnn.model import CharRNN, State
+from charnn.sample import sample_next
 
 # h of a GRU is a convex mix of tanh outputs and the previous h, so it stays in [-1, 1]:
 # one fixed activation scale quantizes it with no statistics to gather per step, and each
@@ -55,7 +61,7 @@ def int8_supported() -> bool:
     return hasattr(torch.ops.onednn, "qlinear_pointwise") and hasattr(torch.ops.onednn, "qlinear_prepack")
 
 
-def resolve_precision(name: str, device: torch.device) -> str:
+def resolve_step_precision(name: str, device: torch.device) -> str:
     """The weight precision for generation: auto picks int8 where it is fast, else fp32."""
     if name not in PRECISIONS:
         raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {name!r}")
@@ -132,25 +138,67 @@ class _Layer:
     recurrent: object  # (B, H) -> (B, 3H)
 
 
-def _fused_int8(weight: torch.Tensor, bias: torch.Tensor) -> list[torch.Tensor]:
-    """One product's tensors for the compiled step: packed weights, correction, scale, bias."""
-    q, scale = _quantize_rows(weight)
-    correction = (q.sum(dim=1, dtype=torch.int32) * _H_ZERO).to(torch.int32)
-    return [kernels.pack(q), correction, (scale * _H_SCALE).contiguous(), bias.detach().float().contiguous()]
+def _pack(q: torch.Tensor) -> torch.Tensor:
+    """int8 (3H, K) in PyTorch's (r, z, n) row order -> the compiled kernel's blocks.
+
+    Block i holds units [16 i, 16 i + 16): for each group of 4 inputs, the r rows, then the
+    z rows, then the n rows of those units, 4 bytes each, so one 64-byte load feeds 16 units.
+    """
+    rows, inputs = q.shape
+    hidden = rows // 3
+    units = build.UNITS
+    blocks = q.view(3, hidden // units, units, inputs // 4, 4)  # gate, block, unit, group, 4
+    return blocks.permute(1, 3, 0, 2, 4).contiguous().view(hidden // units, inputs // 4, 3 * units * 4)
+
+
+class Int8Product(NamedTuple):
+    """One product y = W x + b of the compiled step, as csrc/gru_int8.cpp reads it (Int8Linear).
+
+    The kernel takes each product as these four tensors, in this order.
+    """
+
+    packed: torch.Tensor  # int8 (H/16, K/4, 192): W (3H, K) in the kernel's blocks, see _pack
+    correction: torch.Tensor  # int32 (3H,): 128 * the sum of each row of W, removes the +128 of the uint8 inputs
+    scale: torch.Tensor  # fp32 (3H,): each row's scale times the input's 1/127
+    bias: torch.Tensor  # fp32 (3H,)
+
+    @classmethod
+    def quantize(cls, weight: torch.Tensor, bias: torch.Tensor) -> "Int8Product":
+        """W (3H, K) and b (3H,) of PyTorch's GRU, with one int8 scale per row."""
+        q, scale = _quantize_rows(weight)
+        correction = (q.sum(dim=1, dtype=torch.int32) * _H_ZERO).to(torch.int32)
+        return cls(_pack(q), correction, (scale * _H_SCALE).contiguous(), bias.detach().float().contiguous())
+
+
+def _compiled_step_runs(hidden_size: int, device: torch.device) -> bool:
+    """Whether the compiled int8 step serves this model's steps here."""
+    return device.type == "cpu" and hidden_size % build.UNITS == 0 and build.load_generation() is not None
+
+
+def _compiled_step(model: CharRNN, table: torch.Tensor):
+    """The compiled int8 step's weights of `model` (the kernel's Int8GRU), built once per model."""
+    rnn = model.rnn
+    layers = range(model.config.num_layers)
+    recurrent = [Int8Product.quantize(getattr(rnn, f"weight_hh_l{i}"), getattr(rnn, f"bias_hh_l{i}")) for i in layers]
+    inputs = [Int8Product.quantize(getattr(rnn, f"weight_ih_l{i}"), getattr(rnn, f"bias_ih_l{i}")) for i in layers[1:]]
+    head = model.head.weight.detach().float().contiguous(), model.head.bias.detach().float().contiguous()
+    # The kernel takes each list as one run of tensors, four per product in Int8Product's order.
+    flat = itertools.chain.from_iterable
+    return build.load_generation().Int8GRU(table, list(flat(recurrent)), list(flat(inputs)), *head)
 
 
 @dataclass(frozen=True)
-class PreparedGRU:
+class StepWeights:
     """Read-only weights of a GRU CharRNN, rearranged for one step at a time."""
 
     table: torch.Tensor  # (V, 3H): embedding -> layer 0 input projection, bias included
     layers: tuple[_Layer, ...]
     head: _Fp32  # the output layer stays fp32: it is small, and its rounding shows in every logit
     precision: str
-    fused: object = None  # kernels' Int8GRU: the int8 weights for the compiled step, where it runs here
+    fused: object = None  # the kernel's Int8GRU: the int8 weights for the compiled step, where it runs here
 
 
-def prepare(model: CharRNN, precision: str) -> PreparedGRU:
+def prepare_weights(model: CharRNN, precision: str) -> StepWeights:
     rnn = model.rnn
     with torch.no_grad():
         embedded = model.embedding.weight.float()  # (V, E)
@@ -164,15 +212,9 @@ def prepare(model: CharRNN, precision: str) -> PreparedGRU:
             layers.append(_Layer(projection, kind(w_hh.float(), b_hh.float())))
         head = _Fp32(model.head.weight.float(), model.head.bias.float())
         fused = None
-        if precision == "int8" and kernels.supports(model.config.hidden_size, table.device):
-            recurrent, inputs = [], []
-            for i in range(model.config.num_layers):
-                recurrent += _fused_int8(getattr(rnn, f"weight_hh_l{i}"), getattr(rnn, f"bias_hh_l{i}"))
-                if i > 0:
-                    inputs += _fused_int8(getattr(rnn, f"weight_ih_l{i}"), getattr(rnn, f"bias_ih_l{i}"))
-            output = [model.head.weight.detach().float().contiguous(), model.head.bias.detach().float().contiguous()]
-            fused = kernels.load().Int8GRU(table, recurrent, inputs, *output)
-    return PreparedGRU(table, tuple(layers), head, precision, fused)
+        if precision == "int8" and _compiled_step_runs(model.config.hidden_size, table.device):
+            fused = _compiled_step(model, table)
+    return StepWeights(table, tuple(layers), head, precision, fused)
 
 
 # Prepared weights per model and precision, rebuilt when a parameter changes in place
@@ -180,12 +222,12 @@ def prepare(model: CharRNN, precision: str) -> PreparedGRU:
 _CACHE: "weakref.WeakKeyDictionary[CharRNN, dict]" = weakref.WeakKeyDictionary()
 
 
-def _prepared(model: CharRNN, precision: str) -> PreparedGRU:
+def _cached_weights(model: CharRNN, precision: str) -> StepWeights:
     versions = tuple((p.data_ptr(), p._version) for p in model.parameters())
     entries = _CACHE.setdefault(model, {})
     cached = entries.get(precision)
     if cached is None or cached[0] != versions:
-        cached = (versions, prepare(model, precision))
+        cached = (versions, prepare_weights(model, precision))
         entries[precision] = cached
     return cached[1]
 
@@ -196,9 +238,9 @@ class Stepper:
     def __init__(self, model: CharRNN, precision: str = "auto", compiled: bool = True):
         self.model = model
         self.device = next(model.parameters()).device
-        self.precision = resolve_precision(precision, self.device)
+        self.precision = resolve_step_precision(precision, self.device)
         self.fast = model.config.cell == "gru"
-        self.weights = _prepared(model, self.precision) if self.fast else None
+        self.weights = _cached_weights(model, self.precision) if self.fast else None
         # int8 steps run in the compiled kernel where it is built here; compiled=False keeps
         # them in PyTorch's operations (to compare the two).
         self.fused = self.weights.fused if self.fast and compiled else None
@@ -222,6 +264,20 @@ class Stepper:
             return self._fused_step(tokens, state)
         with torch.inference_mode():
             return self._torch_step(tokens, state)
+
+    def sample(self, logits: torch.Tensor, sampling: SampleConfig, uniforms: torch.Tensor) -> torch.Tensor:
+        """One index per row of `logits` (B, V): `sample_next`, or its compiled twin with the compiled step.
+
+        The twin follows the same steps with its sums in double, so it can differ from
+        `sample_next` only where a uniform falls within rounding of a step of the CDF; it saves a
+        dozen small PyTorch calls per character. fp32 and bf16 keep `sample_next`, which is what
+        makes fp32 text equal the plain model's.
+        """
+        if self.fused is None:
+            with torch.inference_mode():
+                return sample_next(logits, sampling, uniforms)
+        top_p = 1.0 if sampling.top_p is None else sampling.top_p
+        return build.load_generation().sample(logits, sampling.temperature, sampling.top_k or 0, top_p, uniforms)
 
     def _fused_step(self, tokens: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
         if state.shape[1] != self._batch:

@@ -1,4 +1,4 @@
-// The elementwise part of one time step of charnn.fastgru's hand-written GRU recurrence, fused.
+// The elementwise part of one time step of charnn.fast.recurrence's hand-written GRU recurrence, fused.
 //
 // Why: PyTorch ran each step's gates as 6 operations forward and about 14 backward, each its
 // own pass over (batch x 3H) floats and its own dispatch; here one pass does them all, rows

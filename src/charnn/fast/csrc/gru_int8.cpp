@@ -36,7 +36,7 @@ using charnn::tanh16;
 constexpr int kUnits = 16;                // hidden units per block: one AVX-512 register of floats
 constexpr int kGroupBytes = 3 * kUnits * 4;  // one group of 4 inputs for the r, z and n rows of a block
 
-// Weights of one int8 product y = W x + b with W (3H, K), rearranged by charnn/kernels.py:
+// Weights of one int8 product y = W x + b with W (3H, K), charnn/fast/step.py's Int8Product:
 // packed[block][k / 4][gate][unit][k % 4], gate in (r, z, n), unit in the block's 16.
 struct Int8Linear {
   const int8_t* packed;
@@ -270,7 +270,7 @@ void head(const float* h, int64_t batch, int64_t H, const float* weight, const f
 
 }  // namespace
 
-// The prepared weights of one GRU model (charnn/stepper.py builds them once per model).
+// The prepared weights of one GRU model (charnn/fast/step.py builds them once per model).
 // table: (V, 3H) fp32, the embedding through layer 0's input product; recurrent: 4 tensors per
 // layer (packed, correction, scale, bias); inputs: the same for the input products of layers
 // 1.. ; head: the output layer, (V, H) and (V,), fp32.

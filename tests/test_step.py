@@ -9,9 +9,10 @@ import torch
 from charnn.checkpoint import save_checkpoint
 from charnn.config import ModelConfig, SampleConfig
 from charnn.errors import ConfigError
+from charnn.fast.step import Stepper, int8_supported
+from charnn.generation import generate, generate_text
 from charnn.model import CharRNN
-from charnn.sample import RandomStreams, generate, generate_text, sample_next
-from charnn.stepper import Stepper, int8_supported
+from charnn.sample import RandomStreams, sample_next
 from charnn.vocab import Vocabulary
 
 TEXT = "“Hello,” said Pip — 你好, Estella! The marshes were dark.\n"

@@ -1,0 +1,87 @@
+"""Generation as an iterator: feed the prime once, then one character per step for every sample.
+
+The prime is fed in one forward pass; after that the model advances one character per step
+(`charnn.fast.step.Stepper`) with its state carried explicitly, all samples together as one
+batch. Each sample draws from its own random stream (`charnn.sample.RandomStreams`), seeded by
+(seed, sample number), so a sample's text does not depend on what else runs in the same batch.
+
+    from charnn.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint("runs/ge")
+    print(generate_text(ckpt.model, ckpt.vocab, "Pip", 200)[0])
+"""
+
+from collections.abc import Iterator
+
+import torch
+
+from charnn.config import SampleConfig
+from charnn.errors import ConfigError
+from charnn.fast.step import Stepper
+from charnn.model import CharRNN
+from charnn.sample import RandomStreams
+from charnn.vocab import Vocabulary
+
+
+def generate(
+    model: CharRNN,
+    vocab: Vocabulary,
+    prime: str,
+    length: int,
+    sampling: SampleConfig = SampleConfig(),
+    num_samples: int = 1,
+    seed: int = 0,
+    first_sample: int = 0,
+    precision: str = "auto",
+) -> Iterator[list[str]]:
+    """Yield `length` times one new character per sample (the prime itself is not yielded).
+
+    Sample i draws from the random stream (seed, first_sample + i), so drawing samples one
+    at a time with `first_sample` set gives the same texts as drawing them together.
+
+    `precision` is that of the weights after the prime (see `charnn.fast.step`): fp32 gives the
+    plain model's text; auto picks int8 where the CPU computes it fast, else fp32.
+
+    Mistakes (an empty prime, characters the model does not know, a negative length) raise
+    here, before the first character, not when iteration begins.
+    """
+    if length < 0:
+        raise ConfigError(f"--length must be 0 or more, got {length}")
+    if num_samples < 1:
+        raise ConfigError(f"--num-samples must be at least 1, got {num_samples}")
+    if not prime:
+        raise ConfigError("the prime is empty; give at least one character to start from")
+    tokens = torch.from_numpy(vocab.encode(prime))
+    stepper = Stepper(model, precision)
+    return _generate(stepper, vocab, tokens, length, sampling, RandomStreams(seed, num_samples, first_sample))
+
+
+def _generate(stepper, vocab, tokens, length, sampling, streams) -> Iterator[list[str]]:
+    num_samples = len(streams.generators)
+    characters = vocab.characters
+    # inference_mode is entered per call (by the stepper's methods), not around the loop:
+    # a generator must not leave it switched on in its caller's code between two characters.
+    logits, state = stepper.prefill(tokens.unsqueeze(0).expand(num_samples, -1))  # (N, P) -> (N, V)
+    for step in range(length):
+        chosen = stepper.sample(logits, sampling, streams.next())
+        yield [characters[i] for i in chosen.tolist()]
+        if step + 1 < length:
+            logits = stepper.step(chosen, state)
+
+
+def generate_text(
+    model: CharRNN,
+    vocab: Vocabulary,
+    prime: str,
+    length: int,
+    sampling: SampleConfig = SampleConfig(),
+    num_samples: int = 1,
+    seed: int = 0,
+    precision: str = "auto",
+) -> list[str]:
+    """The new text of each sample, without the prime."""
+    pieces: list[list[str]] = [[] for _ in range(num_samples)]
+    for step in generate(model, vocab, prime, length, sampling, num_samples, seed, precision=precision):
+        for sample, character in zip(pieces, step, strict=True):
+            sample.append(character)
+    return ["".join(p) for p in pieces]
