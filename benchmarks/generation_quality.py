@@ -14,10 +14,10 @@ import time
 import torch
 import torch.nn.functional as F
 
-from charnn.checkpoint import load_checkpoint
 from charnn.corpus import load_corpus
 from charnn.data import split
 from charnn.evaluate import model_loss
+from charnn.run_folder import load_checkpoint
 from charnn.stepper import Stepper, int8_supported
 
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from charnn.batching import Engine, Request, _held_back
-from charnn.checkpoint import load_checkpoint
 from charnn.config import ModelConfig, SampleConfig
 from charnn.model import CharRNN
+from charnn.run_folder import load_checkpoint
 from charnn.sample import generate_text
 from charnn.vocab import Vocabulary
 from conftest import TINY_TEXT

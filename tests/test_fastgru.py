@@ -5,11 +5,11 @@ import torch
 import torch.nn.functional as F
 
 from charnn import fastgru, kernels
-from charnn.checkpoint import load_checkpoint
 from charnn.config import ModelConfig, TrainConfig
 from charnn.corpus import Corpus
 from charnn.fastgru import supported, training_forward
 from charnn.model import CharRNN
+from charnn.run_folder import load_checkpoint
 from charnn.train import train
 from charnn.vocab import Vocabulary
 

@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from charnn.checkpoint import load_checkpoint
 from charnn.config import SampleConfig
 from charnn.errors import ConfigError, UnknownCharactersError
+from charnn.run_folder import load_checkpoint
 from charnn.sample import generate, generate_text, sample_next
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from charnn.checkpoint import load_checkpoint
 from charnn.config import SampleConfig, ServeLimits
+from charnn.run_folder import load_checkpoint
 from charnn.sample import generate_text
 from serving import DEADLINE, gated, running_server, wait_until
 

@@ -37,9 +37,9 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
 from charnn.batching import Engine, Event, Job, Request
-from charnn.checkpoint import load_checkpoint
 from charnn.config import SampleConfig, ServeLimits
 from charnn.errors import ConfigError, UnknownCharactersError
+from charnn.run_folder import load_checkpoint
 from charnn.sample import new_seed
 
 MAX_TEMPERATURE = 2.0
