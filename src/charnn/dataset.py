@@ -13,6 +13,7 @@ through memory maps, so its split is fixed and a different one is refused.
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -29,6 +30,8 @@ DEFAULT_VAL_FRACTION = TrainConfig.val_fraction  # the field's default
 
 @dataclass(frozen=True, eq=False)
 class Dataset:
+    """A corpus opened and split: what training reads, and what its checkpoints record."""
+
     label: str  # what the user named: a corpus, or a DATA_DIR
     vocab: Vocabulary
     train_tokens: torch.Tensor  # (N,) the text before the held-out part
@@ -56,13 +59,14 @@ class Dataset:
 
 
 def open_corpus(
-    spec: str, encoding: str = "utf-8", val_fraction: float | None = None, vocab: Vocabulary | None = None
+    spec: str | Path, encoding: str = "utf-8", val_fraction: float | None = None, vocab: Vocabulary | None = None
 ) -> Dataset:
-    """Open the corpus `spec` names and split it.
+    """Open the corpus `spec` names (a path, folder, URL, registered name or DATA_DIR) and split it.
 
     `val_fraction` None keeps a prepared DATA_DIR's own split, and holds out 10% of a text;
     `vocab` None takes the prepared one, or the text's own characters.
     """
+    spec = str(spec)
     if is_prepared(spec):
         return split(open_prepared(spec), vocab, val_fraction, label=spec)
     return split(load_corpus(spec, encoding), vocab, val_fraction)
@@ -79,7 +83,7 @@ def split(
     Prepared data, and a Dataset already split, are checked to agree with them.
     """
     if isinstance(corpus, Corpus):
-        vocab = vocab or Vocabulary.from_text(corpus.text)
+        vocab = Vocabulary.from_text(corpus.text) if vocab is None else vocab
         val_fraction = DEFAULT_VAL_FRACTION if val_fraction is None else val_fraction
         train_tokens, val_tokens = split_tokens(torch.from_numpy(vocab.encode(corpus.text)), val_fraction)
         reference = {
