@@ -33,9 +33,9 @@ import torch
 if not torch.cuda.is_available():
     sys.exit("gpu_check: PyTorch sees no CUDA GPU here")
 
-from charnn.run_folder import load_checkpoint
 from charnn.config import ModelConfig, SampleConfig, TrainConfig
 from charnn.corpus import load_corpus
+from charnn.run_folder import load_checkpoint
 from charnn.sample import generate_text
 from charnn.train import resolve_precision, train
 from charnn.vocab import Vocabulary

@@ -23,8 +23,16 @@ from typing import Any
 
 import torch
 
-from charnn import checkpoint, locks
-from charnn.checkpoint import METADATA, TRAINER_STATE, WEIGHTS, Checkpoint, is_checkpoint
+from charnn import locks
+from charnn.checkpoint import (
+    METADATA,
+    TRAINER_STATE,
+    WEIGHTS,
+    Checkpoint,
+    is_checkpoint,
+    read_checkpoint,
+    save_checkpoint,
+)
 from charnn.errors import CheckpointError, RunDirError, TrainingError
 from charnn.model import CharRNN
 from charnn.vocab import Vocabulary
@@ -145,7 +153,7 @@ def resolve(path: Path) -> Path:
 
 def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> Checkpoint:
     """Load a checkpoint folder, or the checkpoint a run folder points to (see `resolve`)."""
-    return checkpoint.read_checkpoint(resolve(path), device)
+    return read_checkpoint(resolve(path), device)
 
 
 def write_checkpoint(
@@ -158,10 +166,10 @@ def write_checkpoint(
     trainer_state: dict[str, Any] | None = None,
     previous: Path | None = None,
 ) -> Path:
-    """Write checkpoint RUN_DIR/name (see `checkpoint.save_checkpoint`); `previous` is the run's last one."""
+    """Write checkpoint RUN_DIR/name (see `save_checkpoint`); `previous` is the run's last one, named on failure."""
     path = Path(run_dir) / name
     try:
-        return checkpoint.save_checkpoint(path, model, vocab, training, corpus, trainer_state)
+        return save_checkpoint(path, model, vocab, training, corpus, trainer_state)
     except OSError as error:
         raise TrainingError(
             f"cannot write checkpoint {path}: {error.strerror or error}; "
