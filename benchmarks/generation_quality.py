@@ -14,11 +14,11 @@ import time
 import torch
 import torch.nn.functional as F
 
-from charnn.checkpoint import load_checkpoint
 from charnn.corpus import load_corpus
 from charnn.data import split
 from charnn.evaluate import model_loss
 from charnn.fast.step import Stepper, int8_supported
+from charnn.run_folder import load_checkpoint
 
 
 def stepped_loss(stepper: Stepper, tokens: torch.Tensor, num_streams: int) -> float:

@@ -33,11 +33,12 @@ import torch
 if not torch.cuda.is_available():
     sys.exit("gpu_check: PyTorch sees no CUDA GPU here")
 
-from charnn.checkpoint import load_checkpoint
 from charnn.config import ModelConfig, SampleConfig, TrainConfig
 from charnn.corpus import load_corpus
 from charnn.generation import generate_text
-from charnn.train import resolve_precision, train
+from charnn.run_folder import load_checkpoint
+from charnn.hardware import resolve_precision
+from charnn.train import train
 from charnn.vocab import Vocabulary
 
 corpus_path, run_dir = sys.argv[1], sys.argv[2]

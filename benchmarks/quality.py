@@ -20,12 +20,12 @@ from pathlib import Path
 
 import torch
 
-from charnn.checkpoint import load_checkpoint
 from charnn.config import ModelConfig, SampleConfig, TrainConfig
 from charnn.corpus import load_corpus
 from charnn.data import split
 from charnn.evaluate import evaluate_text, invented_words
 from charnn.generation import generate_text
+from charnn.run_folder import load_checkpoint
 from charnn.train import train
 from charnn.vocab import Vocabulary
 

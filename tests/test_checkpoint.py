@@ -3,16 +3,9 @@ import json
 import pytest
 import torch
 
-from charnn.checkpoint import (
-    FORMAT_VERSION,
-    METADATA,
-    TRAINER_STATE,
-    WEIGHTS,
-    list_checkpoints,
-    load_checkpoint,
-    resolve,
-)
+from charnn.checkpoint import FORMAT_VERSION, METADATA, WEIGHTS, read_checkpoint
 from charnn.errors import CheckpointError
+from charnn.run_folder import resolve
 
 
 def test_checkpoint_describes_itself(tiny_run):
@@ -26,25 +19,15 @@ def test_checkpoint_describes_itself(tiny_run):
     assert len(metadata["corpus"]["sha256"]) == 64
 
 
-def test_one_checkpoint_per_epoch_and_best_then_newest_is_resolved(tiny_run, tmp_path):
-    import shutil
-
-    assert [p.name for p in list_checkpoints(tiny_run)] == ["ckpt_1", "ckpt_2"]
-    assert resolve(tiny_run).name == "best"
-    shutil.copytree(tiny_run, tmp_path / "run", ignore=shutil.ignore_patterns("best"))
-    assert resolve(tmp_path / "run").name == "ckpt_2"
-    assert (tmp_path / "run" / "ckpt_2" / TRAINER_STATE).is_file()
-
-
 def test_reloaded_checkpoint_gives_bit_identical_logits(tiny_run, tmp_path):
     from charnn.checkpoint import save_checkpoint
 
-    ckpt = load_checkpoint(tiny_run)
+    ckpt = read_checkpoint(resolve(tiny_run))
     tokens = torch.from_numpy(ckpt.vocab.encode("“Pip,” said Joe")).unsqueeze(0)
     with torch.no_grad():
         before, _ = ckpt.model(tokens)
     save_checkpoint(tmp_path / "copy", ckpt.model, ckpt.vocab, ckpt.training, ckpt.corpus)
-    again = load_checkpoint(tmp_path / "copy")
+    again = read_checkpoint(tmp_path / "copy")
     with torch.no_grad():
         after, _ = again.model(tokens)
     assert torch.equal(before, after)
@@ -63,7 +46,7 @@ def test_missing_weights(tiny_run, tmp_path):
     path = _copy(tiny_run, tmp_path)
     (path / WEIGHTS).unlink()
     with pytest.raises(CheckpointError, match="missing model.safetensors"):
-        load_checkpoint(path)
+        read_checkpoint(path)
 
 
 def test_corrupt_weights(tiny_run, tmp_path):
@@ -72,14 +55,14 @@ def test_corrupt_weights(tiny_run, tmp_path):
     data[-10:] = b"\xff" * 10
     (path / WEIGHTS).write_bytes(bytes(data))
     with pytest.raises(CheckpointError, match="checksum"):
-        load_checkpoint(path)
+        read_checkpoint(path)
 
 
 def test_corrupt_metadata(tiny_run, tmp_path):
     path = _copy(tiny_run, tmp_path)
     (path / METADATA).write_text("{not json", encoding="utf-8")
     with pytest.raises(CheckpointError, match="corrupt"):
-        load_checkpoint(path)
+        read_checkpoint(path)
 
 
 def test_newer_format_version(tiny_run, tmp_path):
@@ -88,7 +71,7 @@ def test_newer_format_version(tiny_run, tmp_path):
     metadata["format_version"] = FORMAT_VERSION + 1
     (path / METADATA).write_text(json.dumps(metadata), encoding="utf-8")
     with pytest.raises(CheckpointError, match="newer"):
-        load_checkpoint(path)
+        read_checkpoint(path)
 
 
 def test_vocabulary_that_does_not_match_the_weights(tiny_run, tmp_path):
@@ -97,11 +80,4 @@ def test_vocabulary_that_does_not_match_the_weights(tiny_run, tmp_path):
     metadata["vocabulary"] = metadata["vocabulary"][:-1]
     (path / METADATA).write_text(json.dumps(metadata), encoding="utf-8")
     with pytest.raises(CheckpointError, match="vocabulary"):
-        load_checkpoint(path)
-
-
-def test_empty_folder_and_missing_path(tmp_path):
-    with pytest.raises(CheckpointError, match="holds no checkpoint"):
-        load_checkpoint(tmp_path)
-    with pytest.raises(CheckpointError, match="no such"):
-        load_checkpoint(tmp_path / "nope")
+        read_checkpoint(path)

@@ -5,8 +5,9 @@ import shutil
 
 import pytest
 
-from charnn.checkpoint import METADATA, WEIGHTS, resolve
+from charnn.checkpoint import METADATA, WEIGHTS
 from charnn.cli import main
+from charnn.run_folder import resolve
 from conftest import TINY_TEXT, run_cli
 
 SMALL = ["--embedding-dim", "8", "--hidden-size", "16", "--seq-len", "10", "--batch-size", "4", "--precision", "fp32"]
@@ -134,6 +135,7 @@ def test_end_to_end_in_a_subprocess(tmp_path):
     assert trained.returncode == 0, trained.stderr
     assert "saved" in trained.stderr and (run / "ckpt_1_6" / WEIGHTS).is_file()
     assert (run / "metrics.jsonl").is_file()
+    assert (run / "loss.png").read_bytes()[:4] == b"\x89PNG"  # drawn by the CLI when training stops
 
     info = run_cli("info", str(run))
     assert info.returncode == 0, info.stderr
@@ -162,9 +164,21 @@ def test_evaluate_and_plot_commands(capsys, tiny_run, tmp_path):
     assert "Kneser-Ney 5-gram" in out and "gzip -9" in out and "invented words" in out
     run = tmp_path / "run"  # plotted in a copy: tiny_run is shared by the whole session
     shutil.copytree(tiny_run, run)
-    (run / "loss.png").unlink(missing_ok=True)  # training drew one: this one must be the plot command's
+    (run / "loss.png").unlink(missing_ok=True)  # this one must be the plot command's
     assert main(["plot", str(run)]) == 0
     assert (run / "loss.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_plot_that_cannot_be_drawn_is_a_warning_not_a_failure(capsys, tiny_corpus, tmp_path, monkeypatch):
+    def broken(run_dir):
+        raise RuntimeError("no fonts")
+
+    monkeypatch.setattr("charnn.plot.plot_run", broken)
+    assert main(["train", str(tiny_corpus), "--out", str(tmp_path / "run"), "--max-steps", "2", *SMALL]) == 0
+    err = capsys.readouterr().err
+    assert "warning: could not draw loss.png: no fonts" in err and "stopped by max_steps" in err
+    assert main(["train", "--resume", str(tmp_path / "run"), "--max-steps", "3"]) == 0
+    assert "warning: could not draw loss.png: no fonts" in capsys.readouterr().err
 
 
 def test_evaluate_needs_the_training_text(capsys, tiny_run, tmp_path):

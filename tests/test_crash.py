@@ -15,7 +15,8 @@ import time
 import torch
 from safetensors.torch import load_file
 
-from charnn.checkpoint import WEIGHTS, list_checkpoints, load_checkpoint
+from charnn.checkpoint import WEIGHTS
+from charnn.run_folder import list_checkpoints, load_checkpoint
 from conftest import SRC, TINY_TEXT
 
 SMALL = ["--embedding-dim", "8", "--hidden-size", "24", "--seq-len", "10", "--batch-size", "4", "--precision",

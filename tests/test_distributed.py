@@ -12,9 +12,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from charnn.checkpoint import WEIGHTS, list_checkpoints, load_checkpoint
+from charnn.checkpoint import WEIGHTS
 from charnn.cli import main
 from charnn.prepare import prepare
+from charnn.run_folder import list_checkpoints, load_checkpoint
 from conftest import SRC, TINY_TEXT, run_cli
 
 SMALL = ["--embedding-dim", "8", "--hidden-size", "16", "--seq-len", "10", "--batch-size", "8", "--precision",

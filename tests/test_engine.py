@@ -6,10 +6,10 @@ import time
 import pytest
 import torch
 
-from charnn.checkpoint import load_checkpoint
 from charnn.config import ModelConfig, SampleConfig
 from charnn.generation import generate_text
 from charnn.model import CharRNN
+from charnn.run_folder import load_checkpoint
 from charnn.serve.engine import Engine, JobDone, JobFailed, Request, SampleFinished, SampleText, _held_back
 from charnn.vocab import Vocabulary
 from conftest import TINY_TEXT

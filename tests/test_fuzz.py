@@ -13,9 +13,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from charnn.checkpoint import METADATA, WEIGHTS, load_checkpoint, resolve
+from charnn.checkpoint import METADATA, WEIGHTS
 from charnn.corpus import load_corpus, normalize
 from charnn.errors import CharnnError, CorpusError, UnknownCharactersError
+from charnn.run_folder import load_checkpoint, resolve
 from charnn.vocab import Vocabulary
 
 # No time limit per example (deadline) and no example database (which hypothesis keeps in the

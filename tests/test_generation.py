@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from charnn.checkpoint import load_checkpoint
+from charnn.run_folder import load_checkpoint
 from charnn.config import SampleConfig
 from charnn.errors import ConfigError, UnknownCharactersError
 from charnn.generation import generate, generate_text

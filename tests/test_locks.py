@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from charnn import locks
-from charnn.checkpoint import list_checkpoints
+from charnn.run_folder import list_checkpoints
 from conftest import SRC, run_cli
 
 SMALL = ["--embedding-dim", "8", "--hidden-size", "16", "--seq-len", "10", "--batch-size", "4", "--precision", "fp32",

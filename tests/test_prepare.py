@@ -20,7 +20,7 @@ from charnn.corpus import load_corpus
 from charnn.data import Batches, split
 from charnn.errors import ConfigError, CorpusError, DataDirError
 from charnn.prepare import MANIFEST, TRAIN, VAL, open_prepared, prepare
-from charnn.train import held_out_text, resume, train, training_text
+from charnn.train import resume, train
 from charnn.vocab import Vocabulary
 from conftest import SRC, TINY_TEXT
 
@@ -260,11 +260,12 @@ def test_training_on_prepared_data_equals_training_on_the_text(tmp_path):
     # Resume and evaluate find the prepared data again through the checkpoint.
     resumed = resume(tmp_path / "data-run", {"max_steps": 15})
     assert resumed.last_checkpoint.name == "ckpt_1_15"
-    from charnn.checkpoint import load_checkpoint
+    from charnn.dataset import of_checkpoint
+    from charnn.run_folder import load_checkpoint
 
-    ckpt = load_checkpoint(tmp_path / "data-run")
+    data_again = of_checkpoint(load_checkpoint(tmp_path / "data-run"))
     cut = len(corpus.text) - int(len(corpus.text) * 0.1)
-    assert training_text(ckpt) == corpus.text[:cut] and held_out_text(ckpt) == corpus.text[cut:]
+    assert data_again.training_text() == corpus.text[:cut] and data_again.held_out_text() == corpus.text[cut:]
 
     # Preparing a changed corpus into the same folder is caught on resume.
     path.write_text(TINY_TEXT * 41, encoding="utf-8")

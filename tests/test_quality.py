@@ -8,7 +8,6 @@ import shutil
 import pytest
 import torch
 
-from charnn.checkpoint import list_checkpoints, load_checkpoint
 from charnn.config import ModelConfig, TrainConfig
 from charnn.corpus import Corpus
 from charnn.errors import TrainingError
@@ -16,7 +15,8 @@ from charnn.evaluate import evaluate_text, gzip_loss, invented_words, model_loss
 from charnn.model import CharRNN
 from charnn.ngram import KneserNey
 from charnn.plot import plot_run
-from charnn.train import METRICS, train
+from charnn.run_folder import METRICS, list_checkpoints, load_checkpoint
+from charnn.train import train
 from charnn.vocab import Vocabulary
 from conftest import TINY_TEXT
 
@@ -93,7 +93,7 @@ def test_plot_is_a_valid_png(tiny_run, tmp_path):
 
     run = tmp_path / "run"  # plotted in a copy: tiny_run is shared by the whole session
     shutil.copytree(tiny_run, run)
-    (run / "loss.png").unlink(missing_ok=True)  # training drew one: this one must be plot_run's
+    (run / "loss.png").unlink(missing_ok=True)  # this one must be plot_run's
     path = plot_run(run)
     assert path == run / "loss.png"
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -13,10 +13,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from charnn.checkpoint import TRAINER_STATE, WEIGHTS, list_checkpoints, load_checkpoint, recover_run_dir
+from charnn.checkpoint import TRAINER_STATE, WEIGHTS
+from charnn.cli import main
 from charnn.config import ModelConfig, TrainConfig
 from charnn.corpus import load_corpus
 from charnn.errors import CheckpointError, ConfigError, RunDirError
+from charnn.run_folder import list_checkpoints, load_checkpoint, recover
 from charnn.train import resume, train
 from charnn.vocab import Vocabulary
 from conftest import SRC, TINY_TEXT, run_cli
@@ -65,6 +67,34 @@ def test_interrupted_and_resumed_run_is_bit_identical(tmp_path):
     assert steps == sorted(steps)
 
 
+def _old_layout(path):
+    """Rewrite a checkpoint's training record as charnn wrote it before each figure was stored once:
+    the whole RunState under "state", its epoch, step, losses and elapsed time again at the top."""
+    metadata = json.loads((path / "checkpoint.json").read_text())
+    training = metadata["training"]
+    state = training["state"]
+    train_loss = state.pop("last_eval_train_loss")
+    state["last_eval"] = None if train_loss is None else [train_loss, training["val_loss"]]
+    for name in ("epoch", "step", "losses", "val_losses", "best_val_loss"):
+        state[name] = training[name]
+    state["elapsed"] = training["elapsed_seconds"]
+    (path / "checkpoint.json").write_text(json.dumps(metadata))
+
+
+def test_a_checkpoint_written_in_the_old_layout_resumes_exactly(tmp_path, capsys):
+    corpus, vocab, model_config = _setup(tmp_path)
+    straight = train(corpus, vocab, model_config, CONFIG, tmp_path / "straight")
+    stops = iter([None] * 7 + ["SIGINT"])
+    train(corpus, vocab, model_config, CONFIG, tmp_path / "resumed", should_stop=lambda: next(stops, None))
+    _old_layout(tmp_path / "resumed" / "ckpt_1_8")
+    assert main(["info", str(tmp_path / "resumed" / "ckpt_1_8")]) == 0
+    assert "epoch 1, step 8, loss " in capsys.readouterr().out
+    second = resume(tmp_path / "resumed")
+    assert second.stopped_by == "epochs" and straight.best_val_loss == second.best_val_loss
+    for path in list_checkpoints(tmp_path / "straight"):
+        assert _same_weights(path, tmp_path / "resumed" / path.name), path.name
+
+
 def test_resume_can_extend_a_finished_run(tmp_path):
     corpus, vocab, model_config = _setup(tmp_path)
     train(corpus, vocab, model_config, CONFIG, tmp_path / "run")
@@ -94,7 +124,7 @@ def test_recovery_after_a_crash_mid_write(tmp_path):
     run = tmp_path / "run"
     (run / ".ckpt_2.tmp-999").mkdir()  # a write that never finished
     (run / "best").rename(run / ".best.old-999")  # a replace stopped between its two renames
-    recover_run_dir(run)
+    recover(run)
     assert sorted(p.name for p in run.iterdir() if p.name.startswith(".")) == []
     load_checkpoint(run / "best")
 
@@ -165,7 +195,7 @@ def test_a_second_interrupt_stops_at_once_without_damage(tmp_path):
     process.send_signal(signal.SIGINT)
     process.communicate(timeout=60)
     assert process.returncode == 130
-    recover_run_dir(run)
+    recover(run)
     for path in list_checkpoints(run):
         load_checkpoint(path)
 

@@ -15,11 +15,11 @@ import httpx
 import openai
 import pytest
 
-from charnn.checkpoint import load_checkpoint
 from charnn.cli import build_parser, main
 from charnn.config import SampleConfig, ServeLimits
 from charnn.errors import ConfigError
 from charnn.generation import generate_text
+from charnn.run_folder import load_checkpoint
 from conftest import SRC, run_cli
 from serving import DEADLINE, gated, running_server, wait_until
 

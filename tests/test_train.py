@@ -3,12 +3,12 @@ import math
 
 import pytest
 
-from charnn.checkpoint import list_checkpoints, load_checkpoint
 from charnn.config import ModelConfig, SampleConfig, TrainConfig
 from charnn.corpus import Corpus
 from charnn.errors import ConfigError, RunDirError
 from charnn.generation import generate_text
-from charnn.train import METRICS, train
+from charnn.run_folder import METRICS, list_checkpoints, load_checkpoint
+from charnn.train import train
 from charnn.vocab import Vocabulary
 from conftest import TINY_TEXT
 
@@ -45,6 +45,7 @@ def test_loss_falls_and_metrics_are_logged(tmp_path):
     assert [line["epoch"] for line in epochs] == [1, 2, 3]
     assert epochs[-1]["loss"] < epochs[0]["loss"] < math.log(len(vocab)) + 0.1
     assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["ckpt_1", "ckpt_2", "ckpt_3"]
+    assert not (tmp_path / "run" / "loss.png").exists()  # the library draws no picture; the CLI does
     training = load_checkpoint(tmp_path / "run").training
     assert training["losses"] == [line["loss"] for line in epochs]
     assert training["config"]["seq_len"] == 20

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from charnn.checkpoint import load_checkpoint
 from charnn.config import SampleConfig, ServeLimits
 from charnn.generation import generate_text
+from charnn.run_folder import load_checkpoint
 from serving import DEADLINE, gated, running_server, wait_until
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"

@@ -3,9 +3,8 @@
     import charnn
     from charnn.train import train  # a module of the same name, so not re-exported here
 
-    corpus = charnn.load_corpus("great-expectations")
-    vocab = charnn.Vocabulary.from_text(corpus.text)
-    train(corpus, vocab, charnn.ModelConfig(vocab_size=len(vocab)), charnn.TrainConfig(epochs=1), "runs/ge")
+    data = charnn.open_corpus("great-expectations")
+    train(data, data.vocab, charnn.ModelConfig(vocab_size=len(data.vocab)), charnn.TrainConfig(epochs=1), "runs/ge")
     ckpt = charnn.load_checkpoint("runs/ge")
     print(charnn.generate_text(ckpt.model, ckpt.vocab, "Pip", 200)[0])
 
@@ -23,10 +22,12 @@ _EXPORTS = {
     "SampleConfig": "charnn.config",
     "Corpus": "charnn.corpus",
     "load_corpus": "charnn.corpus",
+    "Dataset": "charnn.dataset",
+    "open_corpus": "charnn.dataset",
     "Vocabulary": "charnn.vocab",
     "CharRNN": "charnn.model",
     "Checkpoint": "charnn.checkpoint",
-    "load_checkpoint": "charnn.checkpoint",
+    "load_checkpoint": "charnn.run_folder",
     "generate": "charnn.generation",
     "generate_text": "charnn.generation",
 }

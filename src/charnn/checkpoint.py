@@ -1,5 +1,7 @@
 """Self-describing checkpoints: a folder with ``model.safetensors`` and ``checkpoint.json``.
 
+This module reads and writes one such folder; `charnn.run_folder` knows a run's many.
+
 The JSON holds the format version, the vocabulary, the model configuration, the training
 record and the corpus reference, so generating needs nothing else. Weights are read only
 through safetensors: loading never executes code. A checkpoint is written into a temporary
@@ -11,7 +13,6 @@ import hashlib
 import io
 import json
 import os
-import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,8 +31,6 @@ FORMAT_VERSION = 1
 WEIGHTS = "model.safetensors"
 METADATA = "checkpoint.json"
 TRAINER_STATE = "trainer.pt"  # optimizer, schedule and random states, for --resume
-BEST = "best"
-_CHECKPOINT_NAME = re.compile(r"^ckpt_(\d+)(?:_(\d+))?$")
 
 
 @dataclass
@@ -128,57 +127,8 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def recover_run_dir(run_dir: Path) -> None:
-    """Tidy what a crash mid-write can leave: temporary folders, and a folder moved aside."""
-    for child in Path(run_dir).iterdir():
-        if not child.name.startswith("."):
-            continue
-        if ".tmp-" in child.name:
-            shutil.rmtree(child, ignore_errors=True)
-        elif ".old-" in child.name:
-            original = child.with_name(child.name[1:].split(".old-")[0])
-            if original.exists():
-                shutil.rmtree(child, ignore_errors=True)
-            else:
-                os.rename(child, original)
-
-
-def prune(run_dir: Path, keep_last: int) -> None:
-    """Delete all but the newest `keep_last` numbered checkpoints (never `best`)."""
-    for path in list_checkpoints(run_dir)[:-keep_last]:
-        shutil.rmtree(path, ignore_errors=True)
-
-
 def is_checkpoint(path: Path) -> bool:
     return (Path(path) / METADATA).is_file()
-
-
-def list_checkpoints(run_dir: Path) -> list[Path]:
-    """The numbered checkpoints of a run, oldest first (by epoch, then step)."""
-    found = []
-    for child in Path(run_dir).iterdir():
-        match = _CHECKPOINT_NAME.match(child.name)
-        if match and is_checkpoint(child):
-            # An epoch's final checkpoint comes after those written during that epoch.
-            found.append(((int(match[1]), int(match[2]) if match[2] else 1 << 62), child))
-    return [path for _, path in sorted(found)]
-
-
-def resolve(path: Path) -> Path:
-    """A checkpoint folder as it is; a run folder gives its best checkpoint, else its newest."""
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"no such checkpoint or run folder: {path}")
-    if is_checkpoint(path):
-        return path
-    if not path.is_dir():
-        raise CheckpointError(f"{path} is not a checkpoint folder (it needs {METADATA} and {WEIGHTS})")
-    if is_checkpoint(path / BEST):
-        return path / BEST
-    checkpoints = list_checkpoints(path)
-    if not checkpoints:
-        raise CheckpointError(f"{path} holds no checkpoint (expected a folder with {METADATA} and {WEIGHTS})")
-    return checkpoints[-1]
 
 
 def read_metadata(path: Path) -> dict[str, Any]:
@@ -216,9 +166,12 @@ def load_trainer_state(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {path}: {TRAINER_STATE} is corrupt ({type(error).__name__})") from None
 
 
-def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> Checkpoint:
-    """Load a checkpoint folder, or the checkpoint a run folder points to (see `resolve`)."""
-    path = resolve(Path(path))
+def read_checkpoint(path: Path, device: str | torch.device = "cpu") -> Checkpoint:
+    """Load one checkpoint folder, checking its files against their checksums.
+
+    `charnn.run_folder.load_checkpoint` takes a run folder too.
+    """
+    path = Path(path)
     metadata = read_metadata(path)
     weights_path = path / WEIGHTS
     if not weights_path.is_file():

@@ -94,11 +94,9 @@ def config_from_args(args: argparse.Namespace, cls, **fixed):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from charnn.corpus import load_corpus
-    from charnn.prepare import is_prepared, open_prepared
+    from charnn.dataset import open_corpus
     from charnn.run_folder import check_new
     from charnn.train import resume, train
-    from charnn.vocab import Vocabulary
 
     if args.nproc is not None and args.nproc < 1:
         raise ConfigError(f"--nproc must be at least 1, got {args.nproc}")
@@ -114,6 +112,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         overrides = {k: v for k, v in vars(args).items() if k in _fields(TrainConfig) | _fields(ModelConfig)}
         with Progress(f"resuming {args.resume}") as progress, interrupts:
             result = resume(args.resume, overrides, progress.on_event, interrupts.reason)
+            _draw_plot(args.resume, progress)
         return _finish(result, args.resume)
     if args.corpus is None or args.out is None:
         raise ConfigError("give a CORPUS and --out RUN_DIR, or --resume RUN_DIR")
@@ -126,22 +125,27 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise ConfigError(f"--batch-size {train_config.batch_size} is not a multiple of --nproc {args.nproc}; "
                               "each process takes an equal share of every batch")  # fmt: skip
         return _launch(args)
-    if is_prepared(args.corpus):
-        corpus = open_prepared(args.corpus)
-        vocab = corpus.vocab
-        if "val_fraction" not in vars(args):  # the split was made when the data was prepared
-            train_config = dataclasses.replace(train_config, val_fraction=corpus.val_fraction)
-        heading = (f"data {args.corpus}: {corpus.characters:,} characters ({len(corpus.train):,} for training, "
-                   f"{len(corpus.val):,} held out), {len(vocab)} distinct")  # fmt: skip
-    else:
-        corpus = load_corpus(args.corpus, args.encoding)
-        vocab = Vocabulary.from_text(corpus.text)
-        heading = f"corpus {corpus.name}: {len(corpus.text):,} characters, {len(vocab)} distinct"
-    model_config = config_from_args(args, ModelConfig, vocab_size=len(vocab))
-    with Progress(heading) as progress, interrupts:
-        result = train(corpus, vocab, model_config, train_config, args.out, progress.on_event, args.overwrite,
+    # Without --val-fraction, prepared data keeps the split it was prepared with.
+    data = open_corpus(args.corpus, args.encoding, vars(args).get("val_fraction"))
+    train_config = dataclasses.replace(train_config, val_fraction=data.val_fraction)
+    model_config = config_from_args(args, ModelConfig, vocab_size=len(data.vocab))
+    with Progress(data.describe()) as progress, interrupts:
+        result = train(data, data.vocab, model_config, train_config, args.out, progress.on_event, args.overwrite,
                        interrupts.reason)  # fmt: skip
+        _draw_plot(args.out, progress)
     return _finish(result, args.out)
+
+
+def _draw_plot(run_dir, progress: "Progress") -> None:
+    """RUN_DIR/loss.png when training stops, drawn by rank 0."""
+    if int(os.environ.get("RANK", 0)) > 0:
+        return
+    from charnn.plot import plot_run
+
+    try:
+        plot_run(run_dir)
+    except Exception as error:  # a picture is a bonus: never fail a finished run over it
+        progress.warn(f"could not draw loss.png: {error}")
 
 
 def _fields(cls) -> set[str]:
@@ -237,11 +241,14 @@ class Progress:
         if event.kind == "start":
             print(self.heading, file=sys.stderr, flush=True)
         if event.kind == "warning":
-            self._print(f"warning: {event.message}")
+            self.warn(event.message)
         elif self.interactive:
             self._draw(event)
         elif event.kind in ("start", "log", "eval", "epoch", "checkpoint"):
             self._print(_describe(event))
+
+    def warn(self, message: str) -> None:
+        self._print(f"warning: {message}")
 
     def _print(self, line: str) -> None:
         if self.bar is not None:
@@ -316,9 +323,9 @@ def _temperatures(text: str) -> list[float]:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from charnn.checkpoint import load_checkpoint
     from charnn.generation import generate, generate_text
     from charnn.hardware import resolve_device
+    from charnn.run_folder import load_checkpoint
     from charnn.sample import new_seed
 
     samplings = [SampleConfig(t, args.top_k, args.top_p) for t in _temperatures(args.temperature)]
@@ -366,7 +373,7 @@ def _default_prime(vocab) -> str:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from charnn.checkpoint import load_checkpoint
+    from charnn.run_folder import load_checkpoint
 
     ckpt = load_checkpoint(args.checkpoint)
     rows = ckpt.model.summary()
@@ -401,20 +408,27 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from charnn.checkpoint import load_checkpoint
     from charnn.corpus import load_corpus
+    from charnn.dataset import of_checkpoint
     from charnn.evaluate import evaluate_text
-    from charnn.train import held_out_text, training_text
+    from charnn.run_folder import load_checkpoint
 
     ckpt = load_checkpoint(args.checkpoint)
+    data = None  # the checkpoint's own corpus, found again when needed
     if args.train_text is not None:
         train_text = load_corpus(str(args.train_text), args.encoding).text
     else:
         try:
-            train_text = training_text(ckpt)
+            data = of_checkpoint(ckpt)
         except CorpusError as error:
             raise CorpusError(f"{error}; pass --train-text PATH") from None
-    text = load_corpus(args.text, args.encoding).text if args.text else held_out_text(ckpt)
+        train_text = data.training_text()
+    if args.text:
+        text = load_corpus(args.text, args.encoding).text
+    else:
+        text = (data or of_checkpoint(ckpt)).held_out_text()
+        if not text:
+            raise ConfigError("this model was trained without held-out text; give a TEXT to evaluate on")
     report = evaluate_text(ckpt.model, ckpt.vocab, text, train_text)
     report["checkpoint"] = str(ckpt.path)
     report["text"] = args.text or "held-out part of the training corpus"

@@ -39,17 +39,11 @@ class Corpus:
     def sha256(self) -> str:
         return hashlib.sha256(self.text.encode("utf-8", "surrogatepass")).hexdigest()
 
-    def reference(self) -> dict:
-        """What a checkpoint records to find this text again: local paths are made absolute."""
-        local = not self.name.startswith(("http://", "https://")) and Path(self.name).expanduser().exists()
-        source = str(Path(self.name).expanduser().resolve()) if local else self.name
-        return {
-            "name": self.name,
-            "source": source,
-            "encoding": self.encoding,
-            "sha256": self.sha256,
-            "characters": len(self.text),
-        }
+
+def source_of(spec: str) -> str:
+    """Where a corpus reference points, to find it again from anywhere: local paths made absolute."""
+    local = not spec.startswith(("http://", "https://")) and Path(spec).expanduser().exists()
+    return str(Path(spec).expanduser().resolve()) if local else spec
 
 
 def cache_dir() -> Path:

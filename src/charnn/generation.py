@@ -5,7 +5,7 @@ The prime is fed in one forward pass; after that the model advances one characte
 batch. Each sample draws from its own random stream (`charnn.sample.RandomStreams`), seeded by
 (seed, sample number), so a sample's text does not depend on what else runs in the same batch.
 
-    from charnn.checkpoint import load_checkpoint
+    from charnn.run_folder import load_checkpoint
 
     ckpt = load_checkpoint("runs/ge")
     print(generate_text(ckpt.model, ckpt.vocab, "Pip", 200)[0])

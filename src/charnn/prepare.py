@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from charnn import locks
-from charnn.corpus import invalid_bytes, source_files, unknown_encoding
+from charnn.corpus import invalid_bytes, source_files, source_of, unknown_encoding
 from charnn.errors import ConfigError, CorpusError, DataDirError
 from charnn.vocab import Vocabulary
 
@@ -83,22 +83,14 @@ class PreparedData:
     def val_fraction(self) -> float:
         return self.manifest["val_fraction"]
 
-    def reference(self) -> dict[str, Any]:
-        """What a checkpoint records to find this data again (and the text it came from)."""
-        corpus = self.manifest["corpus"]
-        return {
-            "name": corpus["name"],
-            "prepared": str(self.path.resolve()),
-            "source": corpus["source"],
-            "encoding": corpus["encoding"],
-            "sha256": corpus["sha256"],
-            "characters": self.characters,
-        }
-
     def decode(self, tokens: np.ndarray) -> str:
-        """Indices -> text, vectorised (Vocabulary.decode goes character by character)."""
-        points = np.array([ord(c) for c in self.vocab.characters], dtype=np.uint32)
-        return points[np.asarray(tokens)].astype("<u4").tobytes().decode("utf-32-le", "surrogatepass")
+        return decode(self.vocab, tokens)
+
+
+def decode(vocab: Vocabulary, tokens: np.ndarray) -> str:
+    """Indices -> text, vectorised (Vocabulary.decode goes character by character)."""
+    points = np.array([ord(c) for c in vocab.characters], dtype=np.uint32)
+    return points[np.asarray(tokens)].astype("<u4").tobytes().decode("utf-32-le", "surrogatepass")
 
 
 @dataclass
@@ -152,7 +144,7 @@ class _DataDirLock(contextlib.ExitStack):
 
 
 def _prepare(corpus, files, folder, data_dir, encoding, val_fraction, overwrite, chunk_bytes, lock) -> PrepareResult:
-    source = _source(corpus)
+    source = source_of(corpus)
     stats = [_stat(p) for p in files]
     options = {"name": corpus, "source": source, "encoding": encoding, "val_fraction": val_fraction}
     previous = _check_data_dir(data_dir, source, overwrite)
@@ -266,11 +258,6 @@ def open_prepared(data_dir: str | Path) -> PreparedData:
 
 
 # --- the DATA_DIR ------------------------------------------------------------------------
-
-
-def _source(spec: str) -> str:
-    local = not spec.startswith(("http://", "https://")) and Path(spec).expanduser().exists()
-    return str(Path(spec).expanduser().resolve()) if local else spec
 
 
 def _stat(path: Path) -> dict[str, Any]:

@@ -1,5 +1,11 @@
 """The run folder: where one training run writes its checkpoints and metrics.
 
+    RUN_DIR/ckpt_{epoch}           after each epoch (`charnn.checkpoint` folders)
+    RUN_DIR/ckpt_{epoch}_{step}    when a run stops mid-epoch, or every --checkpoint-every steps
+    RUN_DIR/best                   the lowest validation loss so far (no trainer state)
+    RUN_DIR/metrics.jsonl          one JSON record per line
+    RUN_DIR/loss.png               drawn from the metrics by `charnn.plot`
+
 A run holds an exclusive lock on its folder for as long as it writes there (`charnn.locks`),
 so a second `charnn train --out` or `--resume` on the same folder stops at once with an
 error naming the process that writes it. Readers (generate, evaluate, serve, info) take no
@@ -7,12 +13,36 @@ lock and keep working on a run that is training.
 """
 
 import contextlib
+import json
+import os
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-from charnn import checkpoint, locks
-from charnn.errors import RunDirError
+import torch
+
+from charnn import locks
+from charnn.checkpoint import (
+    METADATA,
+    TRAINER_STATE,
+    WEIGHTS,
+    Checkpoint,
+    is_checkpoint,
+    read_checkpoint,
+    save_checkpoint,
+)
+from charnn.errors import CheckpointError, RunDirError, TrainingError
+from charnn.model import CharRNN
+from charnn.vocab import Vocabulary
+
+BEST = "best"
+METRICS = "metrics.jsonl"
+_NUMBERED = re.compile(r"^ckpt_(\d+)(?:_(\d+))?$")
+
+
+# --- a new run, or an existing one -----------------------------------------------------------
 
 
 def check_new(run_dir: Path, overwrite: bool) -> None:
@@ -47,7 +77,7 @@ def new_run(run_dir: Path, overwrite: bool) -> Iterator[None]:
                 shutil.rmtree(child) if child.is_dir() else child.unlink()
             yield
         except BaseException:
-            if created and not checkpoint.list_checkpoints(run_dir):
+            if created and not list_checkpoints(run_dir):
                 shutil.rmtree(run_dir, ignore_errors=True)
             raise
 
@@ -59,5 +89,123 @@ def existing_run(run_dir: Path) -> Iterator[None]:
     if not run_dir.is_dir():
         raise RunDirError(f"no such run folder: {run_dir}")
     with locks.hold(run_dir, f"run folder {run_dir}"):
-        checkpoint.recover_run_dir(run_dir)
+        recover(run_dir)
         yield
+
+
+def recover(run_dir: Path) -> None:
+    """Tidy what a crash mid-write can leave: temporary folders, and a folder moved aside."""
+    for child in Path(run_dir).iterdir():
+        if not child.name.startswith("."):
+            continue
+        if ".tmp-" in child.name:
+            shutil.rmtree(child, ignore_errors=True)
+        elif ".old-" in child.name:
+            original = child.with_name(child.name[1:].split(".old-")[0])
+            if original.exists():
+                shutil.rmtree(child, ignore_errors=True)
+            else:
+                os.rename(child, original)
+
+
+# --- its checkpoints -------------------------------------------------------------------------
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """The numbered checkpoints of a run, oldest first (by epoch, then step)."""
+    found = []
+    for child in Path(run_dir).iterdir():
+        match = _NUMBERED.match(child.name)
+        if match and is_checkpoint(child):
+            # An epoch's final checkpoint comes after those written during that epoch.
+            found.append(((int(match[1]), int(match[2]) if match[2] else 1 << 62), child))
+    return [path for _, path in sorted(found)]
+
+
+def newest_resumable(run_dir: Path) -> Path:
+    """The newest checkpoint that a run can continue from (one with its trainer state)."""
+    resumable = [p for p in list_checkpoints(run_dir) if (p / TRAINER_STATE).is_file()]
+    if not resumable:
+        raise RunDirError(f"{run_dir} holds no complete checkpoint to resume from; start a new run instead")
+    return resumable[-1]
+
+
+def best(run_dir: Path) -> Path | None:
+    return Path(run_dir) / BEST if is_checkpoint(Path(run_dir) / BEST) else None
+
+
+def resolve(path: Path) -> Path:
+    """A checkpoint folder as it is; a run folder gives its best checkpoint, else its newest."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"no such checkpoint or run folder: {path}")
+    if is_checkpoint(path):
+        return path
+    if not path.is_dir():
+        raise CheckpointError(f"{path} is not a checkpoint folder (it needs {METADATA} and {WEIGHTS})")
+    if is_checkpoint(path / BEST):
+        return path / BEST
+    checkpoints = list_checkpoints(path)
+    if not checkpoints:
+        raise CheckpointError(f"{path} holds no checkpoint (expected a folder with {METADATA} and {WEIGHTS})")
+    return checkpoints[-1]
+
+
+def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> Checkpoint:
+    """Load a checkpoint folder, or the checkpoint a run folder points to (see `resolve`)."""
+    return read_checkpoint(resolve(path), device)
+
+
+def write_checkpoint(
+    run_dir: Path,
+    name: str,
+    model: CharRNN,
+    vocab: Vocabulary,
+    training: dict[str, Any],
+    corpus: dict[str, Any],
+    trainer_state: dict[str, Any] | None = None,
+    previous: Path | None = None,
+) -> Path:
+    """Write checkpoint RUN_DIR/name (see `save_checkpoint`); `previous` is the run's last one, named on failure."""
+    path = Path(run_dir) / name
+    try:
+        return save_checkpoint(path, model, vocab, training, corpus, trainer_state)
+    except OSError as error:
+        raise TrainingError(
+            f"cannot write checkpoint {path}: {error.strerror or error}; "
+            f"the previous one ({previous or 'none yet'}) is intact"
+        ) from None
+
+
+def prune(run_dir: Path, keep_last: int) -> None:
+    """Delete all but the newest `keep_last` numbered checkpoints (never `best`)."""
+    for path in list_checkpoints(run_dir)[:-keep_last]:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+# --- its metrics -----------------------------------------------------------------------------
+
+
+def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
+    path = Path(run_dir) / METRICS
+    try:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+    except OSError as error:
+        raise TrainingError(f"cannot write {path}: {error.strerror}") from None
+
+
+def truncate_metrics(run_dir: Path, step: int) -> None:
+    """Drop records written after the checkpoint being resumed from (and any torn last line)."""
+    path = Path(run_dir) / METRICS
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if record.get("step", 0) <= step:
+            kept.append(line)
+    path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")

@@ -1,11 +1,11 @@
-"""Training: the loop, evaluation on held-out text, checkpoints, metrics and exact resume.
+"""Training: the loop, its schedule, evaluation on held-out text, and exact resume.
 
 Library code does not print: progress goes to an `on_event` callback (the CLI draws a bar or
-log lines from it), and the history comes back as the return value.
+log lines from it), and the history comes back as the return value. Checkpoints and metrics
+go into the run folder through `charnn.run_folder`; `charnn.plot.plot_run` draws the curves.
 
-    corpus = load_corpus("great-expectations")
-    vocab = Vocabulary.from_text(corpus.text)
-    result = train(corpus, vocab, ModelConfig(vocab_size=len(vocab)), TrainConfig(epochs=1), "runs/ge")
+    data = open_corpus("great-expectations")
+    result = train(data, data.vocab, ModelConfig(vocab_size=len(data.vocab)), TrainConfig(epochs=1), "runs/ge")
     result = resume("runs/ge", {"epochs": 2})
 
 Everything a run needs to continue is in each numbered checkpoint: weights, optimizer,
@@ -20,7 +20,6 @@ each process its share of every batch and keeps the writing to rank 0.
 
 import contextlib
 import dataclasses
-import json
 import math
 import time
 from collections.abc import Callable
@@ -31,19 +30,19 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from charnn import checkpoint, distributed, run_folder
+from charnn import checkpoint, dataset, distributed, run_folder
 from charnn.config import ModelConfig, TrainConfig
-from charnn.corpus import Corpus, load_corpus
-from charnn.data import Batches, split
-from charnn.errors import CheckpointError, ConfigError, CorpusError, RunDirError, TrainingError
+from charnn.corpus import Corpus
+from charnn.data import Batches
+from charnn.dataset import Dataset
+from charnn.errors import CheckpointError, ConfigError, RunDirError, TrainingError
 from charnn.evaluate import NATS_TO_BITS, loss_sums, model_loss
-from charnn.fast import recurrence as fastgru
+from charnn.fast import recurrence
 from charnn.hardware import autocast, resolve_device, resolve_precision
 from charnn.model import CharRNN
-from charnn.prepare import PreparedData, open_prepared
+from charnn.prepare import PreparedData
 from charnn.vocab import Vocabulary
 
-METRICS = "metrics.jsonl"
 # Options that may differ when a run is resumed: they say when to stop or how to report,
 # not what is computed.
 RESUMABLE_OPTIONS = ("epochs", "max_steps", "time_limit", "threads", "log_every_seconds", "patience", "keep_last")
@@ -96,12 +95,59 @@ class RunState:
     warned_overfitting: bool = False
     elapsed: float = 0.0  # seconds of training before this invocation
 
+    @property
+    def epoch_loss(self) -> float:
+        """The mean training loss of this epoch so far."""
+        return self.epoch_loss_sum / self.epoch_loss_count if self.epoch_loss_count else math.nan
+
+    @classmethod
+    def from_record(cls, training: dict[str, Any]) -> "RunState":
+        """The state a checkpoint's training record holds (see `training_record`).
+
+        Records written before each figure was stored once hold the whole state under "state".
+        """
+        state = dict(training["state"])
+        if "last_eval" not in state:
+            train_loss = state.pop("last_eval_train_loss")
+            state["last_eval"] = None if train_loss is None else (train_loss, training["val_loss"])
+        for name in _RECORD_TOP:
+            state.setdefault(name, training[name])
+        state.setdefault("elapsed", training["elapsed_seconds"])
+        return cls(**state)
+
+
+# The state's figures that a training record keeps at its top, where `charnn info` and readers
+# of checkpoint.json find them; the rest of the state goes under "state".
+_RECORD_TOP = ("epoch", "step", "losses", "val_losses", "best_val_loss")
+
+
+def training_record(s: RunState, config: TrainConfig, dtype: torch.dtype, elapsed: float) -> dict[str, Any]:
+    """A checkpoint's training record: each figure once; `RunState.from_record` reads it back."""
+    val_loss = s.last_eval[1] if s.last_eval else None  # the latest evaluation's
+    state = {k: v for k, v in dataclasses.asdict(s).items() if k not in (*_RECORD_TOP, "elapsed", "last_eval")}
+    state["last_eval_train_loss"] = s.last_eval[0] if s.last_eval else None
+    return {
+        "epoch": s.epoch,
+        "step": s.step,
+        "loss": s.epoch_loss,
+        "val_loss": val_loss,
+        "val_bpc": val_loss * NATS_TO_BITS if val_loss is not None else None,
+        "losses": s.losses,
+        "val_losses": s.val_losses,
+        "best_val_loss": s.best_val_loss,
+        "characters_seen": s.step * config.batch_size * config.seq_len,
+        "elapsed_seconds": elapsed,
+        "precision": str(dtype).removeprefix("torch."),
+        "config": config.to_dict(),
+        "state": state,
+    }
+
 
 StopCheck = Callable[[], str | None]
 
 
 def train(
-    corpus: Corpus | PreparedData,
+    data: Dataset | Corpus | PreparedData,
     vocab: Vocabulary,
     model_config: ModelConfig,
     config: TrainConfig,
@@ -110,21 +156,24 @@ def train(
     overwrite: bool = False,
     should_stop: StopCheck | None = None,
 ) -> TrainResult:
-    """Train a new model on `corpus` and write its checkpoints into `run_dir`.
+    """Train a new model on `data` and write its checkpoints into `run_dir`.
 
-    `should_stop` is polled after every step; a reason it returns (say "SIGINT") ends the run
-    with a checkpoint, so it can be resumed.
+    `data` is a Dataset (`charnn.dataset.open_corpus`), or a Corpus or PreparedData, split here
+    with `vocab` and `config.val_fraction` (see `charnn.dataset.split`). `should_stop` is polled
+    after every step; a reason it returns (say "SIGINT") ends the run with a checkpoint, so it
+    can be resumed. The run's loss curves are drawn by `charnn.plot.plot_run(run_dir)`.
     """
     group = distributed.from_env()
     with distributed.session(group):
-        return _train(corpus, vocab, model_config, config, Path(run_dir), on_event, overwrite, should_stop, group)
+        return _train(data, vocab, model_config, config, Path(run_dir), on_event, overwrite, should_stop, group)
 
 
-def _train(corpus, vocab, model_config, config, run_dir, on_event, overwrite, should_stop, group) -> TrainResult:
+def _train(data, vocab, model_config, config, run_dir, on_event, overwrite, should_stop, group) -> TrainResult:
     # Everything that can be refused is checked before the run folder is touched.
     device = distributed.device_for(group, resolve_device(config.device))
     dtype = resolve_precision(config.precision, device)
-    trainer = Trainer(corpus, vocab, config, run_dir, device, dtype, on_event, should_stop, group)
+    data = dataset.split(data, vocab, config.val_fraction)
+    trainer = Trainer(data, config, run_dir, device, dtype, on_event, should_stop, group)
     # Rank 0 writes the folder and holds its lock; the others wait until it is ready.
     with run_folder.new_run(run_dir, overwrite) if group.is_main else contextlib.nullcontext():
         distributed.barrier(group)
@@ -155,52 +204,29 @@ def resume(
 
 
 def _resume(run_dir, overrides, on_event, should_stop, group) -> TrainResult:
-    resumable = [p for p in checkpoint.list_checkpoints(run_dir) if (p / checkpoint.TRAINER_STATE).is_file()]
-    if not resumable:
-        raise RunDirError(f"{run_dir} holds no complete checkpoint to resume from; start a new run instead")
-    path = resumable[-1]
-    metadata = checkpoint.read_metadata(path)
+    path = run_folder.newest_resumable(run_dir)
+    training = checkpoint.read_metadata(path).get("training", {})
     try:
-        saved = TrainConfig.from_dict(metadata["training"]["config"])
-        state = RunState(**metadata["training"]["state"])
-    except (KeyError, TypeError, ConfigError) as error:
+        saved = TrainConfig.from_dict(training["config"])
+        state = RunState.from_record(training)
+    except (KeyError, TypeError, ValueError) as error:  # ConfigError is a ValueError
         raise CheckpointError(f"checkpoint {path}: its training record is incomplete ({error})") from None
     overrides = overrides or {}
     model_fields = ModelConfig.__dataclass_fields__
     config = _merge_options(saved, {k: v for k, v in overrides.items() if k not in model_fields})
     device = distributed.device_for(group, resolve_device(config.device))
-    ckpt = checkpoint.load_checkpoint(path, device)
+    ckpt = checkpoint.read_checkpoint(path, device)
     _refuse_model_changes(ckpt.config, {k: v for k, v in overrides.items() if k in model_fields})
     trainer_state = checkpoint.load_trainer_state(path)
-    corpus = _reload_corpus(ckpt.corpus)
+    data = dataset.find_again(ckpt.corpus, config.val_fraction, ckpt.vocab)
     dtype = resolve_precision(config.precision, device)
-    trainer = Trainer(corpus, ckpt.vocab, config, run_dir, device, dtype, on_event, should_stop, group)
+    data = dataset.split(data, ckpt.vocab, config.val_fraction)  # prepared data's own split must be the run's
+    trainer = Trainer(data, config, run_dir, device, dtype, on_event, should_stop, group)
     trainer.build(ckpt.model.train(), state, trainer_state)
     trainer.result.last_checkpoint = path  # until a newer one is written
     if group.is_main:
-        _truncate_metrics(run_dir / METRICS, state.step)
+        run_folder.truncate_metrics(run_dir, state.step)
     return trainer.run()
-
-
-def _corpus_split(ckpt) -> tuple[str, str]:
-    """The training and held-out parts of a checkpoint's corpus, found again and checked."""
-    corpus = _reload_corpus(ckpt.corpus)
-    if isinstance(corpus, PreparedData):
-        return corpus.decode(corpus.train), corpus.decode(corpus.val)
-    val_fraction = ckpt.training.get("config", {}).get("val_fraction", 0.0)
-    cut = len(corpus.text) - int(len(corpus.text) * val_fraction)
-    return corpus.text[:cut], corpus.text[cut:]
-
-
-def training_text(ckpt) -> str:
-    return _corpus_split(ckpt)[0]
-
-
-def held_out_text(ckpt) -> str:
-    held_out = _corpus_split(ckpt)[1]
-    if not held_out:
-        raise ConfigError("this model was trained without held-out text; give a TEXT to evaluate on")
-    return held_out
 
 
 def _refuse_model_changes(model: ModelConfig, overrides: dict[str, Any]) -> None:
@@ -226,83 +252,24 @@ def _merge_options(saved: TrainConfig, overrides: dict[str, Any]) -> TrainConfig
     return dataclasses.replace(saved, **{k: v for k, v in overrides.items() if k in RESUMABLE_OPTIONS})
 
 
-def _reload_corpus(record: dict[str, Any]) -> Corpus | PreparedData:
-    if "prepared" in record:
-        return _reload_prepared(record)
-    source = record.get("source") or record.get("name")
-    if not source:
-        raise CheckpointError("the checkpoint does not say which corpus it was trained on")
-    try:
-        corpus = load_corpus(source, record.get("encoding", "utf-8"))
-    except CorpusError as error:
-        raise CorpusError(f"cannot find the run's training corpus again ({error})") from None
-    if corpus.sha256 != record.get("sha256"):
-        raise CorpusError(f"the corpus {source} has changed since the model was trained (its sha256 differs)")
-    return Corpus(record.get("name", source), corpus.text, corpus.encoding)
-
-
-def _reload_prepared(record: dict[str, Any]) -> PreparedData:
-    try:
-        data = open_prepared(record["prepared"])
-    except CorpusError as error:
-        raise CorpusError(f"cannot find the run's prepared data again ({error})") from None
-    if data.sha256 != record.get("sha256"):
-        raise CorpusError(
-            f"the data in {record['prepared']} has changed since the model was trained (its sha256 differs); "
-            f"run charnn prepare {record.get('source')} --out {record['prepared']} again"
-        )
-    return data
-
-
-def _split_tokens(corpus: Corpus | PreparedData, vocab: Vocabulary, val_fraction: float):
-    """(training, held-out) tokens: encoded from the text, or memory-mapped from prepared data."""
-    if not isinstance(corpus, PreparedData):
-        return split(torch.from_numpy(vocab.encode(corpus.text)), val_fraction)
-    if corpus.vocab != vocab:
-        raise ConfigError(f"the vocabulary differs from the one {corpus.path} was prepared with")
-    if val_fraction != corpus.val_fraction:
-        raise ConfigError(
-            f"{corpus.path} holds out {corpus.val_fraction} of its text, the run asks for --val-fraction "
-            f"{val_fraction}; leave the option out, or run charnn prepare --val-fraction {val_fraction} again"
-        )
-    return torch.from_numpy(corpus.train), torch.from_numpy(corpus.val)
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop records written after the checkpoint being resumed from (and any torn last line)."""
-    if not path.exists():
-        return
-    kept = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if record.get("step", 0) <= step:
-            kept.append(line)
-    path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-
-
 class Trainer:
     """One run's loop. `build` sets up the model and optimizer; `run` trains until a stop."""
 
-    def __init__(self, corpus, vocab, config, run_dir, device, dtype, on_event, should_stop, group=distributed.ONE):
+    def __init__(self, data: Dataset, config, run_dir, device, dtype, on_event, should_stop, group=distributed.ONE):
         self.config: TrainConfig = config
-        self.vocab = vocab
+        self.data = data
         self.group: distributed.Group = group
-        self.corpus_record = corpus.reference()
-        train_tokens, self.val_tokens = _split_tokens(corpus, vocab, config.val_fraction)
         if config.batch_size % group.world_size:
             raise ConfigError(
                 f"--batch-size {config.batch_size} is not a multiple of the {group.world_size} processes; "
                 "each takes an equal share of every batch"
             )
-        if len(set(distributed.gather(group, self.corpus_record["sha256"]))) > 1:
+        if len(set(distributed.gather(group, data.reference["sha256"]))) > 1:
             raise ConfigError(
                 "the processes do not all train on the same text (its sha256 differs between them); prepare the "
                 "same corpus on every machine, or put DATA_DIR where they all see it"
             )
-        self.batches = Batches(train_tokens, config.batch_size, config.seq_len, config.seed, group.rank,
+        self.batches = Batches(data.train_tokens, config.batch_size, config.seq_len, config.seed, group.rank,
                                group.world_size)  # fmt: skip
         self.run_dir = run_dir
         self.device, self.dtype = device, dtype
@@ -313,7 +280,7 @@ class Trainer:
         if config.max_steps is not None:
             self.total_steps = min(self.total_steps, config.max_steps)
         # A loss this far above chance means the run has diverged.
-        self.explode_at = max(10.0, 3 * math.log(len(vocab)))
+        self.explode_at = max(10.0, 3 * math.log(len(data.vocab)))
 
     def build(self, model: CharRNN, state: RunState | None = None, trainer_state: dict | None = None) -> None:
         if self.config.threads:
@@ -326,9 +293,9 @@ class Trainer:
         else:
             self.optimizer = torch.optim.Adam(parameters, lr=self.config.lr)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
-        # A hand-written bf16 GRU recurrence where it applies (see charnn.fastgru); else PyTorch's.
+        # A hand-written bf16 GRU recurrence where it applies (see charnn.fast.recurrence); else PyTorch's.
         # DDP must see every forward, so several processes keep PyTorch's own.
-        self.fast_forward = not self.group.active and fastgru.supported(self.model, self.device, self.dtype)
+        self.fast_forward = not self.group.active and recurrence.supported(self.model, self.device, self.dtype)
         self.state = state or RunState()
         if trainer_state is not None:
             self.optimizer.load_state_dict(trainer_state["optimizer"])
@@ -339,8 +306,8 @@ class Trainer:
         elif self.group.rank:
             torch.manual_seed(self.config.seed + distributed.RANK_SEED_STRIDE * self.group.rank)
         self.result.best_val_loss = self.state.best_val_loss
-        if self.state.best_val_loss is not None and checkpoint.is_checkpoint(self.run_dir / checkpoint.BEST):
-            self.result.best_checkpoint = self.run_dir / checkpoint.BEST
+        if self.state.best_val_loss is not None:
+            self.result.best_checkpoint = run_folder.best(self.run_dir)
 
     def _own_rng(self, trainer_state: dict, key: str) -> torch.Tensor:
         """This process's random state; a run resumed with another number of processes reseeds the others."""
@@ -361,7 +328,7 @@ class Trainer:
         self.recent_losses: list[float] = []  # since the last metrics record
         self.last_log = self.started
         self.model.train()
-        self._emit("start", self._epoch_loss())
+        self._emit("start", s.epoch_loss)
         # A resumed run may already be at its limit: then there is nothing to do.
         stop = "max_steps" if config.max_steps is not None and s.step >= config.max_steps else None
         first_epoch = s.epoch + 1 if s.epoch_complete else s.epoch
@@ -378,7 +345,7 @@ class Trainer:
                     break
             if not stop or s.step_in_epoch == self.batches.steps_per_epoch:
                 s.epoch_complete = True
-                s.losses.append(self._epoch_loss())
+                s.losses.append(s.epoch_loss)
                 val_loss = self._evaluate()
                 s.val_losses.append(val_loss)
                 self._record("epoch", val_loss)
@@ -393,8 +360,7 @@ class Trainer:
             if stop:
                 break
         self.result.stopped_by = stop or "epochs"
-        self._plot()
-        self._emit("stop", self._epoch_loss(), message=self.result.stopped_by, path=self.result.last_checkpoint)
+        self._emit("stop", s.epoch_loss, message=self.result.stopped_by, path=self.result.last_checkpoint)
         return self.result
 
     def _step(self, inputs: torch.Tensor, targets: torch.Tensor) -> None:
@@ -404,7 +370,7 @@ class Trainer:
         inputs = inputs.to(self.device, non_blocking=True)
         targets = targets.to(self.device, non_blocking=True)
         if self.fast_forward:
-            logits = fastgru.training_forward(self.model, inputs, self.dtype)  # (B, T, V)
+            logits = recurrence.training_forward(self.model, inputs, self.dtype)  # (B, T, V)
         else:
             with autocast(self.device, self.dtype):
                 logits, _ = self.network(inputs)  # (B, T, V)
@@ -437,7 +403,7 @@ class Trainer:
             self.last_log = now
             self._record("log")
         else:
-            self._emit("step", self._epoch_loss())
+            self._emit("step", s.epoch_loss)
         end_of_epoch = s.step_in_epoch == self.batches.steps_per_epoch
         if config.eval_every and s.step % config.eval_every == 0 and not end_of_epoch:
             self._record("eval", self._evaluate())
@@ -461,19 +427,15 @@ class Trainer:
             return warmup * s.lr_factor
         return warmup
 
-    def _epoch_loss(self) -> float:
-        s = self.state
-        return s.epoch_loss_sum / s.epoch_loss_count if s.epoch_loss_count else math.nan
-
     # --- evaluation and the best checkpoint ----------------------------------------------
 
     def _evaluate(self) -> float | None:
         """Loss on the held-out text; keeps `best`, counts patience, warns on over-fitting."""
-        if len(self.val_tokens) < 3:
+        if len(self.data.val_tokens) < 3:
             return None
         s = self.state
         val_loss = self._val_loss()
-        train_loss = self._epoch_loss()
+        train_loss = s.epoch_loss
         if s.last_eval and not s.warned_overfitting:
             last_train, last_val = s.last_eval
             if val_loss > last_val and train_loss < last_train:
@@ -482,13 +444,13 @@ class Trainer:
                     "warning",
                     train_loss,
                     message=f"validation loss rose from {last_val:.4f} to {val_loss:.4f} while training loss fell: "
-                    f"the model has begun to memorise its text; {self.run_dir / checkpoint.BEST} keeps the best",
+                    f"the model has begun to memorise its text; {self.run_dir / run_folder.BEST} keeps the best",
                 )
         s.last_eval = (train_loss, val_loss)
         if s.best_val_loss is None or val_loss < s.best_val_loss:
             s.best_val_loss, s.best_step, s.evals_since_best = val_loss, s.step, 0
             self.result.best_val_loss = val_loss
-            self.result.best_checkpoint = self._save(checkpoint.BEST, val_loss=val_loss, resumable=False)
+            self.result.best_checkpoint = self._save(run_folder.BEST, val_loss, resumable=False)
         else:
             s.evals_since_best += 1
             if self.config.lr_schedule == "plateau":
@@ -496,7 +458,7 @@ class Trainer:
         return val_loss
 
     def _val_loss(self) -> float:
-        scoring = (self.model, self.val_tokens, self.config.seq_len, self.config.batch_size, self.dtype)
+        scoring = (self.model, self.data.val_tokens, self.config.seq_len, self.config.batch_size, self.dtype)
         if not self.group.active:
             return model_loss(*scoring)
         # Each process scores its share of the held-out streams.
@@ -507,16 +469,6 @@ class Trainer:
         return self.config.patience is not None and self.state.evals_since_best >= self.config.patience
 
     # --- output ----------------------------------------------------------------------------
-
-    def _plot(self) -> None:
-        if not self.group.is_main:
-            return
-        from charnn.plot import plot_run
-
-        try:
-            plot_run(self.run_dir)
-        except Exception as error:  # a picture is a bonus: never fail a finished run over it
-            self._emit("warning", self._epoch_loss(), message=f"could not draw loss.png: {error}")
 
     def _emit(self, kind: str, loss: float, val_loss: float | None = None, **extra) -> Event:
         s = self.state
@@ -534,7 +486,7 @@ class Trainer:
         return event
 
     def _record(self, kind: str, val_loss: float | None = None) -> None:
-        event = self._emit(kind, self._epoch_loss(), val_loss)
+        event = self._emit(kind, self.state.epoch_loss, val_loss)
         entry = {"kind": kind, "epoch": event.epoch, "step": event.step, "loss": event.loss,
                  "chars_per_sec": round(event.chars_per_sec, 1), "elapsed": round(event.elapsed, 2),
                  "characters_seen": event.step * self.config.batch_size * self.config.seq_len}  # fmt: skip
@@ -546,62 +498,37 @@ class Trainer:
             entry["val_loss"] = val_loss
             entry["val_bpc"] = val_loss * NATS_TO_BITS
         self.result.history.append(entry)
-        if not self.group.is_main:
-            return
-        try:
-            with open(self.run_dir / METRICS, "a", encoding="utf-8") as f:
-                f.write(json.dumps(entry) + "\n")
-        except OSError as error:
-            raise TrainingError(f"cannot write {self.run_dir / METRICS}: {error.strerror}") from None
+        if self.group.is_main:
+            run_folder.append_metrics(self.run_dir, entry)
 
     def _save(self, name: str, val_loss: float | None = None, resumable: bool = True) -> Path:
         s = self.state
-        record = dataclasses.asdict(s)
-        record["elapsed"] = round(s.elapsed + time.perf_counter() - self.started, 2)
-        training = {
-            "epoch": s.epoch,
-            "step": s.step,
-            "loss": self._epoch_loss(),
-            "val_loss": val_loss if val_loss is not None else (s.last_eval[1] if s.last_eval else None),
-            "val_bpc": None,
-            "losses": s.losses,
-            "val_losses": s.val_losses,
-            "best_val_loss": s.best_val_loss,
-            "characters_seen": s.step * self.config.batch_size * self.config.seq_len,
-            "elapsed_seconds": record["elapsed"],
-            "precision": str(self.dtype).removeprefix("torch."),
-            "config": self.config.to_dict(),
-            "state": record,
-        }
-        if training["val_loss"] is not None:
-            training["val_bpc"] = training["val_loss"] * NATS_TO_BITS
-        trainer_state = None
-        if resumable:
-            trainer_state = {
-                "optimizer": self.optimizer.state_dict(),
-                "scaler": self.scaler.state_dict(),
-                "rng_cpu": torch.get_rng_state(),
-            }
-            if self.device.type == "cuda":
-                trainer_state["rng_cuda"] = torch.cuda.get_rng_state()
-            if self.group.active:  # every process's own, so each resumes exactly
-                trainer_state["rng_cpu_ranks"] = distributed.gather(self.group, torch.get_rng_state())
-                if self.device.type == "cuda":
-                    trainer_state["rng_cuda_ranks"] = distributed.gather(self.group, torch.cuda.get_rng_state())
-        path = self.run_dir / name
+        elapsed = round(s.elapsed + time.perf_counter() - self.started, 2)
+        training = training_record(s, self.config, self.dtype, elapsed)
+        trainer_state = self._trainer_state() if resumable else None
         if self.group.is_main:
-            try:
-                checkpoint.save_checkpoint(path, self.model, self.vocab, training, self.corpus_record, trainer_state)
-            except OSError as error:
-                previous = self.result.last_checkpoint or "none yet"
-                raise TrainingError(
-                    f"cannot write checkpoint {path}: {error.strerror or error}; "
-                    f"the previous one ({previous}) is intact"
-                ) from None
+            contents = (self.model, self.data.vocab, training, self.data.reference, trainer_state)
+            run_folder.write_checkpoint(self.run_dir, name, *contents, previous=self.result.last_checkpoint)
         distributed.barrier(self.group)  # nobody runs ahead of a checkpoint being written
+        path = self.run_dir / name
         if resumable:
             self.result.last_checkpoint = path
             if self.config.keep_last and self.group.is_main:
-                checkpoint.prune(self.run_dir, self.config.keep_last)
-        self._emit("checkpoint", self._epoch_loss(), val_loss, path=path)
+                run_folder.prune(self.run_dir, self.config.keep_last)
+        self._emit("checkpoint", s.epoch_loss, val_loss, path=path)
         return path
+
+    def _trainer_state(self) -> dict[str, Any]:
+        """The optimizer, the scaler and every random state: what resuming needs besides the weights."""
+        trainer_state = {
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng_cpu": torch.get_rng_state(),
+        }
+        if self.device.type == "cuda":
+            trainer_state["rng_cuda"] = torch.cuda.get_rng_state()
+        if self.group.active:  # every process's own, so each resumes exactly
+            trainer_state["rng_cpu_ranks"] = distributed.gather(self.group, torch.get_rng_state())
+            if self.device.type == "cuda":
+                trainer_state["rng_cuda_ranks"] = distributed.gather(self.group, torch.cuda.get_rng_state())
+        return trainer_state

@@ -36,9 +36,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
 
-from charnn.checkpoint import load_checkpoint
 from charnn.config import SampleConfig, ServeLimits
 from charnn.errors import ConfigError
+from charnn.run_folder import load_checkpoint
 from charnn.sample import new_seed
 from charnn.serve.engine import Engine, Job, JobDone, JobEvent, JobFailed, Request, SampleFinished, SampleText
 from charnn.serve.schemas import (
