@@ -1,10 +1,10 @@
 import pytest
 import torch
 
-from charnn.run_folder import load_checkpoint
 from charnn.config import SampleConfig
 from charnn.errors import ConfigError, UnknownCharactersError
 from charnn.generation import generate, generate_text
+from charnn.run_folder import load_checkpoint
 
 
 def test_same_seed_same_sample(tiny_run):

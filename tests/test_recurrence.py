@@ -4,7 +4,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from charnn.run_folder import load_checkpoint
 from charnn.config import ModelConfig, TrainConfig
 from charnn.corpus import Corpus
 from charnn.fast import build, recurrence
