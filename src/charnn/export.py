@@ -1,0 +1,370 @@
+"""A model out of charnn: an ONNX file, or a static web folder that generates in the browser.
+
+The ONNX graph is PyTorch's own export of `CharRNN.forward`: characters and a recurrent state
+in, logits and the new state out, for any batch and any number of steps, so one graph serves
+both the prompt pass and one-character steps.
+
+    inputs:  tokens int64 (batch, steps); state float32 (num_layers, batch, hidden)
+             (an LSTM takes state_h and state_c instead of state)
+    outputs: logits float32 (batch, steps, vocab); new_state (or new_state_h, new_state_c)
+
+The vocabulary, the model configuration and the charnn version are in the file's metadata
+(`charnn.vocabulary`, `charnn.model`, `charnn.version`), so the file explains itself.
+
+    from charnn.run_folder import load_checkpoint
+
+    ckpt = load_checkpoint("runs/ge")
+    export_onnx(ckpt.model, ckpt.vocab, "model.onnx")
+    session = OnnxModel("model.onnx")
+    logits, state = session.run(session.vocab.encode("Pip")[None])  # (1, 3, V)
+
+onnx, onnxscript and onnxruntime are the optional extra ``charnn[export]``; the web folder
+also needs the files of the npm package onnxruntime-web (`onnxruntime_web_dir`).
+"""
+
+import contextlib
+import io
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+import charnn
+from charnn.errors import CharnnError, CheckpointError, ConfigError, UnknownCharactersError
+from charnn.model import CharRNN
+from charnn.vocab import Vocabulary
+
+FORMATS = ("onnx", "web")
+QUANTIZATIONS = ("int8",)
+OPSET = 17  # GRU, LSTM and RNN as single ops; read by onnxruntime and onnxruntime-web alike
+# The files of the npm package onnxruntime-web that the page loads: the script, and the
+# WebAssembly build (with its loader) that runs the graph on the CPU in one thread.
+ORT_WEB_FILES = ("ort.wasm.min.js", "ort-wasm-simd-threaded.wasm", "ort-wasm-simd-threaded.mjs")
+
+
+def state_names(cell: str) -> tuple[str, ...]:
+    return ("state_h", "state_c") if cell == "lstm" else ("state",)
+
+
+class _Graph(nn.Module):
+    """forward with the state as separate tensors, which is how an ONNX graph takes it."""
+
+    def __init__(self, model: CharRNN):
+        super().__init__()
+        self.model = model
+
+    def forward(self, tokens: torch.Tensor, *state: torch.Tensor):
+        lstm = self.model.config.cell == "lstm"
+        logits, new = self.model(tokens, tuple(state) if lstm else state[0])
+        return (logits, *new) if lstm else (logits, new)
+
+
+def _need(module: str):
+    try:
+        return __import__(module, fromlist=["_"])
+    except ImportError as error:
+        raise CharnnError(f"exporting needs onnx and onnxruntime ({error}); pip install 'charnn[export]'") from None
+
+
+def metadata(model: CharRNN, vocab: Vocabulary) -> dict[str, str]:
+    """What the file says about itself: every value a JSON string."""
+    names = state_names(model.config.cell)
+    return {
+        "charnn.version": charnn.__version__,
+        "charnn.vocabulary": json.dumps(vocab.to_json(), ensure_ascii=False),
+        "charnn.model": json.dumps(model.config.to_dict()),
+        "charnn.inputs": json.dumps(["tokens", *names]),
+        "charnn.outputs": json.dumps(["logits", *(f"new_{n}" for n in names)]),
+    }
+
+
+def onnx_bytes(model: CharRNN, vocab: Vocabulary) -> bytes:
+    """The fp32 graph with its metadata, checked with onnx.checker."""
+    onnx = _need("onnx")
+    config = model.config
+    names = state_names(config.cell)
+    was_training = model.training
+    model.eval()  # dropout off
+    tokens = torch.zeros(1, 2, dtype=torch.long)
+    state = tuple(torch.zeros(config.num_layers, 1, config.hidden_size) for _ in names)
+    axes = {"tokens": {0: "batch", 1: "steps"}, "logits": {0: "batch", 1: "steps"}}
+    axes |= {n: {1: "batch"} for n in names} | {f"new_{n}": {1: "batch"} for n in names}
+    buffer = io.BytesIO()
+    # The TorchScript-based exporter writes the cells as ONNX's own GRU, LSTM and RNN ops, with
+    # the number of steps left free; torch.export (dynamo=True) fixed the steps of stacked cells
+    # to those of the example when tried (PyTorch 2.13).
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                _Graph(model),
+                (tokens, *state),
+                buffer,
+                input_names=["tokens", *names],
+                output_names=["logits", *(f"new_{n}" for n in names)],
+                dynamic_axes=axes,
+                opset_version=OPSET,
+                dynamo=False,
+            )
+    finally:
+        model.train(was_training)
+    proto = onnx.load_from_string(buffer.getvalue())
+    for key, value in metadata(model, vocab).items():
+        proto.metadata_props.add(key=key, value=value)
+    proto.doc_string = "charnn character-level language model: tokens and state in, logits and new state out"
+    onnx.checker.check_model(proto, full_check=True)
+    return proto.SerializeToString()
+
+
+def quantize_int8(model_bytes: bytes) -> bytes:
+    """int8 weights: onnxruntime's dynamic quantisation (the output layer, the embedding, LSTM
+    cells), then the GRU and RNN cells' weights, which it leaves alone, as int8 with one scale
+    per row in front of a DequantizeLinear, which onnxruntime folds once when it loads the file."""
+    onnx = _need("onnx")
+    quantization = _need("onnxruntime.quantization")
+    with tempfile.TemporaryDirectory() as tmp:
+        source, target = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+        source.write_bytes(model_bytes)
+        logging.disable(logging.WARNING)  # its advice to pre-process, printed through the root logger
+        try:
+            quantization.quantize_dynamic(source, target, weight_type=quantization.QuantType.QInt8)
+        finally:
+            logging.disable(logging.NOTSET)
+        proto = onnx.load(target)
+    _int8_cell_weights(proto)
+    kept = {p.key for p in proto.metadata_props}
+    for p in onnx.load_from_string(model_bytes).metadata_props:
+        if p.key not in kept:
+            proto.metadata_props.add(key=p.key, value=p.value)
+    proto.metadata_props.add(key="charnn.quantization", value="int8")
+    onnx.checker.check_model(proto, full_check=True)
+    return proto.SerializeToString()
+
+
+def _int8_cell_weights(proto) -> None:
+    from onnx import helper, numpy_helper
+
+    graph = proto.graph
+    initializers = {i.name: i for i in graph.initializer}
+    nodes = []
+    for node in graph.node:
+        if node.op_type in ("GRU", "RNN"):
+            for position in (1, 2):  # W (dirs, gates*H, in) and R (dirs, gates*H, H)
+                name = node.input[position]
+                if name not in initializers:
+                    continue
+                weight = numpy_helper.to_array(initializers[name])[0]  # (gates*H, in)
+                scale = np.maximum(np.abs(weight).max(axis=1) / 127, 1e-12).astype(np.float32)
+                q = np.clip(np.round(weight / scale[:, None]), -127, 127).astype(np.int8)
+                graph.initializer.remove(initializers.pop(name))
+                graph.initializer.extend(
+                    [
+                        numpy_helper.from_array(q, f"{name}_int8"),
+                        numpy_helper.from_array(scale, f"{name}_scale"),
+                        numpy_helper.from_array(np.zeros_like(q[:, 0]), f"{name}_zero"),
+                        numpy_helper.from_array(np.array([0], dtype=np.int64), f"{name}_axis0"),
+                    ]
+                )
+                nodes.append(helper.make_node("DequantizeLinear", [f"{name}_int8", f"{name}_scale", f"{name}_zero"],
+                                              [f"{name}_2d"], axis=0))  # fmt: skip
+                nodes.append(helper.make_node("Unsqueeze", [f"{name}_2d", f"{name}_axis0"], [name]))
+        nodes.append(node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+
+
+@dataclass(frozen=True)
+class OnnxExport:
+    """What `export_onnx` wrote, and the held-out loss of the fp32 and int8 graphs where measured."""
+
+    path: Path
+    size: int  # bytes
+    fp32_size: int
+    quantize: str | None = None
+    fp32_loss: float | None = None  # nats per character on `text`
+    loss: float | None = None  # the same for the file written
+
+    @property
+    def loss_change(self) -> float | None:
+        """Relative change of the held-out loss, int8 against fp32."""
+        if self.loss is None or self.fp32_loss is None:
+            return None
+        return self.loss / self.fp32_loss - 1
+
+
+def export_onnx(
+    model: CharRNN, vocab: Vocabulary, out: str | Path, *, quantize: str | None = None, text: str | None = None
+) -> OnnxExport:
+    """Write the model to `out` as ONNX, atomically.
+
+    `quantize` "int8" stores int8 weights; with a `text` (the held-out text) the loss of both
+    graphs on it is measured with onnxruntime, so the change quantisation makes is known.
+    """
+    if quantize is not None and quantize not in QUANTIZATIONS:
+        raise ConfigError(f"quantize must be one of {', '.join(QUANTIZATIONS)} or None, got {quantize!r}")
+    out = Path(out)
+    fp32 = onnx_bytes(model, vocab)
+    data = fp32 if quantize is None else quantize_int8(fp32)
+    fp32_loss = loss = None
+    if quantize is not None and text:
+        tokens = _encode_known(vocab, text)
+        fp32_loss = onnx_loss(OnnxModel(fp32), tokens)
+        loss = onnx_loss(OnnxModel(data), tokens)
+    _write_atomic(out, data)
+    return OnnxExport(out, len(data), len(fp32), quantize, fp32_loss, loss)
+
+
+def _encode_known(vocab: Vocabulary, text: str) -> np.ndarray:
+    unknown = set(vocab.unknown(text))
+    return vocab.encode("".join(c for c in text if c not in unknown) if unknown else text)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as f:
+        try:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        except BaseException:
+            Path(f.name).unlink(missing_ok=True)
+            raise
+    os.replace(f.name, path)
+
+
+class OnnxModel:
+    """An exported model run by onnxruntime; its vocabulary and configuration read from the file."""
+
+    def __init__(self, model: str | Path | bytes, *, threads: int | None = None):
+        ort = _need("onnxruntime")
+        options = ort.SessionOptions()
+        if threads is not None:
+            options.intra_op_num_threads = threads
+        source = model if isinstance(model, bytes) else str(model)
+        try:
+            self.session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+        except Exception as error:  # onnxruntime raises its own kinds for a missing or broken file
+            raise CheckpointError(f"cannot load the ONNX model ({str(error).splitlines()[0]})") from None
+        meta = self.session.get_modelmeta().custom_metadata_map
+        try:
+            self.vocab = Vocabulary.from_json(json.loads(meta["charnn.vocabulary"]))
+            self.config = json.loads(meta["charnn.model"])
+            self.state_names = tuple(json.loads(meta["charnn.inputs"])[1:])
+        except (KeyError, ValueError) as error:
+            raise CheckpointError(f"the ONNX model was not exported by charnn (no {error} in its metadata)") from None
+
+    def init_state(self, batch_size: int) -> tuple[np.ndarray, ...]:
+        shape = (self.config["num_layers"], batch_size, self.config["hidden_size"])
+        return tuple(np.zeros(shape, dtype=np.float32) for _ in self.state_names)
+
+    def run(self, tokens: np.ndarray, state: tuple[np.ndarray, ...] | None = None):
+        """tokens (B, T) -> logits (B, T, V), new state."""
+        tokens = np.asarray(tokens, dtype=np.int64)
+        state = self.init_state(tokens.shape[0]) if state is None else state
+        logits, *new = self.session.run(None, {"tokens": tokens, **dict(zip(self.state_names, state, strict=True))})
+        return logits, tuple(new)
+
+    def generate_greedy(self, prime: str, length: int) -> str:
+        """`length` characters after `prime`, each the most likely one (temperature 0)."""
+        if not prime:
+            raise ConfigError("prime must hold at least one character")
+        if self.vocab.unknown(prime):
+            raise UnknownCharactersError(self.vocab.unknown(prime))
+        logits, state = self.run(self.vocab.encode(prime)[None])
+        chosen = []
+        for step in range(length):
+            token = int(np.argmax(logits[0, -1]))
+            chosen.append(token)
+            if step + 1 < length:
+                logits, state = self.run(np.array([[token]]), state)
+        return self.vocab.decode(chosen)
+
+
+def onnx_loss(model: OnnxModel, tokens: np.ndarray, *, seq_len: int = 100, num_streams: int = 64) -> float:
+    """Mean loss in nats per character over `tokens`, as `charnn.evaluate.model_loss` computes it:
+    the text cut into `num_streams` contiguous pieces run side by side, state carried along."""
+    num_streams = max(1, min(num_streams, (len(tokens) - 1) // 2))
+    piece = len(tokens) // num_streams
+    if piece < 2:
+        return math.nan
+    streams = np.asarray(tokens[: piece * num_streams], dtype=np.int64).reshape(num_streams, piece)  # (S, L)
+    state, total, count = None, 0.0, 0
+    for start in range(0, piece - 1, seq_len):
+        inputs = streams[:, start : min(start + seq_len, piece - 1)]  # (S, T)
+        targets = streams[:, start + 1 : start + 1 + inputs.shape[1]]
+        logits, state = model.run(inputs, state)  # (S, T, V)
+        logits = logits.astype(np.float64)
+        peak = logits.max(axis=-1, keepdims=True)
+        log_z = np.log(np.exp(logits - peak).sum(axis=-1)) + peak[..., 0]
+        total += float((log_z - np.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]).sum())
+        count += targets.size
+    return total / count
+
+
+# --- the web folder ------------------------------------------------------------------------
+
+
+def onnxruntime_web_dir() -> Path:
+    """Where onnxruntime-web's files are: $CHARNN_ONNXRUNTIME_WEB, else node_modules/onnxruntime-web/dist
+    of the charnn source tree (scripts/setup.sh installs it there with npm) or of the current folder."""
+    candidates = []
+    if os.environ.get("CHARNN_ONNXRUNTIME_WEB"):
+        candidates.append(Path(os.environ["CHARNN_ONNXRUNTIME_WEB"]))
+    for root in (Path(__file__).resolve().parents[2], Path.cwd()):
+        candidates.append(root / "node_modules" / "onnxruntime-web" / "dist")
+    for folder in candidates:
+        if all((folder / name).is_file() for name in ORT_WEB_FILES):
+            return folder
+    raise CharnnError(
+        "onnxruntime-web's files were not found (looked in " + ", ".join(str(c) for c in candidates) + "); "
+        "install them with `npm install onnxruntime-web` (scripts/setup.sh does where npm exists) "
+        "or set CHARNN_ONNXRUNTIME_WEB to its dist folder"
+    )
+
+
+def export_web(model: CharRNN, vocab: Vocabulary, out: str | Path, *, overwrite: bool = False) -> Path:
+    """Write a static folder that generates text in the browser: index.html, model.onnx, model.json
+    (vocabulary and configuration) and onnxruntime-web's files. Any static file host serves it.
+
+    The folder is written beside `out` under a temporary name, then renamed into place.
+    """
+    out = Path(out)
+    if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError(f"{out} already exists and is not empty; choose another folder or set overwrite=True")
+    ort_dir = onnxruntime_web_dir()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    try:
+        (tmp / "model.onnx").write_bytes(onnx_bytes(model, vocab))
+        info = {
+            "charnn_version": charnn.__version__,
+            "vocabulary": vocab.to_json(),
+            "model": model.config.to_dict(),
+            "inputs": ["tokens", *state_names(model.config.cell)],
+        }
+        (tmp / "model.json").write_text(json.dumps(info, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+        page = resources.files("charnn").joinpath("web", "index.html").read_bytes()
+        (tmp / "index.html").write_bytes(page)
+        for name in ORT_WEB_FILES:
+            shutil.copyfile(ort_dir / name, tmp / name)
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            os.rename(out, old)
+            os.rename(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
