@@ -13,12 +13,13 @@ import onnx
 import pytest
 import torch
 
+from charnn import export
 from charnn.checkpoint import read_checkpoint
 from charnn.config import ModelConfig, SampleConfig, TrainConfig
 from charnn.corpus import load_corpus
 from charnn.dataset import of_checkpoint
-from charnn.errors import CheckpointError, ConfigError
-from charnn.export import OnnxModel, export_onnx, onnx_loss
+from charnn.errors import CharnnError, CheckpointError, ConfigError
+from charnn.export import OnnxModel, export_onnx, export_web, onnx_loss
 from charnn.generation import generate_text
 from charnn.train import train
 from charnn.vocab import Vocabulary
@@ -131,3 +132,17 @@ def test_cli_export_in_a_subprocess(trained, tmp_path):
                      "--precision", "fp32", "--json")  # fmt: skip
     assert greedy.returncode == 0, greedy.stderr
     assert OnnxModel(tmp_path / "fp32.onnx").generate_greedy("Pip", 500) == json.loads(greedy.stdout)["samples"][0]
+
+
+def test_web_folder_mistakes(trained, tmp_path, monkeypatch):
+    ckpt = read_checkpoint(trained["gru", 1])
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "mine.txt").write_text("keep me")
+    with pytest.raises(ConfigError, match="not empty"):
+        export_web(ckpt.model, ckpt.vocab, tmp_path / "taken")
+    assert (tmp_path / "taken" / "mine.txt").read_text() == "keep me"
+    # Without onnxruntime-web's files, the error says how to get them, and nothing is written.
+    monkeypatch.setattr(export, "ORT_WEB_FILES", ("no-such-file.wasm",))
+    with pytest.raises(CharnnError, match="npm install onnxruntime-web"):
+        export_web(ckpt.model, ckpt.vocab, tmp_path / "site")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
