@@ -26,3 +26,13 @@ fi
 # minute each, once per machine and source version)
 # rather than in the middle of the first `charnn generate` or `charnn train`.
 CHARNN_KERNEL_WAIT=900 .venv/bin/python -m charnn.fast.build
+# onnxruntime-web's files for `charnn export --format web` (the page runs them in the browser),
+# pinned by package-lock.json, into node_modules/ (git-ignored). Only where npm exists:
+# scripts/test.sh installs npm first, since the web export's tests need the files.
+if command -v npm >/dev/null; then
+  lock="$(sha256sum package-lock.json | cut -d' ' -f1)"
+  if [ "$(cat node_modules/.charnn-installed 2>/dev/null)" != "$lock" ]; then
+    npm ci --silent --no-audit --no-fund --ignore-scripts
+    echo "$lock" > node_modules/.charnn-installed
+  fi
+fi

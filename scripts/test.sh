@@ -2,15 +2,19 @@
 # Set up, then run the linters and the whole test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
-# The web page tests drive Debian's Chromium, headless (Playwright uses it; it downloads no browser).
-if ! command -v chromium >/dev/null; then
+# The web page tests drive Debian's Chromium, headless (Playwright uses it; it downloads no browser),
+# and the web export's tests need npm to fetch onnxruntime-web (scripts/setup.sh runs it).
+missing=()
+command -v chromium >/dev/null || missing+=(chromium)
+command -v npm >/dev/null || missing+=(npm)
+if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}") >/dev/null
   else
-    echo "note: Chromium is missing; tests/test_web.py is skipped (as root: apt-get install chromium)" >&2
+    echo "note: ${missing[*]} missing; the web tests cannot run (as root: apt-get install ${missing[*]})" >&2
   fi
 fi
+bash scripts/setup.sh
 if [ -z "${CHARNN_CORPUS_DIR:-}" ] && [ -d ../shared/corpora ]; then
   export CHARNN_CORPUS_DIR="$PWD/../shared/corpora"
 fi
