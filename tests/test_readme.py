@@ -22,3 +22,15 @@ def test_python_api_example_runs(tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("max_steps ")
     assert (tmp_path / "runs" / "api-example").is_dir()
+
+
+def test_onnx_example_runs(tmp_path, tiny_run):
+    section = README.read_text(encoding="utf-8").split("## Export: ONNX and the browser", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S)[1]
+    done = subprocess.run([sys.executable, "-m", "charnn", "export", str(tiny_run), "--out", "ge.onnx"], cwd=tmp_path,
+                          env=dict(os.environ, PYTHONPATH=str(SRC)), capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(SRC)),
+                          capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert len(done.stdout) > 100
