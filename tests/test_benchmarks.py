@@ -39,3 +39,12 @@ def test_speed_quick_prints_its_table(tmp_path: Path):
     assert "corpus: great-expectations" in out
     assert "| training, batch 64 x window 100" in out
     assert out.count("| generation, 1 stream ") >= 3 and out.count("| generation, 64 streams ") >= 3
+
+
+def test_export_quick_prints_its_tables(tmp_path: Path):
+    (tmp_path / "great-expectations.txt").write_text(TINY_TEXT * 200, encoding="utf-8")
+    out = run_benchmark(str(BENCHMARKS / "export.py"), "--quick", CHARNN_CORPUS_DIR=str(tmp_path))
+    assert "| int8 ONNX |" in out and "| fp32 ONNX |" in out
+    for label in ("onnxruntime (CPU, 1 thread), fp32 ONNX", "Stepper, fp32", "browser page"):
+        assert label in out
+    assert "not run" not in out  # Chromium and Playwright are there, as scripts/test.sh ensures
