@@ -487,9 +487,16 @@ def cmd_export(args: argparse.Namespace) -> int:
               f"server, e.g. python -m http.server -d {out}")  # fmt: skip
         return 0
     text = _held_out_text(ckpt, args) if args.quantize else None
-    if text is not None:
-        print(f"measuring the held-out loss of both graphs on {len(text):,} characters...", file=sys.stderr)
-    result = export_onnx(ckpt.model, ckpt.vocab, args.out, quantize=args.quantize, text=text)
+    if text is None:
+        result = export_onnx(ckpt.model, ckpt.vocab, args.out, quantize=args.quantize)
+    else:
+        from tqdm import tqdm
+
+        # Scoring both graphs on the held-out text takes the time here: a minute for the reference model.
+        with tqdm(total=2 * len(text), unit="char", unit_scale=True, desc="held-out loss, fp32 and int8",
+                  file=sys.stderr, disable=not sys.stderr.isatty()) as bar:  # fmt: skip
+            result = export_onnx(ckpt.model, ckpt.vocab, args.out, quantize=args.quantize, text=text,
+                                 on_progress=lambda done, total: bar.update(min(done, bar.total) - bar.n))  # fmt: skip
     line = f"wrote {result.path} ({result.size / 1e6:.2f} MB"
     print(line + (f"; fp32: {result.fp32_size / 1e6:.2f} MB)" if args.quantize else ")"))
     if result.loss_change is not None:

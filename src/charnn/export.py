@@ -31,6 +31,7 @@ import os
 import shutil
 import tempfile
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -203,12 +204,19 @@ class OnnxExport:
 
 
 def export_onnx(
-    model: CharRNN, vocab: Vocabulary, out: str | Path, *, quantize: str | None = None, text: str | None = None
+    model: CharRNN,
+    vocab: Vocabulary,
+    out: str | Path,
+    *,
+    quantize: str | None = None,
+    text: str | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> OnnxExport:
     """Write the model to `out` as ONNX, atomically.
 
     `quantize` "int8" stores int8 weights; with a `text` (the held-out text) the loss of both
-    graphs on it is measured with onnxruntime, so the change quantisation makes is known.
+    graphs on it is measured with onnxruntime, so the change quantisation makes is known;
+    `on_progress(done, total)` follows that measurement, in characters of both passes.
     """
     if quantize is not None and quantize not in QUANTIZATIONS:
         raise ConfigError(f"quantize must be one of {', '.join(QUANTIZATIONS)} or None, got {quantize!r}")
@@ -218,8 +226,13 @@ def export_onnx(
     fp32_loss = loss = None
     if quantize is not None and text:
         tokens = _encode_known(vocab, text)
-        fp32_loss = onnx_loss(OnnxModel(fp32), tokens)
-        loss = onnx_loss(OnnxModel(data), tokens)
+        total = 2 * len(tokens)
+        first = None if on_progress is None else (lambda done: on_progress(done, total))
+        second = None if on_progress is None else (lambda done: on_progress(len(tokens) + done, total))
+        fp32_loss = onnx_loss(OnnxModel(fp32), tokens, on_progress=first)
+        loss = onnx_loss(OnnxModel(data), tokens, on_progress=second)
+        if on_progress is not None:  # the last of each stream is never predicted: count it too
+            on_progress(total, total)
     _write_atomic(out, data)
     return OnnxExport(out, len(data), len(fp32), quantize, fp32_loss, loss)
 
@@ -290,7 +303,14 @@ class OnnxModel:
         return self.vocab.decode(chosen)
 
 
-def onnx_loss(model: OnnxModel, tokens: np.ndarray, *, seq_len: int = 100, num_streams: int = 64) -> float:
+def onnx_loss(
+    model: OnnxModel,
+    tokens: np.ndarray,
+    *,
+    seq_len: int = 100,
+    num_streams: int = 64,
+    on_progress: Callable[[int], None] | None = None,
+) -> float:
     """Mean loss in nats per character over `tokens`, as `charnn.evaluate.model_loss` computes it:
     the text cut into `num_streams` contiguous pieces run side by side, state carried along."""
     num_streams = max(1, min(num_streams, (len(tokens) - 1) // 2))
@@ -308,6 +328,8 @@ def onnx_loss(model: OnnxModel, tokens: np.ndarray, *, seq_len: int = 100, num_s
         log_z = np.log(np.exp(logits - peak).sum(axis=-1)) + peak[..., 0]
         total += float((log_z - np.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]).sum())
         count += targets.size
+        if on_progress is not None:
+            on_progress(count)
     return total / count
 
 
