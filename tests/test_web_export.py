@@ -15,11 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from charnn.config import SampleConfig
-from charnn.export import ORT_WEB_FILES
+from charnn.config import ModelConfig, SampleConfig, TrainConfig
+from charnn.corpus import load_corpus
+from charnn.export import ORT_WEB_FILES, export_web
 from charnn.generation import generate_text
 from charnn.run_folder import load_checkpoint
-from conftest import run_cli
+from charnn.train import train
+from charnn.vocab import Vocabulary
+from conftest import TINY_TEXT, run_cli
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
@@ -95,7 +98,7 @@ def generate_in_page(page, prompt: str, temperature: float, length: int) -> str:
 
 def test_the_folder_holds_everything(site, tiny_run):
     ckpt = load_checkpoint(tiny_run)
-    names = {p.name for p in site.iterdir()}
+    names = {p.name for p in site.iterdir() if p.is_file()}  # (a test below adds a folder)
     assert {"index.html", "model.onnx", "model.json", *ORT_WEB_FILES} == names
     info = json.loads((site / "model.json").read_text(encoding="utf-8"))
     assert info["vocabulary"] == list(ckpt.vocab.characters) and info["model"] == ckpt.config.to_dict()
@@ -132,3 +135,22 @@ def test_sampling_stop_and_mistakes(page, tiny_run):
     page.click("#generate")
     page.wait_for_function("document.querySelector('#error').textContent !== ''")
     assert "'Q'" in page.inner_text("#error").replace('"', "'")
+
+
+def test_an_lstm_of_two_layers_in_the_page(page, static_server, site, tmp_path):
+    """An LSTM's graph takes two states (state_h, state_c): the page reads their names from model.json."""
+    corpus_path = tmp_path / "corpus.txt"
+    corpus_path.write_text(TINY_TEXT * 40, encoding="utf-8")
+    corpus = load_corpus(str(corpus_path))
+    vocab = Vocabulary.from_text(corpus.text)
+    config = ModelConfig(vocab_size=len(vocab), embedding_dim=8, hidden_size=16, cell="lstm", num_layers=2)
+    options = TrainConfig(seq_len=20, batch_size=8, max_steps=150, lr=2e-2, seed=1, precision="fp32")
+    result = train(corpus, vocab, config, options, tmp_path / "run")
+    ckpt = load_checkpoint(result.last_checkpoint)
+    # Served from the same origin as the first model, in a folder of its own.
+    export_web(ckpt.model, ckpt.vocab, site / "lstm")
+    page.goto(static_server + "lstm/")
+    page.wait_for_function("document.querySelector('#status').textContent === 'ready'")
+    assert "LSTM 2×16" in page.inner_text("#model-info")
+    expected = generate_text(ckpt.model, ckpt.vocab, "Pip", 200, SampleConfig(temperature=0), precision="fp32")[0]
+    assert generate_in_page(page, "Pip", 0, 200) == expected
