@@ -152,6 +152,7 @@ def train(
     model_config: ModelConfig,
     config: TrainConfig,
     run_dir: str | Path,
+    *,
     on_event: Callable[[Event], None] | None = None,
     overwrite: bool = False,
     should_stop: StopCheck | None = None,
@@ -172,7 +173,7 @@ def _train(data, vocab, model_config, config, run_dir, on_event, overwrite, shou
     # Everything that can be refused is checked before the run folder is touched.
     device = distributed.device_for(group, resolve_device(config.device))
     dtype = resolve_precision(config.precision, device)
-    data = dataset.split(data, vocab, config.val_fraction)
+    data = dataset.split(data, vocab=vocab, val_fraction=config.val_fraction)
     trainer = Trainer(data, config, run_dir, device, dtype, on_event, should_stop, group)
     # Rank 0 writes the folder and holds its lock; the others wait until it is ready.
     with run_folder.new_run(run_dir, overwrite) if group.is_main else contextlib.nullcontext():
@@ -185,6 +186,7 @@ def _train(data, vocab, model_config, config, run_dir, on_event, overwrite, shou
 def resume(
     run_dir: str | Path,
     overrides: dict[str, Any] | None = None,
+    *,
     on_event: Callable[[Event], None] | None = None,
     should_stop: StopCheck | None = None,
 ) -> TrainResult:
@@ -220,7 +222,9 @@ def _resume(run_dir, overrides, on_event, should_stop, group) -> TrainResult:
     trainer_state = checkpoint.load_trainer_state(path)
     data = dataset.find_again(ckpt.corpus, config.val_fraction, ckpt.vocab)
     dtype = resolve_precision(config.precision, device)
-    data = dataset.split(data, ckpt.vocab, config.val_fraction)  # prepared data's own split must be the run's
+    data = dataset.split(
+        data, vocab=ckpt.vocab, val_fraction=config.val_fraction
+    )  # prepared data's own split must be the run's
     trainer = Trainer(data, config, run_dir, device, dtype, on_event, should_stop, group)
     trainer.build(ckpt.model.train(), state, trainer_state)
     trainer.result.last_checkpoint = path  # until a newer one is written
@@ -230,18 +234,14 @@ def _resume(run_dir, overrides, on_event, should_stop, group) -> TrainResult:
 
 
 def _refuse_model_changes(model: ModelConfig, overrides: dict[str, Any]) -> None:
-    conflicts = [
-        f"--{k.replace('_', '-')} {v} (the run has {getattr(model, k)})"
-        for k, v in overrides.items()
-        if getattr(model, k) != v
-    ]
+    conflicts = [f"`{k}` {v} (the run has {getattr(model, k)})" for k, v in overrides.items() if getattr(model, k) != v]
     if conflicts:
         raise ConfigError("a resumed run keeps its model; these differ: " + "; ".join(conflicts))
 
 
 def _merge_options(saved: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
     conflicts = [
-        f"--{name.replace('_', '-')} {value} (the run has {getattr(saved, name)})"
+        f"`{name}` {value} (the run has {getattr(saved, name)})"
         for name, value in overrides.items()
         if name not in RESUMABLE_OPTIONS and getattr(saved, name) != value
     ]
@@ -261,7 +261,7 @@ class Trainer:
         self.group: distributed.Group = group
         if config.batch_size % group.world_size:
             raise ConfigError(
-                f"--batch-size {config.batch_size} is not a multiple of the {group.world_size} processes; "
+                f"`batch_size` {config.batch_size} is not a multiple of the {group.world_size} processes; "
                 "each takes an equal share of every batch"
             )
         if len(set(distributed.gather(group, data.reference["sha256"]))) > 1:
@@ -379,8 +379,8 @@ class Trainer:
         # Checked before the update, so a diverged step never reaches the weights.
         if not math.isfinite(value) or value > self.explode_at:
             raise TrainingError(
-                f"the training loss became {value:.4g} at step {s.step + 1} (diverged); try a smaller --lr or "
-                f"--grad-clip. The last checkpoint ({self.result.last_checkpoint or 'none yet'}) is untouched"
+                f"the training loss became {value:.4g} at step {s.step + 1} (diverged); try a smaller `lr` or "
+                f"`grad_clip`. The last checkpoint ({self.result.last_checkpoint or 'none yet'}) is untouched"
             )
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
@@ -458,11 +458,14 @@ class Trainer:
         return val_loss
 
     def _val_loss(self) -> float:
-        scoring = (self.model, self.data.val_tokens, self.config.seq_len, self.config.batch_size, self.dtype)
+        scoring = {"seq_len": self.config.seq_len, "num_streams": self.config.batch_size, "dtype": self.dtype}
         if not self.group.active:
-            return model_loss(*scoring)
+            return model_loss(self.model, self.data.val_tokens, **scoring)
         # Each process scores its share of the held-out streams.
-        total, count = distributed.sums(self.group, list(loss_sums(*scoring, self.group.rank, self.group.world_size)))
+        shares = {"rank": self.group.rank, "world_size": self.group.world_size}
+        total, count = distributed.sums(
+            self.group, list(loss_sums(self.model, self.data.val_tokens, **scoring, **shares))
+        )
         return total / count if count else math.nan
 
     def _patience_exhausted(self) -> bool:
@@ -507,8 +510,9 @@ class Trainer:
         training = training_record(s, self.config, self.dtype, elapsed)
         trainer_state = self._trainer_state() if resumable else None
         if self.group.is_main:
-            contents = (self.model, self.data.vocab, training, self.data.reference, trainer_state)
-            run_folder.write_checkpoint(self.run_dir, name, *contents, previous=self.result.last_checkpoint)
+            run_folder.write_checkpoint(self.run_dir, name, self.model, self.data.vocab, training=training,
+                                        corpus=self.data.reference, trainer_state=trainer_state,
+                                        previous=self.result.last_checkpoint)  # fmt: skip
         distributed.barrier(self.group)  # nobody runs ahead of a checkpoint being written
         path = self.run_dir / name
         if resumable:
