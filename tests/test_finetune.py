@@ -147,6 +147,15 @@ def test_the_same_shape_and_a_new_dropout_are_accepted(parent, new_corpus, tmp_p
     assert load_checkpoint(tmp_path / "tuned").config.dropout == 0.3
 
 
+def test_stopping_options_work_as_in_a_new_run(parent, new_corpus, tmp_path):
+    # Any step outlasts a time limit of a microsecond's fraction: the run stops after its first.
+    result = finetune(new_corpus, parent, dataclasses.replace(CONFIG, time_limit=1e-9), tmp_path / "timed")
+    assert result.stopped_by == "time_limit" and result.last_checkpoint.name == "ckpt_1_1"
+    result = resume(tmp_path / "timed", {"time_limit": None, "max_steps": 3})
+    assert result.stopped_by == "max_steps" and result.last_checkpoint.name == "ckpt_1_3"
+    assert "init_from" in load_checkpoint(result.last_checkpoint).training
+
+
 def _weights(path):
     return load_file(path / WEIGHTS)
 
