@@ -68,11 +68,11 @@ def test_initial_model_predicts_old_text_as_the_parent_did(parent):
         logits, _ = model(tokens)
     # The old characters' logits are the parent's, exactly.
     assert torch.equal(logits[..., :old], parent_logits)
-    # The new characters start unlikely: together they take little probability, and each is less
-    # likely on average than the old character the parent rates least likely.
+    # The new characters start unlikely: together they take little probability anywhere, and each
+    # is on average far less likely than a character drawn uniformly.
     probabilities = logits.softmax(-1)[0]  # (T, V)
     assert probabilities[:, old:].sum(-1).max() < 0.05
-    assert probabilities[:, old:].mean(0).max() < probabilities[:, :old].mean(0).min()
+    assert probabilities[:, old:].mean(0).max() < 0.25 / len(vocab)
     # The parent itself is left as it was.
     assert all(torch.equal(before[k], v) for k, v in ckpt.model.state_dict().items())
 

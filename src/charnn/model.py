@@ -63,8 +63,10 @@ class CharRNN(nn.Module):
         return _count(self)
 
 
-# A character the parent never saw starts this many times less likely than its rarest one (by
-# output bias): absent from the parent's text, it is rarer than anything the parent counted.
+# A character the model never saw gets an output bias this many times (in odds) below the lowest
+# old one: absent from its text, it is rarer than anything it counted. The old characters' logits
+# also move with the context, so this sets a scale, not a rank: in a model trained on Great
+# Expectations (benchmarks/finetune.py) each new character started at about 1e-5 on average.
 NEW_CHARACTER_ODDS = 10.0
 
 
