@@ -107,8 +107,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume is not None:
         if args.corpus is not None or args.out is not None or args.init_from is not None:
             raise ConfigError(
-                "--resume RUN_DIR continues a run with its own corpus, folder and start; give no CORPUS, --out "
-                "or --init-from"
+                "--resume RUN_DIR continues a run with its own corpus, folder and starting point; give neither a "
+                "CORPUS, --out nor --init-from"
             )
         if launching:
             return _launch(args)
