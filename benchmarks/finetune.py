@@ -25,7 +25,7 @@ import torch
 
 from charnn.config import ModelConfig, TrainConfig
 from charnn.corpus import load_corpus
-from charnn.dataset import split
+from charnn.dataset import of_checkpoint, split
 from charnn.evaluate import model_loss
 from charnn.run_folder import load_checkpoint
 from charnn.train import finetune, initial_model, train
@@ -78,6 +78,7 @@ def run(args: argparse.Namespace, out: Path) -> None:
     model, vocab = initial_model(parent, text, seed=config.seed)
     held_out = split(load_corpus(str(small)), vocab, config.val_fraction).val_tokens
     zero_shot = model_loss(model, held_out, config.seq_len)
+    new_odds = new_character_probability(model, parent)
 
     rows = []
     result = finetune(small, parent_path, config, out / "finetuned", overwrite=True)
@@ -98,6 +99,9 @@ def run(args: argparse.Namespace, out: Path) -> None:
           f"{len(added)} characters new to the parent: {added!r}")  # fmt: skip
     print(f"budget: {args.minutes} minutes each; {', '.join(f'{k} {v}' for k, v in options.items() if k != 'epochs')}")
     print(f"parent before fine-tuning, on the held-out part: {zero_shot:.4f} nats/char")
+    if new_odds is not None:
+        print(f"new characters at step 0, over the parent's own held-out text: {new_odds[0]:.2g} each on average, "
+              f"{new_odds[1]:.2g} together at most")  # fmt: skip
     print("| run | steps | best held-out loss (nats/char) | bits/char |")
     print("|---|---|---|---|")
     for label, r in rows:
@@ -105,6 +109,18 @@ def run(args: argparse.Namespace, out: Path) -> None:
         print(f"| {label} | {steps:,} | {r.best_val_loss:.4f} | {r.best_val_loss / math.log(2):.3f} |")
     tuned, scratch = rows[0][1].best_val_loss, rows[1][1].best_val_loss
     print(f"fine-tuned vs scratch: {tuned / scratch - 1:+.1%} (target: -10% or lower)")
+
+
+def new_character_probability(model, parent) -> tuple[float, float] | None:
+    """(Mean probability of a new character, largest total of the new ones) over the parent's held-out text."""
+    old = len(parent.vocab)
+    if model.config.vocab_size == old:
+        return None
+    tokens = of_checkpoint(parent).val_tokens[:20_000].unsqueeze(0)  # (1, T)
+    model.eval()
+    with torch.no_grad():
+        probabilities = model(tokens)[0].softmax(-1)[0, :, old:]  # (T, new)
+    return probabilities.mean().item(), probabilities.sum(-1).max().item()
 
 
 if __name__ == "__main__":
