@@ -91,6 +91,11 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def weights_sha256(path: Path) -> str:
+    """The sha256 of a checkpoint's weights file, as a fine-tuning run records its parent's."""
+    return _sha256(Path(path) / WEIGHTS)
+
+
 def is_checkpoint(path: Path) -> bool:
     return (Path(path) / METADATA).is_file()
 

@@ -101,7 +101,7 @@ def config_from_args(args: argparse.Namespace, cls, **fixed):
 def cmd_train(args: argparse.Namespace) -> int:
     from charnn.dataset import open_corpus
     from charnn.run_folder import check_new
-    from charnn.train import resume, train
+    from charnn.train import finetune, resume, train
 
     if args.nproc is not None and args.nproc < 1:
         raise ConfigError(f"--nproc must be at least 1, got {args.nproc}")
@@ -110,8 +110,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     launching = args.nproc is not None and args.nproc > 1
     interrupts = Interrupts(quiet=not _group().is_main)
     if args.resume is not None:
-        if args.corpus is not None or args.out is not None:
-            raise ConfigError("--resume RUN_DIR continues a run with its own corpus and folder; give neither")
+        if args.corpus is not None or args.out is not None or args.init_from is not None:
+            raise ConfigError(
+                "--resume RUN_DIR continues a run with its own corpus, folder and starting point; give neither a "
+                "CORPUS, --out nor --init-from"
+            )
         if launching:
             return _launch(args)
         overrides = {k: v for k, v in vars(args).items() if k in _fields(TrainConfig) | _fields(ModelConfig)}
@@ -121,6 +124,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         return _finish(result, args.resume)
     if args.corpus is None or args.out is None:
         raise ConfigError("give a CORPUS and --out RUN_DIR, or --resume RUN_DIR")
+    if args.init_from is not None:
+        return _finetune(args, finetune, interrupts, launching)
     # Cheap checks first: flags and the output folder, before reading a large corpus.
     train_config = config_from_args(args, TrainConfig)
     config_from_args(args, ModelConfig, vocab_size=1)
@@ -137,6 +142,23 @@ def cmd_train(args: argparse.Namespace) -> int:
     with Progress(data.describe()) as progress, interrupts:
         result = train(data, data.vocab, model_config, train_config, args.out, on_event=progress.on_event,
                        overwrite=args.overwrite, should_stop=interrupts.reason)  # fmt: skip
+        _draw_plot(args.out, progress)
+    return _finish(result, args.out)
+
+
+def _finetune(args: argparse.Namespace, finetune, interrupts: "Interrupts", launching: bool) -> int:
+    """charnn train CORPUS --init-from CHECKPOINT --out RUN_DIR: the library checks the parent."""
+    train_config = config_from_args(args, TrainConfig)
+    if launching:
+        if train_config.batch_size % args.nproc:
+            raise ConfigError(f"--batch-size {train_config.batch_size} is not a multiple of --nproc {args.nproc}; "
+                              "each process takes an equal share of every batch")  # fmt: skip
+        return _launch(args)
+    changes = {k: v for k, v in vars(args).items() if k in _fields(ModelConfig)}
+    with Progress(f"fine-tuning {args.init_from} on {args.corpus}") as progress, interrupts:
+        result = finetune(args.corpus, args.init_from, train_config, args.out, model_changes=changes,
+                          encoding=args.encoding, on_event=progress.on_event, overwrite=args.overwrite,
+                          should_stop=interrupts.reason)  # fmt: skip
         _draw_plot(args.out, progress)
     return _finish(result, args.out)
 
@@ -429,6 +451,12 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"training: {record}")
     if t.get("losses"):
         print("epoch losses: " + " ".join(f"{x:.4f}" for x in t["losses"]))
+    parent = t.get("init_from")
+    if isinstance(parent, dict):
+        added = parent.get("added_characters") or []
+        shown = f": {', '.join(repr(c) for c in added)}" if 0 < len(added) <= 20 else ""
+        print(f"fine-tuned from: {parent.get('path')} (weights sha256 {str(parent.get('weights_sha256'))[:16]}...), "
+              f"{len(added)} characters added{shown}")  # fmt: skip
     c = ckpt.corpus
     if c:
         print(f"corpus: {c.get('name')} ({c.get('characters', 0):,} characters, sha256 {c.get('sha256', '?')[:16]}...)")
@@ -524,6 +552,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "(its corpus and options are reused; --epochs, --max-steps, --time-limit may change)")  # fmt: skip
     p.add_argument("--encoding", default="utf-8", help="text encoding of the corpus (default: utf-8)")
     p.add_argument("--overwrite", action="store_true", help="replace whatever RUN_DIR already holds")
+    p.add_argument("--init-from", type=Path, metavar="CHECKPOINT", help="fine-tune: start from this checkpoint "
+                   "(or run folder: its best, else newest) instead of random weights; the model's shape comes from "
+                   "it, and its vocabulary grows by the corpus's new characters")  # fmt: skip
     p.add_argument("--nproc", type=int, metavar="N", help="train in N processes on this machine (one per GPU, or "
                    "a share of the CPU cores each) through torchrun; --batch-size is the total over them")  # fmt: skip
     add_config_flags(p, ModelConfig, skip=("vocab_size",))

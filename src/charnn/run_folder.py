@@ -140,6 +140,16 @@ def resolve(path: Path) -> Path:
     return checkpoints[-1]
 
 
+def holder(checkpoint_path: Path) -> Path:
+    """The run folder a checkpoint belongs to; a checkpoint that stands alone is its own."""
+    path = Path(checkpoint_path).resolve()
+    folder = path.parent
+    if path.name == BEST or _NUMBERED.match(path.name):
+        if (folder / METRICS).is_file() or list_checkpoints(folder):
+            return folder
+    return path
+
+
 def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> Checkpoint:
     """Load a checkpoint folder, or the checkpoint a run folder points to (see `resolve`)."""
     return read_checkpoint(resolve(path), device)
