@@ -45,8 +45,8 @@ def run(name: str, minutes: float, threads: int, model_options: dict, train_opti
     train_part, _ = split(tokens, config.val_fraction)
     train_text = corpus.text[: len(train_part)]
     held_out = corpus.text[len(train_part) :]
-    report = evaluate_text(best.model, best.vocab, held_out, train_text, config.seq_len)
-    sample = generate_text(best.model, best.vocab, "\n", 2000, SampleConfig(temperature=0.5), seed=0)[0]
+    report = evaluate_text(best.model, best.vocab, held_out, training_text=train_text, seq_len=config.seq_len)
+    sample = generate_text(best.model, best.vocab, "\n", length=2000, sampling=SampleConfig(temperature=0.5), seed=0)[0]
     share, invented = invented_words(sample, train_text)
     return {
         "corpus": name,

@@ -77,8 +77,8 @@ def main() -> None:
     results = asyncio.run(served(model, vocab, requests, rng))
     samples = characters = differing = 0
     for request, texts in zip(requests, results, strict=True):
-        alone = generate_text(model, vocab, request.prompt, request.max_new_chars, request.sampling,
-                              request.num_samples, request.seed)  # fmt: skip
+        alone = generate_text(model, vocab, request.prompt, length=request.max_new_chars, sampling=request.sampling,
+                              num_samples=request.num_samples, seed=request.seed)  # fmt: skip
         for text, expected in zip(texts, alone, strict=True):
             samples += 1
             characters += len(expected)

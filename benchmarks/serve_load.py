@@ -57,7 +57,7 @@ def reference_checkpoint(folder: Path) -> Path:
     torch.manual_seed(0)
     model = CharRNN(ModelConfig(vocab_size=len(vocab)))
     training = {"note": "random weights, for the load benchmark"}
-    return save_checkpoint(folder / "reference", model, vocab, training, {"name": "none"})
+    return save_checkpoint(folder / "reference", model, vocab, training=training, corpus={"name": "none"})
 
 
 def free_port() -> int:

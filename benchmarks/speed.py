@@ -95,7 +95,7 @@ def charnn_training_rate(corpus: Corpus, vocab: Vocabulary, steps: int) -> float
 
     config = TrainConfig(max_steps=steps + 1, val_fraction=0.0, log_every_seconds=1e9, precision="auto")
     with tempfile.TemporaryDirectory() as run_dir:
-        train(corpus, vocab, ModelConfig(len(vocab)), config, Path(run_dir) / "run", on_event)
+        train(corpus, vocab, ModelConfig(len(vocab)), config, Path(run_dir) / "run", on_event=on_event)
     return steps * BATCH * WINDOW / (stamps[-1] - stamps[0])
 
 
@@ -118,7 +118,16 @@ def charnn_generation_rate(model: CharRNN, vocab: Vocabulary, streams: int, leng
         stepper = Stepper(model, "int8", compiled=False)
         steps = _generate(stepper, vocab, prime, length, SAMPLING, RandomStreams(0, streams))
     else:
-        steps = generate(model, vocab, vocab.characters[0], length, SAMPLING, streams, seed=0, precision=precision)
+        steps = generate(
+            model,
+            vocab,
+            vocab.characters[0],
+            length=length,
+            sampling=SAMPLING,
+            num_samples=streams,
+            seed=0,
+            precision=precision,
+        )
     for _ in steps:
         pass
     return streams * length / (time.perf_counter() - start)

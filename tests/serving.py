@@ -33,7 +33,7 @@ class Running:
 
 @contextmanager
 def running_server(checkpoint: Path, limits: ServeLimits = ServeLimits()) -> Iterator[Running]:
-    app = create_app(checkpoint, limits)
+    app = create_app(checkpoint, limits=limits)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
     thread = threading.Thread(target=server.run, name="test-server", daemon=True)
     thread.start()

@@ -41,6 +41,18 @@ def test_speed_quick_prints_its_table(tmp_path: Path):
     assert out.count("| generation, 1 stream ") >= 3 and out.count("| generation, 64 streams ") >= 3
 
 
+def test_finetune_prints_both_runs(tmp_path: Path):
+    # Stand-ins for Great Expectations and the other novel; the figures depend on neither.
+    (tmp_path / "great-expectations.txt").write_text(TINY_TEXT * 60, encoding="utf-8")
+    (tmp_path / "dickens").mkdir()
+    (tmp_path / "dickens" / "hard-times.txt").write_text("Ωmega — " + TINY_TEXT * 80, encoding="utf-8")
+    out = run_benchmark(str(BENCHMARKS / "finetune.py"), "--parent-minutes", "0.01", "--minutes", "0.01", "--offset",
+                        "0", "--chars", "8000", "--hidden-size", "16", "--embedding-dim", "8", "--precision", "fp32",
+                        CHARNN_CORPUS_DIR=str(tmp_path))  # fmt: skip
+    assert "| fine-tuned from the parent |" in out and "| from scratch |" in out
+    assert "2 characters new to the parent: 'gΩ'" in out and "fine-tuned vs scratch:" in out
+
+
 def test_export_quick_prints_its_tables(tmp_path: Path):
     (tmp_path / "great-expectations.txt").write_text(TINY_TEXT * 200, encoding="utf-8")
     out = run_benchmark(str(BENCHMARKS / "export.py"), "--quick", CHARNN_CORPUS_DIR=str(tmp_path))

@@ -26,7 +26,7 @@ def test_reloaded_checkpoint_gives_bit_identical_logits(tiny_run, tmp_path):
     tokens = torch.from_numpy(ckpt.vocab.encode("“Pip,” said Joe")).unsqueeze(0)
     with torch.no_grad():
         before, _ = ckpt.model(tokens)
-    save_checkpoint(tmp_path / "copy", ckpt.model, ckpt.vocab, ckpt.training, ckpt.corpus)
+    save_checkpoint(tmp_path / "copy", ckpt.model, ckpt.vocab, training=ckpt.training, corpus=ckpt.corpus)
     again = read_checkpoint(tmp_path / "copy")
     with torch.no_grad():
         after, _ = again.model(tokens)

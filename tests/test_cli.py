@@ -7,6 +7,8 @@ import pytest
 
 from charnn.checkpoint import METADATA, WEIGHTS
 from charnn.cli import main
+from charnn.config import ModelConfig
+from charnn.errors import ConfigError
 from charnn.run_folder import resolve
 from conftest import TINY_TEXT, run_cli
 
@@ -63,6 +65,17 @@ def test_invalid_bytes_name_the_offset(capsys, tmp_path):
 def test_invalid_training_option(capsys, tiny_corpus, tmp_path, flag, value, needle):
     assert needle in fails(capsys, "train", str(tiny_corpus), "--out", str(tmp_path / "run"), flag, value)
     assert not (tmp_path / "run").exists()
+
+
+def test_library_errors_name_parameters_and_the_cli_names_its_flags(capsys, tiny_corpus, tmp_path):
+    with pytest.raises(ConfigError) as error:
+        ModelConfig(vocab_size=10, hidden_size=0)
+    assert str(error.value) == "`hidden_size` must be at least 1, got 0"  # what a Python caller passed
+    message = fails(capsys, "train", str(tiny_corpus), "--out", str(tmp_path / "run"), "--hidden-size", "0")
+    assert message == "charnn: error: --hidden-size must be at least 1, got 0"
+    # A message naming several parameters: each becomes its flag, the rest stays as written.
+    message = fails(capsys, "train", str(tiny_corpus), "--out", str(tmp_path / "run"), "--batch-size", "5000")
+    assert "a smaller --batch-size or --seq-len would fit" in message and "`" not in message
 
 
 def test_existing_run_folder_is_refused(capsys, tiny_corpus, tiny_run):

@@ -48,6 +48,6 @@ def test_order_depends_only_on_seed_and_epoch():
 def test_too_short_text_names_the_minimum():
     needed = minimum_length(64, 100)
     assert needed == 6464
-    with pytest.raises(CorpusError, match=r"6,464.*--batch-size or --seq-len"):
+    with pytest.raises(CorpusError, match=r"6,464.*`batch_size` or `seq_len`"):
         Batches(torch.zeros(needed - 1, dtype=torch.long), 64, 100)
     Batches(torch.zeros(needed, dtype=torch.long), 64, 100)

@@ -27,7 +27,7 @@ def test_the_split_of_prepared_data_is_fixed(tiny_corpus, tmp_path):
     data_dir = prepare(str(tiny_corpus), tmp_path / "data", val_fraction=0.2).data_dir
     assert open_corpus(data_dir).val_fraction == 0.2
     assert open_corpus(data_dir, val_fraction=0.2).val_fraction == 0.2
-    with pytest.raises(ConfigError, match="--val-fraction 0.1"):
+    with pytest.raises(ConfigError, match="`val_fraction` 0.1"):
         open_corpus(data_dir, val_fraction=0.1)
     with pytest.raises(ConfigError, match="vocabulary"):
         open_corpus(data_dir, vocab=Vocabulary.from_text("abc"))
@@ -35,11 +35,11 @@ def test_the_split_of_prepared_data_is_fixed(tiny_corpus, tmp_path):
 
 def test_a_split_dataset_is_checked_not_split_again():
     data = split(Corpus("tiny", TINY_TEXT * 40), val_fraction=0.3)
-    assert split(data, data.vocab, 0.3) is data
-    with pytest.raises(ConfigError, match="--val-fraction 0.1"):
-        split(data, data.vocab, 0.1)
+    assert split(data, vocab=data.vocab, val_fraction=0.3) is data
+    with pytest.raises(ConfigError, match="`val_fraction` 0.1"):
+        split(data, vocab=data.vocab, val_fraction=0.1)
     with pytest.raises(ConfigError, match="vocabulary"):
-        split(data, Vocabulary.from_text(TINY_TEXT + "@"), 0.3)
+        split(data, vocab=Vocabulary.from_text(TINY_TEXT + "@"), val_fraction=0.3)
 
 
 def test_found_again_through_its_reference_and_checked(tiny_corpus, tmp_path):

@@ -35,7 +35,13 @@ async def collect(job, seen=(), timeout: float = DEADLINE) -> tuple[list[str], l
 
 def expected(model, vocab, request: Request) -> list[str]:
     samples = generate_text(
-        model, vocab, request.prompt, request.max_new_chars, request.sampling, request.num_samples, request.seed
+        model,
+        vocab,
+        request.prompt,
+        length=request.max_new_chars,
+        sampling=request.sampling,
+        num_samples=request.num_samples,
+        seed=request.seed,
     )
     cut = []
     for text in samples:

@@ -62,7 +62,9 @@ def test_onnx_matches_the_model(trained, tmp_path, cell, layers):
         worst = max(worst, float(np.abs(logits[0, 0] - expected[0, i].numpy()).max()))
     assert worst < 1e-4
 
-    greedy = generate_text(ckpt.model, ckpt.vocab, "Pip", 500, SampleConfig(temperature=0), precision="fp32")[0]
+    greedy = generate_text(
+        ckpt.model, ckpt.vocab, "Pip", length=500, sampling=SampleConfig(temperature=0), precision="fp32"
+    )[0]
     assert session.generate_greedy("Pip", 500) == greedy
     assert len(set(greedy)) > 1  # a model that says something, so the comparison means something
 
@@ -108,7 +110,7 @@ def test_int8_is_smaller_and_close(trained, tmp_path, cell):
 
 def test_mistakes(trained, tmp_path):
     ckpt = read_checkpoint(trained["gru", 1])
-    with pytest.raises(ConfigError, match="quantize must be one of"):
+    with pytest.raises(ConfigError, match="`quantize` must be one of"):
         export_onnx(ckpt.model, ckpt.vocab, tmp_path / "m.onnx", quantize="int4")
     assert not (tmp_path / "m.onnx").exists()
     (tmp_path / "not.onnx").write_bytes(b"garbage")

@@ -64,7 +64,7 @@ def test_corpus_reader_on_random_bytes(data, encoding):
         path = Path(folder) / "corpus.txt"
         path.write_bytes(data)
         try:
-            text = load_corpus(str(path), encoding).text
+            text = load_corpus(str(path), encoding=encoding).text
         except CorpusError:
             return
         assert isinstance(text, str) and text

@@ -9,9 +9,9 @@ from charnn.run_folder import load_checkpoint
 
 def test_same_seed_same_sample(tiny_run):
     ckpt = load_checkpoint(tiny_run)
-    a = generate_text(ckpt.model, ckpt.vocab, "Pip", 80, SampleConfig(1.0), num_samples=3, seed=42)
-    b = generate_text(ckpt.model, ckpt.vocab, "Pip", 80, SampleConfig(1.0), num_samples=3, seed=42)
-    c = generate_text(ckpt.model, ckpt.vocab, "Pip", 80, SampleConfig(1.0), num_samples=3, seed=43)
+    a = generate_text(ckpt.model, ckpt.vocab, "Pip", length=80, sampling=SampleConfig(1.0), num_samples=3, seed=42)
+    b = generate_text(ckpt.model, ckpt.vocab, "Pip", length=80, sampling=SampleConfig(1.0), num_samples=3, seed=42)
+    c = generate_text(ckpt.model, ckpt.vocab, "Pip", length=80, sampling=SampleConfig(1.0), num_samples=3, seed=43)
     assert a == b
     assert a != c
     assert len(set(a)) > 1  # samples in one batch differ from one another
@@ -20,14 +20,18 @@ def test_same_seed_same_sample(tiny_run):
 
 def test_a_sample_does_not_depend_on_its_batch(tiny_run):
     ckpt = load_checkpoint(tiny_run)
-    together = generate_text(ckpt.model, ckpt.vocab, "Pip", 60, SampleConfig(1.0), num_samples=3, seed=5)
-    one = generate(ckpt.model, ckpt.vocab, "Pip", 60, SampleConfig(1.0), 1, seed=5, first_sample=2)
+    together = generate_text(
+        ckpt.model, ckpt.vocab, "Pip", length=60, sampling=SampleConfig(1.0), num_samples=3, seed=5
+    )
+    one = generate(
+        ckpt.model, ckpt.vocab, "Pip", length=60, sampling=SampleConfig(1.0), num_samples=1, seed=5, first_sample=2
+    )
     assert "".join(step[0] for step in one) == together[2]
 
 
 def test_greedy_generation_follows_the_model(tiny_run):
     ckpt = load_checkpoint(tiny_run)
-    text = generate_text(ckpt.model, ckpt.vocab, "Pip", 20, SampleConfig(temperature=0))[0]
+    text = generate_text(ckpt.model, ckpt.vocab, "Pip", length=20, sampling=SampleConfig(temperature=0))[0]
     context = "Pip"
     for character in text:
         with torch.no_grad():
@@ -39,9 +43,9 @@ def test_greedy_generation_follows_the_model(tiny_run):
 def test_bad_prime_and_length_fail_before_generation(tiny_run):
     ckpt = load_checkpoint(tiny_run)
     with pytest.raises(UnknownCharactersError, match="'Q'"):
-        generate(ckpt.model, ckpt.vocab, "Quxz", 10)
+        generate(ckpt.model, ckpt.vocab, "Quxz", length=10)
     with pytest.raises(ConfigError, match="length"):
-        generate(ckpt.model, ckpt.vocab, "Pip", -1)
+        generate(ckpt.model, ckpt.vocab, "Pip", length=-1)
     with pytest.raises(ConfigError, match="empty"):
-        generate(ckpt.model, ckpt.vocab, "", 10)
-    assert list(generate(ckpt.model, ckpt.vocab, "Pip", 0)) == []
+        generate(ckpt.model, ckpt.vocab, "", length=10)
+    assert list(generate(ckpt.model, ckpt.vocab, "Pip", length=0)) == []

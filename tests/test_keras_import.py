@@ -52,7 +52,7 @@ def test_the_wrong_reading_is_refused_clearly(tmp_path):
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1
     assert "vocabulary of 49 characters" in done.stderr and "trained with 35" in done.stderr
-    assert "skip_chars=835" in done.stderr
+    assert "(--raw, --skip-chars 835)" in done.stderr  # the library's parameters, shown as flags
     assert not (tmp_path / "ckpt").exists()
     # The same reading given option by option works; a second import over it is refused.
     import_keras(WEIGHTS, str(CORPUS), tmp_path / "ckpt", raw=True, skip_chars=835)

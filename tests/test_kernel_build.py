@@ -64,7 +64,7 @@ def test_a_build_killed_midway_then_generate_gives_text(tmp_path):
         os.kill(pid, signal.SIGKILL)
     builder.wait()
 
-    save_checkpoint(tmp_path / "ckpt_1", make_model(hidden_size=16), VOCAB, {"epoch": 1}, {})
+    save_checkpoint(tmp_path / "ckpt_1", make_model(hidden_size=16), VOCAB, training={"epoch": 1}, corpus={})
     result = _generate(tmp_path / "ckpt_1", _env(cache, CHARNN_KERNEL_WAIT="900"))
     assert result.returncode == 0, result.stderr
     assert len(json.loads(result.stdout)["samples"][0]) == 30
@@ -81,7 +81,7 @@ def test_a_build_held_by_another_process_is_waited_for_only_so_long(tmp_path, mo
     lock = Lock(folder.with_name(folder.name + ".lock"))
     assert lock.acquire()  # this test's process stands for a build in progress that never ends
     try:
-        save_checkpoint(tmp_path / "ckpt_1", make_model(hidden_size=16), VOCAB, {"epoch": 1}, {})
+        save_checkpoint(tmp_path / "ckpt_1", make_model(hidden_size=16), VOCAB, training={"epoch": 1}, corpus={})
         result = _generate(tmp_path / "ckpt_1", _env(cache, CHARNN_KERNEL_WAIT="0"))
     finally:
         lock.release()

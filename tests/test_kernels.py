@@ -93,9 +93,24 @@ def test_a_rows_numbers_do_not_depend_on_batch_tiles_or_threads():
 def test_generated_samples_do_not_depend_on_their_batch():
     model = make_model()
     sampling = SampleConfig(temperature=1.0)
-    together = generate_text(model, VOCAB, "Pip", 120, sampling, num_samples=18, seed=7, precision="int8")
+    together = generate_text(
+        model, VOCAB, "Pip", length=120, sampling=sampling, num_samples=18, seed=7, precision="int8"
+    )
     for i in (0, 9, 17):
-        alone = "".join(step[0] for step in generate(model, VOCAB, "Pip", 120, sampling, 1, 7, i, precision="int8"))
+        alone = "".join(
+            step[0]
+            for step in generate(
+                model,
+                VOCAB,
+                "Pip",
+                length=120,
+                sampling=sampling,
+                num_samples=1,
+                seed=7,
+                first_sample=i,
+                precision="int8",
+            )
+        )
         assert alone == together[i]
 
 
@@ -103,7 +118,10 @@ def test_hidden_sizes_off_the_block_fall_back_to_pytorch():
     model = make_model(hidden_size=40)  # not a multiple of 16
     stepper = Stepper(model, "int8")
     assert stepper.fused is None
-    assert len(generate_text(model, VOCAB, "Pip", 30, SampleConfig(temperature=1.0), precision="int8")[0]) == 30
+    assert (
+        len(generate_text(model, VOCAB, "Pip", length=30, sampling=SampleConfig(temperature=1.0), precision="int8")[0])
+        == 30
+    )
 
 
 def test_charnn_kernels_0_switches_the_kernel_off():
@@ -135,7 +153,7 @@ def test_compiled_sampler_picks_what_sample_next_picks(sampling):
 
 def test_without_a_compiler_generation_goes_on_with_a_note(tmp_path):
     model = make_model()
-    save_checkpoint(tmp_path / "ckpt_1", model, VOCAB, {"epoch": 1}, {})
+    save_checkpoint(tmp_path / "ckpt_1", model, VOCAB, training={"epoch": 1}, corpus={})
     env = {**os.environ, "CXX": str(tmp_path / "no-such-g++"), "CHARNN_CACHE": str(tmp_path / "cache"),
            "PYTHONPATH": os.pathsep.join(sys.path)}  # fmt: skip
     result = subprocess.run(

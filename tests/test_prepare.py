@@ -126,7 +126,7 @@ def test_an_unchanged_corpus_is_not_read_again(tmp_path):
     assert not [p for p in (tmp_path / "data").iterdir() if p.name not in (MANIFEST, TRAIN, VAL)]
     # Killed mid-way: no manifest, a temporary file left. Prepared again, not refused.
     (tmp_path / "data" / MANIFEST).unlink()
-    (tmp_path / "data" / ".prepare-train.bin.999").write_bytes(b"partial")
+    (tmp_path / "data" / ".train.bin.tmp-999").write_bytes(b"partial")
     assert not prepare(str(path), tmp_path / "data", val_fraction=0.2).reused
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == sorted([MANIFEST, TRAIN, VAL])
 
@@ -278,7 +278,7 @@ def test_a_different_split_from_the_prepared_one_is_refused(tmp_path):
     path = tmp_path / "corpus.txt"
     path.write_text(TINY_TEXT * 40, encoding="utf-8")
     data = open_prepared(prepare(str(path), tmp_path / "data", val_fraction=0.2).data_dir)
-    with pytest.raises(ConfigError, match="--val-fraction"):
+    with pytest.raises(ConfigError, match="`val_fraction`"):
         train(data, data.vocab, _small(data.vocab), CONFIG, tmp_path / "run")
     assert not (tmp_path / "run").exists()
 

@@ -38,7 +38,7 @@ def test_best_is_the_lowest_validation_loss(tmp_path):
     # The weights in `best` really score that loss on the held-out text.
     tokens = torch.from_numpy(vocab.encode(corpus.text))
     held_out = tokens[len(tokens) - int(len(tokens) * 0.1) :]
-    assert model_loss(best.model, held_out, 20, 8) == pytest.approx(min(val_losses), rel=1e-6)
+    assert model_loss(best.model, held_out, seq_len=20, num_streams=8) == pytest.approx(min(val_losses), rel=1e-6)
     assert abs(best.training["val_bpc"] - min(val_losses) / math.log(2)) < 1e-9
 
 
@@ -50,7 +50,7 @@ def test_early_stopping_stops_when_validation_stops_improving(tmp_path):
     vocab = Vocabulary.from_text(text)
     config = TrainConfig(seq_len=20, batch_size=8, epochs=60, lr=1e-2, patience=2, precision="fp32")
     events = []
-    result = train(corpus, vocab, ModelConfig(len(vocab), 16, 128), config, tmp_path / "run", events.append)
+    result = train(corpus, vocab, ModelConfig(len(vocab), 16, 128), config, tmp_path / "run", on_event=events.append)
     assert result.stopped_by == "patience"
     epochs = len(list_checkpoints(tmp_path / "run"))
     assert epochs < 60
@@ -112,7 +112,7 @@ def test_kneser_ney_is_a_distribution_and_learns():
 def test_evaluate_reports_baselines_and_unknown_characters(tiny_run):
     ckpt = load_checkpoint(tiny_run)
     text = "“Pip,” said Joe, 🙂 “the marshes” were dark. Zqxv!"
-    report = evaluate_text(ckpt.model, ckpt.vocab, text, TINY_TEXT * 40)
+    report = evaluate_text(ckpt.model, ckpt.vocab, text, training_text=TINY_TEXT * 40)
     assert report["unknown_characters"] == text.count("🙂") + text.count("Z") + text.count("q") + text.count("x")
     assert "🙂" in report["unknown"]
     for key in ("loss", "bpc", "ngram_loss", "gzip_loss", "invented_word_share"):

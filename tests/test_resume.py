@@ -105,7 +105,7 @@ def test_resume_can_extend_a_finished_run(tmp_path):
 def test_resume_refuses_conflicting_options(tmp_path):
     corpus, vocab, model_config = _setup(tmp_path)
     train(corpus, vocab, model_config, CONFIG, tmp_path / "run")
-    with pytest.raises(ConfigError, match="--lr"):
+    with pytest.raises(ConfigError, match="`lr`"):
         resume(tmp_path / "run", {"lr": 0.5})
 
 

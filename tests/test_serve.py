@@ -45,7 +45,9 @@ def client(server):
 
 def reference(ckpt, prompt, length, sampling=SampleConfig(0.8), num_samples=1, seed=0, stop=()):
     """What `charnn generate` gives, cut before the first stop sequence."""
-    samples = generate_text(ckpt.model, ckpt.vocab, prompt, length, sampling, num_samples, seed)
+    samples = generate_text(
+        ckpt.model, ckpt.vocab, prompt, length=length, sampling=sampling, num_samples=num_samples, seed=seed
+    )
     cut = []
     for text in samples:
         ends = [text.find(s) for s in stop if s in text]
@@ -265,12 +267,12 @@ BAD_GENERATE = [
     ({"prompt": "Pip", "seed": -1}, "seed", "greater than or equal to 0"),
     ({"prompt": "Pip", "seed": "7"}, "seed", "valid integer"),
     ({"prompt": "Pip", "max_new_chars": -1}, "max_new_chars", "greater than or equal to 0"),
-    ({"prompt": "Pip", "max_new_chars": 301}, "max_new_chars", "--max-new-chars"),
+    ({"prompt": "Pip", "max_new_chars": 301}, "max_new_chars", "the server's max_new_chars limit"),
     ({"prompt": "Pip", "max_new_chars": 2.5}, "max_new_chars", "valid integer"),
     ({"prompt": "Pip", "num_samples": 0}, "num_samples", "greater than or equal to 1"),
-    ({"prompt": "Pip", "num_samples": 5}, "num_samples", "--max-num-samples"),
+    ({"prompt": "Pip", "num_samples": 5}, "num_samples", "the server's max_num_samples limit"),
     ({"prompt": ""}, "prompt", "at least 1 character"),
-    ({"prompt": "P" * 65}, "prompt", "--max-prompt-chars"),
+    ({"prompt": "P" * 65}, "prompt", "the server's max_prompt_chars limit"),
     ({"prompt": 7}, "prompt", "valid string"),
     ({}, "prompt", "required"),
     ({"prompt": "Pip", "stop": ""}, "stop", "at least 1 character"),
@@ -291,8 +293,8 @@ def test_invalid_fields_are_named(client, body, field, message):
 
 
 BAD_COMPLETIONS = [
-    ({"prompt": "Pip", "max_tokens": 301}, "max_tokens", "--max-new-chars"),
-    ({"prompt": "Pip", "n": 5}, "n", "--max-num-samples"),
+    ({"prompt": "Pip", "max_tokens": 301}, "max_tokens", "the server's max_new_chars limit"),
+    ({"prompt": "Pip", "n": 5}, "n", "the server's max_num_samples limit"),
     ({"prompt": "Pip", "logprobs": 2}, "logprobs", "not supported"),
     ({"prompt": "Pip", "presence_penalty": 0.5}, "presence_penalty", "not supported"),
     ({"prompt": "Pip", "stream_options": {"include_usage": 1}}, "stream_options", "valid boolean"),
@@ -335,7 +337,7 @@ def test_unknown_paths_and_methods(client):
 
 
 def test_serve_limits_are_validated():
-    with pytest.raises(ConfigError, match="--max-streams"):
+    with pytest.raises(ConfigError, match="`max_streams`"):
         ServeLimits(max_streams=0)
 
 
@@ -355,7 +357,7 @@ def test_too_many_streams_then_a_disconnect_frees_a_slot(tiny_run):
                 refused = httpx.post(server.url + "/v1/generate", json={"prompt": "Pip", "max_new_chars": 5},
                                      timeout=DEADLINE)  # fmt: skip
                 assert refused.status_code == 429
-                assert "--max-streams" in refused.json()["error"]["message"]
+                assert "max_streams limit is 2" in refused.json()["error"]["message"]
                 assert refused.headers["retry-after"] == "1"
                 # Two more steps: the second stream joins the batch (the engine holds again after).
                 gate.allow(2)

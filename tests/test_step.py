@@ -74,7 +74,7 @@ def test_fp32_step_gives_the_models_logits(num_layers):
 def test_fp32_generation_gives_the_plain_models_text(cell, num_layers, sampling):
     model = make_model(cell, num_layers)
     expected = plain_generate(model, "Pip", 400, sampling, num_samples=3, seed=7)
-    got = generate_text(model, VOCAB, "Pip", 400, sampling, num_samples=3, seed=7, precision="fp32")
+    got = generate_text(model, VOCAB, "Pip", length=400, sampling=sampling, num_samples=3, seed=7, precision="fp32")
     assert got == expected
     if sampling.temperature > 0:
         assert len(set(got)) == 3  # the samples differ, so the streams are really per sample
@@ -132,9 +132,24 @@ def test_reduced_precision_stays_close_to_fp32(precision):
 def test_int8_sample_does_not_depend_on_its_batch():
     model = make_model()
     sampling = SampleConfig(temperature=1.0)
-    together = generate_text(model, VOCAB, "Pip", 300, sampling, num_samples=4, seed=3, precision="int8")
+    together = generate_text(
+        model, VOCAB, "Pip", length=300, sampling=sampling, num_samples=4, seed=3, precision="int8"
+    )
     alone = [
-        "".join(step[0] for step in generate(model, VOCAB, "Pip", 300, sampling, 1, 3, i, precision="int8"))
+        "".join(
+            step[0]
+            for step in generate(
+                model,
+                VOCAB,
+                "Pip",
+                length=300,
+                sampling=sampling,
+                num_samples=1,
+                seed=3,
+                first_sample=i,
+                precision="int8",
+            )
+        )
         for i in range(4)
     ]
     assert together == alone
@@ -149,7 +164,7 @@ def test_auto_precision_and_refusals():
 
 def test_cli_generates_with_each_precision(tmp_path: Path):
     model = make_model()
-    save_checkpoint(tmp_path / "ckpt_1", model, VOCAB, {"epoch": 1}, {})
+    save_checkpoint(tmp_path / "ckpt_1", model, VOCAB, training={"epoch": 1}, corpus={})
     texts = {}
     for precision in ("fp32", "bf16", "auto"):
         result = subprocess.run(
@@ -159,5 +174,7 @@ def test_cli_generates_with_each_precision(tmp_path: Path):
         )  # fmt: skip
         texts[precision] = json.loads(result.stdout)["samples"][0]
         assert len(texts[precision]) == 50
-    expected = generate_text(model, VOCAB, "Pip", 50, SampleConfig(temperature=0.8), seed=5, precision="fp32")[0]
+    expected = generate_text(
+        model, VOCAB, "Pip", length=50, sampling=SampleConfig(temperature=0.8), seed=5, precision="fp32"
+    )[0]
     assert texts["fp32"] == expected

@@ -28,7 +28,9 @@ def test_small_model_memorises_a_short_text_and_regenerates_it(tmp_path):
     assert result.history[-1]["loss"] < 0.05
     ckpt = load_checkpoint(tmp_path / "run")
     prime = SHORT_TEXT[:5]
-    text = generate_text(ckpt.model, ckpt.vocab, prime, len(SHORT_TEXT) - 5, SampleConfig(temperature=0))[0]
+    text = generate_text(
+        ckpt.model, ckpt.vocab, prime, length=len(SHORT_TEXT) - 5, sampling=SampleConfig(temperature=0)
+    )[0]
     assert prime + text == SHORT_TEXT
 
 
@@ -67,7 +69,7 @@ def test_time_limit_stops_cleanly(tmp_path):
     # Far more epochs than any machine runs in 1.2 s: the limit is what stops the run.
     config = TrainConfig(seq_len=20, batch_size=8, epochs=1_000_000, time_limit=0.02, precision="fp32")
     events = []
-    result = train(corpus, vocab, _small(vocab), config, tmp_path / "run", events.append)
+    result = train(corpus, vocab, _small(vocab), config, tmp_path / "run", on_event=events.append)
     assert result.stopped_by == "time_limit"
     # It stops at the first step that ends past the limit, however long a step takes here: each
     # step reports its time just after checking it, so only the last step, and the one before
@@ -83,7 +85,7 @@ def test_existing_run_is_refused_unless_overwrite(tiny_run, tmp_path):
     corpus = Corpus("tiny", TINY_TEXT * 40)
     vocab = Vocabulary.from_text(corpus.text)
     config = TrainConfig(seq_len=20, batch_size=8, epochs=1, precision="fp32")
-    with pytest.raises(RunDirError, match="--overwrite"):
+    with pytest.raises(RunDirError, match="`overwrite`"):
         train(corpus, vocab, _small(vocab), config, tiny_run)
     train(corpus, vocab, _small(vocab), config, tmp_path / "new")
     train(corpus, vocab, _small(vocab), config, tmp_path / "new", overwrite=True)
@@ -91,9 +93,9 @@ def test_existing_run_is_refused_unless_overwrite(tiny_run, tmp_path):
 
 
 def test_invalid_training_options():
-    with pytest.raises(ConfigError, match="--batch-size"):
+    with pytest.raises(ConfigError, match="`batch_size`"):
         TrainConfig(batch_size=0)
-    with pytest.raises(ConfigError, match="--time-limit"):
+    with pytest.raises(ConfigError, match="`time_limit`"):
         TrainConfig(time_limit=-1)
-    with pytest.raises(ConfigError, match="--precision"):
+    with pytest.raises(ConfigError, match="`precision`"):
         TrainConfig(precision="fp8")

@@ -94,7 +94,9 @@ def test_generate_streams_the_same_text_as_generate_text(page, server, tiny_run)
         assert page.is_enabled("#stop") and page.is_disabled("#generate")
         gate.open()
         page.wait_for_function("document.querySelector('#status').textContent.startsWith('done')")
-    expected = generate_text(ckpt.model, ckpt.vocab, "“Pip,” said Joe", 400, SampleConfig(0.8), seed=11)[0]
+    expected = generate_text(
+        ckpt.model, ckpt.vocab, "“Pip,” said Joe", length=400, sampling=SampleConfig(0.8), seed=11
+    )[0]
     text = page.eval_on_selector("#generated", "el => el.textContent")
     assert text == expected
     assert 20 < len(partial) < 400 and expected.startswith(partial.replace("\r", ""))  # it arrived in pieces

@@ -106,7 +106,9 @@ def test_the_folder_holds_everything(site, tiny_run):
 
 def test_greedy_text_equals_charnn_generate(page, static_server, tiny_run):
     ckpt = load_checkpoint(tiny_run)
-    expected = generate_text(ckpt.model, ckpt.vocab, "Pip", 300, SampleConfig(temperature=0), precision="fp32")[0]
+    expected = generate_text(
+        ckpt.model, ckpt.vocab, "Pip", length=300, sampling=SampleConfig(temperature=0), precision="fp32"
+    )[0]
     assert generate_in_page(page, "Pip", 0, 300) == expected
     rate = float(page.get_attribute("#speed", "data-chars-per-second"))
     print(f"\nbrowser page: {rate:.0f} characters/s ({page.inner_text('#speed')})")
@@ -115,7 +117,9 @@ def test_greedy_text_equals_charnn_generate(page, static_server, tiny_run):
     assert page.requests and all(url.startswith(static_server) for url in page.requests)
 
     # A non-ASCII prompt goes in character by character, as the vocabulary holds them.
-    expected = generate_text(ckpt.model, ckpt.vocab, "“你好", 50, SampleConfig(temperature=0), precision="fp32")[0]
+    expected = generate_text(
+        ckpt.model, ckpt.vocab, "“你好", length=50, sampling=SampleConfig(temperature=0), precision="fp32"
+    )[0]
     assert generate_in_page(page, "“你好", 0, 50) == expected
 
 
@@ -152,5 +156,7 @@ def test_an_lstm_of_two_layers_in_the_page(page, static_server, site, tmp_path):
     page.goto(static_server + "lstm/")
     page.wait_for_function("document.querySelector('#status').textContent === 'ready'")
     assert "LSTM 2×16" in page.inner_text("#model-info")
-    expected = generate_text(ckpt.model, ckpt.vocab, "Pip", 200, SampleConfig(temperature=0), precision="fp32")[0]
+    expected = generate_text(
+        ckpt.model, ckpt.vocab, "Pip", length=200, sampling=SampleConfig(temperature=0), precision="fp32"
+    )[0]
     assert generate_in_page(page, "Pip", 0, 200) == expected

@@ -5,15 +5,13 @@ This module reads and writes one such folder; `charnn.run_folder` knows a run's 
 The JSON holds the format version, the vocabulary, the model configuration, the training
 record and the corpus reference, so generating needs nothing else. Weights are read only
 through safetensors: loading never executes code. A checkpoint is written into a temporary
-folder beside its final name, flushed, then renamed into place, so a reader never sees half
-of one.
+folder beside its final name, flushed, then renamed into place (`charnn.atomic`), so a reader
+never sees half of one.
 """
 
 import hashlib
 import io
 import json
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ import safetensors.torch
 import torch
 from safetensors import SafetensorError
 
+from charnn import atomic
 from charnn.config import ModelConfig
 from charnn.errors import CheckpointError, ConfigError
 from charnn.model import CharRNN
@@ -46,18 +45,11 @@ class Checkpoint:
         return self.model.config
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def save_checkpoint(
     directory: Path,
     model: CharRNN,
     vocab: Vocabulary,
+    *,
     training: dict[str, Any],
     corpus: dict[str, Any],
     trainer_state: dict[str, Any] | None = None,
@@ -68,14 +60,11 @@ def save_checkpoint(
     the weights; it is read back with torch.load(weights_only=True), which runs no code.
     """
     directory = Path(directory)
-    tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        tmp.mkdir(parents=True)
+    with atomic.replacing_folder(directory) as tmp:
         weights = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
         # Serialised in memory, written by Python: a full disk is then a plain OSError.
         weights_bytes = safetensors.torch.save(weights)
-        _write(tmp / WEIGHTS, weights_bytes)
+        atomic.write_bytes(tmp / WEIGHTS, weights_bytes)
         metadata = {
             "format_version": FORMAT_VERSION,
             "vocabulary": vocab.to_json(),
@@ -87,36 +76,11 @@ def save_checkpoint(
         if trainer_state is not None:
             buffer = io.BytesIO()
             torch.save(trainer_state, buffer)
-            _write(tmp / TRAINER_STATE, buffer.getvalue())
+            atomic.write_bytes(tmp / TRAINER_STATE, buffer.getvalue())
             metadata["trainer_state_sha256"] = hashlib.sha256(buffer.getvalue()).hexdigest()
         text = json.dumps(metadata, indent=2, ensure_ascii=False) + "\n"
-        _write(tmp / METADATA, text.encode("utf-8"))
-        _fsync(tmp)
-        _replace_dir(tmp, directory)
-        _fsync(directory.parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        atomic.write_bytes(tmp / METADATA, text.encode("utf-8"))
     return directory
-
-
-def _write(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _replace_dir(source: Path, target: Path) -> None:
-    # rename() cannot replace a non-empty folder, so move the old one aside first.
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        shutil.rmtree(old, ignore_errors=True)
-        os.rename(target, old)
-        os.rename(source, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(source, target)
 
 
 def _sha256(path: Path) -> str:
@@ -125,6 +89,11 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def weights_sha256(path: Path) -> str:
+    """The sha256 of a checkpoint's weights file, as a fine-tuning run records its parent's."""
+    return _sha256(Path(path) / WEIGHTS)
 
 
 def is_checkpoint(path: Path) -> bool:

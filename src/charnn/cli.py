@@ -25,7 +25,7 @@ from charnn.config import (
     ServeLimits,
     TrainConfig,
 )
-from charnn.errors import CharnnError, ConfigError, CorpusError
+from charnn.errors import CharnnError, ConfigError, CorpusError, render_names
 
 HELP = {
     "embedding_dim": "size of each character's embedding",
@@ -68,6 +68,11 @@ def _flag_type(annotation):
     return annotation
 
 
+def flag(name: str) -> str:
+    """The command-line flag for a configuration field or a library parameter: seq_len -> --seq-len."""
+    return "--" + name.replace("_", "-")
+
+
 def add_config_flags(parser: argparse.ArgumentParser, cls, skip=()) -> None:
     """One --kebab-case flag per field of the dataclass `cls`; unset flags keep its defaults."""
     group = parser.add_argument_group(f"{cls.__name__} options")
@@ -76,7 +81,7 @@ def add_config_flags(parser: argparse.ArgumentParser, cls, skip=()) -> None:
             continue
         default = "" if f.default is None else f" (default: {f.default})"
         group.add_argument(
-            "--" + f.name.replace("_", "-"),
+            flag(f.name),
             dest=f.name,
             type=_flag_type(f.type),
             choices=CHOICES.get(f.name),
@@ -96,26 +101,31 @@ def config_from_args(args: argparse.Namespace, cls, **fixed):
 def cmd_train(args: argparse.Namespace) -> int:
     from charnn.dataset import open_corpus
     from charnn.run_folder import check_new
-    from charnn.train import resume, train
+    from charnn.train import finetune, resume, train
 
     if args.nproc is not None and args.nproc < 1:
         raise ConfigError(f"--nproc must be at least 1, got {args.nproc}")
     if args.nproc is not None and "LOCAL_RANK" in os.environ:
         raise ConfigError("--nproc starts torchrun itself; under torchrun, leave it out")
     launching = args.nproc is not None and args.nproc > 1
-    interrupts = Interrupts(quiet=int(os.environ.get("RANK", 0)) > 0)
+    interrupts = Interrupts(quiet=not _group().is_main)
     if args.resume is not None:
-        if args.corpus is not None or args.out is not None:
-            raise ConfigError("--resume RUN_DIR continues a run with its own corpus and folder; give neither")
+        if args.corpus is not None or args.out is not None or args.init_from is not None:
+            raise ConfigError(
+                "--resume RUN_DIR continues a run with its own corpus, folder and starting point; give neither a "
+                "CORPUS, --out nor --init-from"
+            )
         if launching:
             return _launch(args)
         overrides = {k: v for k, v in vars(args).items() if k in _fields(TrainConfig) | _fields(ModelConfig)}
         with Progress(f"resuming {args.resume}") as progress, interrupts:
-            result = resume(args.resume, overrides, progress.on_event, interrupts.reason)
+            result = resume(args.resume, overrides, on_event=progress.on_event, should_stop=interrupts.reason)
             _draw_plot(args.resume, progress)
         return _finish(result, args.resume)
     if args.corpus is None or args.out is None:
         raise ConfigError("give a CORPUS and --out RUN_DIR, or --resume RUN_DIR")
+    if args.init_from is not None:
+        return _finetune(args, finetune, interrupts, launching)
     # Cheap checks first: flags and the output folder, before reading a large corpus.
     train_config = config_from_args(args, TrainConfig)
     config_from_args(args, ModelConfig, vocab_size=1)
@@ -126,19 +136,36 @@ def cmd_train(args: argparse.Namespace) -> int:
                               "each process takes an equal share of every batch")  # fmt: skip
         return _launch(args)
     # Without --val-fraction, prepared data keeps the split it was prepared with.
-    data = open_corpus(args.corpus, args.encoding, vars(args).get("val_fraction"))
+    data = open_corpus(args.corpus, encoding=args.encoding, val_fraction=vars(args).get("val_fraction"))
     train_config = dataclasses.replace(train_config, val_fraction=data.val_fraction)
     model_config = config_from_args(args, ModelConfig, vocab_size=len(data.vocab))
     with Progress(data.describe()) as progress, interrupts:
-        result = train(data, data.vocab, model_config, train_config, args.out, progress.on_event, args.overwrite,
-                       interrupts.reason)  # fmt: skip
+        result = train(data, data.vocab, model_config, train_config, args.out, on_event=progress.on_event,
+                       overwrite=args.overwrite, should_stop=interrupts.reason)  # fmt: skip
+        _draw_plot(args.out, progress)
+    return _finish(result, args.out)
+
+
+def _finetune(args: argparse.Namespace, finetune, interrupts: "Interrupts", launching: bool) -> int:
+    """charnn train CORPUS --init-from CHECKPOINT --out RUN_DIR: the library checks the parent."""
+    train_config = config_from_args(args, TrainConfig)
+    if launching:
+        if train_config.batch_size % args.nproc:
+            raise ConfigError(f"--batch-size {train_config.batch_size} is not a multiple of --nproc {args.nproc}; "
+                              "each process takes an equal share of every batch")  # fmt: skip
+        return _launch(args)
+    changes = {k: v for k, v in vars(args).items() if k in _fields(ModelConfig)}
+    with Progress(f"fine-tuning {args.init_from} on {args.corpus}") as progress, interrupts:
+        result = finetune(args.corpus, args.init_from, train_config, args.out, model_changes=changes,
+                          encoding=args.encoding, on_event=progress.on_event, overwrite=args.overwrite,
+                          should_stop=interrupts.reason)  # fmt: skip
         _draw_plot(args.out, progress)
     return _finish(result, args.out)
 
 
 def _draw_plot(run_dir, progress: "Progress") -> None:
     """RUN_DIR/loss.png when training stops, drawn by rank 0."""
-    if int(os.environ.get("RANK", 0)) > 0:
+    if not _group().is_main:
         return
     from charnn.plot import plot_run
 
@@ -146,6 +173,13 @@ def _draw_plot(run_dir, progress: "Progress") -> None:
         plot_run(run_dir)
     except Exception as error:  # a picture is a bonus: never fail a finished run over it
         progress.warn(f"could not draw loss.png: {error}")
+
+
+def _group():
+    """This process's place in a distributed run (torchrun's environment); one process without it."""
+    from charnn.distributed import from_env
+
+    return from_env()
 
 
 def _fields(cls) -> set[str]:
@@ -169,7 +203,7 @@ def _launch(args: argparse.Namespace) -> int:
 
 
 def _finish(result, run_dir) -> int:
-    if int(os.environ.get("RANK", 0)) > 0:  # rank 0 speaks for the run
+    if not _group().is_main:  # rank 0 speaks for the run
         return SIGNAL_EXIT_CODES.get(result.stopped_by, 0)
     last = result.last_checkpoint or "none written"
     print(f"stopped by {result.stopped_by}; last checkpoint: {last}", file=sys.stderr)
@@ -183,7 +217,7 @@ def _finish(result, run_dir) -> int:
 
 
 def _resume_command(run_dir) -> str:
-    world = int(os.environ.get("WORLD_SIZE", 1))
+    world = _group().world_size
     if world == 1:
         return f"charnn train --resume {run_dir}"
     if os.environ.get("CHARNN_LAUNCHER"):
@@ -299,7 +333,9 @@ def _describe(event) -> str:
 def cmd_prepare(args: argparse.Namespace) -> int:
     from charnn.prepare import prepare
 
-    result = prepare(args.corpus, args.out, args.encoding, args.val_fraction, args.overwrite)
+    result = prepare(
+        args.corpus, args.out, encoding=args.encoding, val_fraction=args.val_fraction, overwrite=args.overwrite
+    )
     m = result.manifest
     if result.reused:
         print(f"{args.out} is up to date ({args.corpus} has not changed since it was prepared)", file=sys.stderr)
@@ -346,13 +382,30 @@ def cmd_generate(args: argparse.Namespace) -> int:
                 if labelled:
                     print(f"--- temperature {sampling.temperature} ---")
                 print(prime, end="", flush=True)
-                steps = generate(ckpt.model, ckpt.vocab, prime, args.length, sampling, 1, seed, i, args.precision)
+                steps = generate(
+                    ckpt.model,
+                    ckpt.vocab,
+                    prime,
+                    length=args.length,
+                    sampling=sampling,
+                    num_samples=1,
+                    seed=seed,
+                    first_sample=i,
+                    precision=args.precision,
+                )
                 for step in steps:
                     print(step[0], end="", flush=True)
                 print()
             continue
         samples = generate_text(
-            ckpt.model, ckpt.vocab, prime, args.length, sampling, args.num_samples, seed, args.precision
+            ckpt.model,
+            ckpt.vocab,
+            prime,
+            length=args.length,
+            sampling=sampling,
+            num_samples=args.num_samples,
+            seed=seed,
+            precision=args.precision,
         )
         results += [(sampling.temperature, s) for s in samples]
     if args.json:
@@ -398,6 +451,12 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"training: {record}")
     if t.get("losses"):
         print("epoch losses: " + " ".join(f"{x:.4f}" for x in t["losses"]))
+    parent = t.get("init_from")
+    if isinstance(parent, dict):
+        added = parent.get("added_characters") or []
+        shown = f": {', '.join(repr(c) for c in added)}" if 0 < len(added) <= 20 else ""
+        print(f"fine-tuned from: {parent.get('path')} (weights sha256 {str(parent.get('weights_sha256'))[:16]}...), "
+              f"{len(added)} characters added{shown}")  # fmt: skip
     c = ckpt.corpus
     if c:
         print(f"corpus: {c.get('name')} ({c.get('characters', 0):,} characters, sha256 {c.get('sha256', '?')[:16]}...)")
@@ -416,7 +475,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     ckpt = load_checkpoint(args.checkpoint)
     data = None  # the checkpoint's own corpus, found again when needed
     if args.train_text is not None:
-        train_text = load_corpus(str(args.train_text), args.encoding).text
+        train_text = load_corpus(str(args.train_text), encoding=args.encoding).text
     else:
         try:
             data = of_checkpoint(ckpt)
@@ -424,12 +483,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             raise CorpusError(f"{error}; pass --train-text PATH") from None
         train_text = data.training_text()
     if args.text:
-        text = load_corpus(args.text, args.encoding).text
+        text = load_corpus(args.text, encoding=args.encoding).text
     else:
         text = (data or of_checkpoint(ckpt)).held_out_text()
         if not text:
             raise ConfigError("this model was trained without held-out text; give a TEXT to evaluate on")
-    report = evaluate_text(ckpt.model, ckpt.vocab, text, train_text)
+    report = evaluate_text(ckpt.model, ckpt.vocab, text, training_text=train_text)
     report["checkpoint"] = str(ckpt.path)
     report["text"] = args.text or "held-out part of the training corpus"
     if args.json:
@@ -465,7 +524,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ImportError as error:
         raise CharnnError(f"charnn serve needs FastAPI and uvicorn ({error}); pip install 'charnn[serve]'") from None
 
-    serve(args.checkpoint, args.host, args.port, config_from_args(args, ServeLimits), args.threads)
+    serve(
+        args.checkpoint,
+        host=args.host,
+        port=args.port,
+        limits=config_from_args(args, ServeLimits),
+        threads=args.threads,
+    )
     return 0
 
 
@@ -510,7 +575,7 @@ def _held_out_text(ckpt, args: argparse.Namespace) -> str | None:
     from charnn.dataset import of_checkpoint
 
     if args.text:
-        return load_corpus(args.text, args.encoding).text
+        return load_corpus(args.text, encoding=args.encoding).text
     try:
         text = of_checkpoint(ckpt).held_out_text()
     except CharnnError as error:
@@ -550,6 +615,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "(its corpus and options are reused; --epochs, --max-steps, --time-limit may change)")  # fmt: skip
     p.add_argument("--encoding", default="utf-8", help="text encoding of the corpus (default: utf-8)")
     p.add_argument("--overwrite", action="store_true", help="replace whatever RUN_DIR already holds")
+    p.add_argument("--init-from", type=Path, metavar="CHECKPOINT", help="fine-tune: start from this checkpoint "
+                   "(or run folder: its best, else newest) instead of random weights; the model's shape comes from "
+                   "it, and its vocabulary grows by the corpus's new characters")  # fmt: skip
     p.add_argument("--nproc", type=int, metavar="N", help="train in N processes on this machine (one per GPU, or "
                    "a share of the CPU cores each) through torchrun; --batch-size is the total over them")  # fmt: skip
     add_config_flags(p, ModelConfig, skip=("vocab_size",))
@@ -685,9 +753,10 @@ def _main(argv: list[str] | None) -> int:
 
 def _report(error: CharnnError) -> None:
     """One line on stderr; in a distributed run, it names the rank and is left for torchrun's agent."""
-    message = str(error)
-    if int(os.environ.get("WORLD_SIZE", 1)) > 1:
-        rank = os.environ.get("RANK", "?")
+    message = render_names(str(error), flag)
+    group = _group()
+    if group.active:
+        rank = group.rank
         if not message.startswith(f"rank {rank}:"):
             message = f"rank {rank}: {message}"
         if "TORCHELASTIC_ERROR_FILE" in os.environ:

@@ -20,6 +20,7 @@ GENERATE_PRECISIONS = ("auto", "fp32", "bf16", "int8")  # weights when generatin
 
 
 def _check(condition: bool, message: str) -> None:
+    # Messages name fields in backticks; each edge renders them (the CLI as --flags): errors.py.
     if not condition:
         raise ConfigError(message)
 
@@ -48,11 +49,11 @@ class ModelConfig(JsonConfig):
 
     def __post_init__(self):
         _check(self.vocab_size >= 1, f"vocab_size must be at least 1, got {self.vocab_size}")
-        _check(self.embedding_dim >= 1, f"--embedding-dim must be at least 1, got {self.embedding_dim}")
-        _check(self.hidden_size >= 1, f"--hidden-size must be at least 1, got {self.hidden_size}")
-        _check(self.cell in CELLS, f"--cell must be one of {', '.join(CELLS)}, got {self.cell!r}")
-        _check(self.num_layers >= 1, f"--num-layers must be at least 1, got {self.num_layers}")
-        _check(0.0 <= self.dropout < 1.0, f"--dropout must be in [0, 1), got {self.dropout}")
+        _check(self.embedding_dim >= 1, f"`embedding_dim` must be at least 1, got {self.embedding_dim}")
+        _check(self.hidden_size >= 1, f"`hidden_size` must be at least 1, got {self.hidden_size}")
+        _check(self.cell in CELLS, f"`cell` must be one of {', '.join(CELLS)}, got {self.cell!r}")
+        _check(self.num_layers >= 1, f"`num_layers` must be at least 1, got {self.num_layers}")
+        _check(0.0 <= self.dropout < 1.0, f"`dropout` must be in [0, 1), got {self.dropout}")
 
 
 @dataclass(frozen=True)
@@ -81,34 +82,33 @@ class TrainConfig(JsonConfig):
     log_every_seconds: float = 30.0
 
     def __post_init__(self):
-        _check(self.seq_len >= 1, f"--seq-len must be at least 1, got {self.seq_len}")
-        _check(self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}")
-        _check(self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}")
-        _check(self.max_steps is None or self.max_steps >= 1, f"--max-steps must be at least 1, got {self.max_steps}")
+        _check(self.seq_len >= 1, f"`seq_len` must be at least 1, got {self.seq_len}")
+        _check(self.batch_size >= 1, f"`batch_size` must be at least 1, got {self.batch_size}")
+        _check(self.epochs >= 1, f"`epochs` must be at least 1, got {self.epochs}")
+        _check(self.max_steps is None or self.max_steps >= 1, f"`max_steps` must be at least 1, got {self.max_steps}")
         _check(
             self.time_limit is None or self.time_limit > 0,
-            f"--time-limit must be a positive number of minutes, got {self.time_limit}",
+            f"`time_limit` must be a positive number of minutes, got {self.time_limit}",
         )
-        _check(self.lr > 0, f"--lr must be positive, got {self.lr}")
-        _check(self.device in DEVICES, f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        _check(self.lr > 0, f"`lr` must be positive, got {self.lr}")
+        _check(self.device in DEVICES, f"`device` must be one of {', '.join(DEVICES)}, got {self.device!r}")
         _check(
             self.precision in PRECISIONS,
-            f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}",
+            f"`precision` must be one of {', '.join(PRECISIONS)}, got {self.precision!r}",
         )
-        _check(self.threads is None or self.threads >= 1, f"--threads must be at least 1, got {self.threads}")
-        _check(0.0 <= self.val_fraction < 1.0, f"--val-fraction must be in [0, 1), got {self.val_fraction}")
+        _check(self.threads is None or self.threads >= 1, f"`threads` must be at least 1, got {self.threads}")
+        _check(0.0 <= self.val_fraction < 1.0, f"`val_fraction` must be in [0, 1), got {self.val_fraction}")
         for name in ("eval_every", "patience", "checkpoint_every", "keep_last"):
             value = getattr(self, name)
-            flag = "--" + name.replace("_", "-")
-            _check(value is None or value >= 1, f"{flag} must be at least 1, got {value}")
-        _check(self.grad_clip is None or self.grad_clip > 0, f"--grad-clip must be positive, got {self.grad_clip}")
+            _check(value is None or value >= 1, f"`{name}` must be at least 1, got {value}")
+        _check(self.grad_clip is None or self.grad_clip > 0, f"`grad_clip` must be positive, got {self.grad_clip}")
         _check(
             self.lr_schedule in LR_SCHEDULES,
-            f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}",
+            f"`lr_schedule` must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}",
         )
-        _check(self.warmup_steps >= 0, f"--warmup-steps must be 0 or more, got {self.warmup_steps}")
-        _check(self.weight_decay >= 0, f"--weight-decay must be 0 or more, got {self.weight_decay}")
-        _check(self.log_every_seconds > 0, f"--log-every-seconds must be positive, got {self.log_every_seconds}")
+        _check(self.warmup_steps >= 0, f"`warmup_steps` must be 0 or more, got {self.warmup_steps}")
+        _check(self.weight_decay >= 0, f"`weight_decay` must be 0 or more, got {self.weight_decay}")
+        _check(self.log_every_seconds > 0, f"`log_every_seconds` must be positive, got {self.log_every_seconds}")
 
 
 @dataclass(frozen=True)
@@ -120,11 +120,11 @@ class SampleConfig:
     top_p: float | None = None
 
     def __post_init__(self):
-        _check(self.temperature >= 0, f"--temperature must be 0 or more, got {self.temperature}")
-        _check(self.top_k is None or self.top_k >= 1, f"--top-k must be at least 1, got {self.top_k}")
+        _check(self.temperature >= 0, f"`temperature` must be 0 or more, got {self.temperature}")
+        _check(self.top_k is None or self.top_k >= 1, f"`top_k` must be at least 1, got {self.top_k}")
         _check(
             self.top_p is None or 0.0 < self.top_p <= 1.0,
-            f"--top-p must be in (0, 1], got {self.top_p}",
+            f"`top_p` must be in (0, 1], got {self.top_p}",
         )
 
 
@@ -140,7 +140,7 @@ class ServeLimits:
     def __post_init__(self):
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            _check(value >= 1, f"--{f.name.replace('_', '-')} must be at least 1, got {value}")
+            _check(value >= 1, f"`{f.name}` must be at least 1, got {value}")
 
 
 def _from_dict(cls, data: dict[str, Any]):

@@ -12,12 +12,12 @@ the cache, then downloaded).
 import hashlib
 import os
 import re
-import tempfile
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from charnn import atomic
 from charnn.errors import CorpusError
 
 REGISTERED = {
@@ -74,12 +74,12 @@ def decode(data: bytes, encoding: str = "utf-8", source: str = "corpus") -> str:
 
 
 def unknown_encoding(encoding: str) -> CorpusError:
-    return CorpusError(f"unknown encoding {encoding!r}; pass a Python codec name to --encoding")
+    return CorpusError(f"unknown encoding {encoding!r}; pass a Python codec name as `encoding`")
 
 
 def invalid_bytes(source: str, offset: int, encoding: str, reason: str) -> CorpusError:
     return CorpusError(
-        f"{source}: byte {offset} is not valid {encoding} ({reason}); pass the right --encoding (for example latin-1)"
+        f"{source}: byte {offset} is not valid {encoding} ({reason}); pass the right `encoding` (for example latin-1)"
     )
 
 
@@ -91,7 +91,7 @@ def read_text_file(path: Path, encoding: str = "utf-8") -> str:
     return normalize(decode(data, encoding, str(path)))
 
 
-def load_corpus(spec: str, encoding: str = "utf-8") -> Corpus:
+def load_corpus(spec: str, *, encoding: str = "utf-8") -> Corpus:
     """Resolve `spec` (path, folder, URL or registered name) and return its normalised text."""
     text = _resolve(spec, encoding)
     if not text:
@@ -146,17 +146,12 @@ def _download(url: str, target: Path | None = None) -> Path:
         target = cache_dir() / f"url-{digest}.txt"
     if target.is_file():
         return target
-    tmp = None
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         with urllib.request.urlopen(url, timeout=60) as response:
             data = response.read()
-        with tempfile.NamedTemporaryFile(dir=target.parent, prefix=".download-", delete=False) as tmp:
-            tmp.write(data)
-        os.replace(tmp.name, target)
+        atomic.write_bytes(target, data)  # a failed write (a full disk) leaves nothing behind
     except (urllib.error.URLError, OSError, ValueError) as error:
-        if tmp is not None:  # written in part (a full disk): leave nothing behind
-            Path(tmp.name).unlink(missing_ok=True)
         reason = getattr(error, "reason", None) or error
         raise CorpusError(f"cannot download {url}: {reason}; download it yourself and pass the file's path") from None
     return target

@@ -44,7 +44,7 @@ class Batches:
         if len(tokens) < needed:
             raise CorpusError(
                 f"the training text has {len(tokens):,} characters, fewer than one batch needs "
-                f"(batch_size x (seq_len + 1) = {needed:,}); a smaller --batch-size or --seq-len would fit"
+                f"(batch_size x (seq_len + 1) = {needed:,}); a smaller `batch_size` or `seq_len` would fit"
             )
         self.tokens = tokens
         self.batch_size = batch_size

@@ -59,7 +59,7 @@ class Dataset:
 
 
 def open_corpus(
-    spec: str | Path, encoding: str = "utf-8", val_fraction: float | None = None, vocab: Vocabulary | None = None
+    spec: str | Path, *, encoding: str = "utf-8", val_fraction: float | None = None, vocab: Vocabulary | None = None
 ) -> Dataset:
     """Open the corpus `spec` names (a path, folder, URL, registered name or DATA_DIR) and split it.
 
@@ -68,12 +68,13 @@ def open_corpus(
     """
     spec = str(spec)
     if is_prepared(spec):
-        return split(open_prepared(spec), vocab, val_fraction, label=spec)
-    return split(load_corpus(spec, encoding), vocab, val_fraction)
+        return split(open_prepared(spec), vocab=vocab, val_fraction=val_fraction, label=spec)
+    return split(load_corpus(spec, encoding=encoding), vocab=vocab, val_fraction=val_fraction)
 
 
 def split(
     corpus: Corpus | PreparedData | Dataset,
+    *,
     vocab: Vocabulary | None = None,
     val_fraction: float | None = None,
     label: str | None = None,
@@ -101,10 +102,10 @@ def split(
     if val_fraction is not None and val_fraction != data.val_fraction:
         if not data.prepared:
             raise ConfigError(f"{data.label} was split holding out {data.val_fraction} of its text, the run asks "
-                              f"for --val-fraction {val_fraction}")  # fmt: skip
+                              f"for `val_fraction` {val_fraction}")  # fmt: skip
         raise ConfigError(
-            f"{data.label} holds out {data.val_fraction} of its text, the run asks for --val-fraction "
-            f"{val_fraction}; leave the option out, or run charnn prepare --val-fraction {val_fraction} again"
+            f"{data.label} holds out {data.val_fraction} of its text, the run asks for `val_fraction` "
+            f"{val_fraction}; leave the option out, or prepare it again with `val_fraction` {val_fraction}"
         )
     return data
 
@@ -144,13 +145,15 @@ def find_again(reference: dict[str, Any], val_fraction: float, vocab: Vocabulary
     if not source:
         raise CheckpointError("the checkpoint does not say which corpus it was trained on")
     try:
-        corpus = load_corpus(source, reference.get("encoding", "utf-8"))
+        corpus = load_corpus(source, encoding=reference.get("encoding", "utf-8"))
     except CorpusError as error:
         raise CorpusError(f"cannot find the run's training corpus again ({error})") from None
     if corpus.sha256 != reference.get("sha256"):
         raise CorpusError(f"the corpus {source} has changed since the model was trained (its sha256 differs)")
     # Under the name it was trained under, so the run's record stays the same.
-    return split(dataclasses.replace(corpus, name=reference.get("name", source)), vocab, val_fraction)
+    return split(
+        dataclasses.replace(corpus, name=reference.get("name", source)), vocab=vocab, val_fraction=val_fraction
+    )
 
 
 def of_checkpoint(ckpt) -> Dataset:

@@ -2,7 +2,21 @@
 
 Library code raises these; each edge translates them: the CLI into a one-line message and
 exit code 2, the server into an HTTP 4xx with a JSON body. Anything else is a bug.
+
+A message names the caller's parameters as Python spells them, in backticks ("`hidden_size`
+must be at least 1"); an edge shows each name as its own users type it, with `render_names`:
+the CLI as a flag (--hidden-size).
 """
+
+import re
+from collections.abc import Callable
+
+_NAME = re.compile(r"`([a-z][a-z0-9_]*)`")
+
+
+def render_names(message: str, render: Callable[[str], str]) -> str:
+    """`message` with each backticked parameter name replaced by `render(name)`."""
+    return _NAME.sub(lambda match: render(match[1]), message)
 
 
 class CharnnError(Exception):

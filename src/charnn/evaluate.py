@@ -24,6 +24,7 @@ _WORD = re.compile(r"[^\W\d_]+(?:['’][^\W\d_]+)*")
 def model_loss(
     model: CharRNN,
     tokens: torch.Tensor,
+    *,
     seq_len: int = 100,
     num_streams: int = 64,
     dtype: torch.dtype = torch.float32,
@@ -33,13 +34,14 @@ def model_loss(
     The text is cut into `num_streams` contiguous pieces run side by side, state carried
     from chunk to chunk, so every character but the first of each piece is predicted.
     """
-    total, count = loss_sums(model, tokens, seq_len, num_streams, dtype)
+    total, count = loss_sums(model, tokens, seq_len=seq_len, num_streams=num_streams, dtype=dtype)
     return total / count if count else math.nan
 
 
 def loss_sums(
     model: CharRNN,
     tokens: torch.Tensor,
+    *,
     seq_len: int = 100,
     num_streams: int = 64,
     dtype: torch.dtype = torch.float32,
@@ -93,6 +95,7 @@ def evaluate_text(
     model: CharRNN,
     vocab: Vocabulary,
     text: str,
+    *,
     training_text: str | None,
     seq_len: int = 100,
 ) -> dict:
@@ -110,7 +113,7 @@ def evaluate_text(
         "unknown": unknown,
     }
     tokens = torch.from_numpy(vocab.encode(kept))
-    loss = model_loss(model, tokens, seq_len, num_streams=max(1, min(64, len(kept) // 1000)))
+    loss = model_loss(model, tokens, seq_len=seq_len, num_streams=max(1, min(64, len(kept) // 1000)))
     report["loss"] = loss
     report["bpc"] = loss * NATS_TO_BITS
     report["gzip_loss"] = gzip_loss(kept)

@@ -41,6 +41,7 @@ import torch
 from torch import nn
 
 import charnn
+from charnn import atomic
 from charnn.errors import CharnnError, CheckpointError, ConfigError, UnknownCharactersError
 from charnn.model import CharRNN
 from charnn.vocab import Vocabulary
@@ -219,7 +220,7 @@ def export_onnx(
     `on_progress(done, total)` follows that measurement, in characters of both passes.
     """
     if quantize is not None and quantize not in QUANTIZATIONS:
-        raise ConfigError(f"quantize must be one of {', '.join(QUANTIZATIONS)} or None, got {quantize!r}")
+        raise ConfigError(f"`quantize` must be one of {', '.join(QUANTIZATIONS)} or None, got {quantize!r}")
     out = Path(out)
     fp32 = onnx_bytes(model, vocab)
     data = fp32 if quantize is None else quantize_int8(fp32)
@@ -233,26 +234,14 @@ def export_onnx(
         loss = onnx_loss(OnnxModel(data), tokens, on_progress=second)
         if on_progress is not None:  # the last of each stream is never predicted: count it too
             on_progress(total, total)
-    _write_atomic(out, data)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic.write_bytes(out, data)
     return OnnxExport(out, len(data), len(fp32), quantize, fp32_loss, loss)
 
 
 def _encode_known(vocab: Vocabulary, text: str) -> np.ndarray:
     unknown = set(vocab.unknown(text))
     return vocab.encode("".join(c for c in text if c not in unknown) if unknown else text)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as f:
-        try:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        except BaseException:
-            Path(f.name).unlink(missing_ok=True)
-            raise
-    os.replace(f.name, path)
 
 
 class OnnxModel:
@@ -290,7 +279,7 @@ class OnnxModel:
     def generate_greedy(self, prime: str, length: int) -> str:
         """`length` characters after `prime`, each the most likely one (temperature 0)."""
         if not prime:
-            raise ConfigError("prime must hold at least one character")
+            raise ConfigError("`prime` must hold at least one character")
         if self.vocab.unknown(prime):
             raise UnknownCharactersError(self.vocab.unknown(prime))
         logits, state = self.run(self.vocab.encode(prime)[None])
@@ -362,11 +351,10 @@ def export_web(model: CharRNN, vocab: Vocabulary, out: str | Path, *, overwrite:
     """
     out = Path(out)
     if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
-        raise ConfigError(f"{out} already exists and is not empty; choose another folder or set overwrite=True")
+        raise ConfigError(f"{out} already exists and is not empty; choose another folder or set `overwrite`")
     ort_dir = onnxruntime_web_dir()
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-    try:
+    with atomic.replacing_folder(out) as tmp:
         (tmp / "model.onnx").write_bytes(onnx_bytes(model, vocab))
         info = {
             "charnn_version": charnn.__version__,
@@ -379,14 +367,4 @@ def export_web(model: CharRNN, vocab: Vocabulary, out: str | Path, *, overwrite:
         (tmp / "index.html").write_bytes(page)
         for name in ORT_WEB_FILES:
             shutil.copyfile(ort_dir / name, tmp / name)
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.rename(out, old)
-            os.rename(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out

@@ -27,6 +27,7 @@ def generate(
     model: CharRNN,
     vocab: Vocabulary,
     prime: str,
+    *,
     length: int,
     sampling: SampleConfig = SampleConfig(),
     num_samples: int = 1,
@@ -46,9 +47,9 @@ def generate(
     here, before the first character, not when iteration begins.
     """
     if length < 0:
-        raise ConfigError(f"--length must be 0 or more, got {length}")
+        raise ConfigError(f"`length` must be 0 or more, got {length}")
     if num_samples < 1:
-        raise ConfigError(f"--num-samples must be at least 1, got {num_samples}")
+        raise ConfigError(f"`num_samples` must be at least 1, got {num_samples}")
     if not prime:
         raise ConfigError("the prime is empty; give at least one character to start from")
     tokens = torch.from_numpy(vocab.encode(prime))
@@ -73,6 +74,7 @@ def generate_text(
     model: CharRNN,
     vocab: Vocabulary,
     prime: str,
+    *,
     length: int,
     sampling: SampleConfig = SampleConfig(),
     num_samples: int = 1,
@@ -81,7 +83,9 @@ def generate_text(
 ) -> list[str]:
     """The new text of each sample, without the prime."""
     pieces: list[list[str]] = [[] for _ in range(num_samples)]
-    for step in generate(model, vocab, prime, length, sampling, num_samples, seed, precision=precision):
+    for step in generate(
+        model, vocab, prime, length=length, sampling=sampling, num_samples=num_samples, seed=seed, precision=precision
+    ):
         for sample, character in zip(pieces, step, strict=True):
             sample.append(character)
     return ["".join(p) for p in pieces]

@@ -29,7 +29,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise TrainingError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
+        raise TrainingError("`device` cuda was asked for but no CUDA GPU is available; use `device` cpu")
     return torch.device(name)
 
 
@@ -41,7 +41,7 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype:
         return torch.bfloat16
     if name == "fp16":
         if device.type != "cuda":
-            raise TrainingError("--precision fp16 needs a CUDA GPU; use bf16 or fp32 on a CPU")
+            raise TrainingError("`precision` fp16 needs a CUDA GPU; use bf16 or fp32 on a CPU")
         return torch.float16
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16

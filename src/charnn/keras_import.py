@@ -196,17 +196,17 @@ def read_reference_text(corpus: str, *, raw: bool = False, skip_chars: int = 0, 
     """The text a model was trained on: `raw` reads the file's characters as they are (the
     reference's reading; otherwise charnn's normalisation applies), then `skip_chars` are cut."""
     if skip_chars < 0:
-        raise ConfigError(f"skip_chars must be 0 or more, got {skip_chars}")
+        raise ConfigError(f"`skip_chars` must be 0 or more, got {skip_chars}")
     if raw:
         files, folder = source_files(corpus)
         if folder:
-            raise ConfigError("raw reading takes one file, as the reference read it; corpus names a folder")
+            raise ConfigError("`raw` reading takes one file, as the reference read it; `corpus` names a folder")
         try:
             text = decode(files[0].read_bytes(), encoding, str(files[0]))
         except OSError as error:
             raise CorpusError(f"cannot read {files[0]}: {error.strerror}") from None
     else:
-        text = load_corpus(corpus, encoding).text
+        text = load_corpus(corpus, encoding=encoding).text
     text = text[skip_chars:]
     if not text:
         raise CorpusError(f"corpus {corpus} holds no text after its first {skip_chars} characters")
@@ -231,7 +231,7 @@ def import_keras(
     """
     out = Path(out)
     if out.exists() and not overwrite:
-        raise ConfigError(f"{out} already exists; choose another folder or set overwrite=True")
+        raise ConfigError(f"{out} already exists; choose another folder or set `overwrite`")
     if out.exists() and not is_checkpoint(out):
         raise ConfigError(f"{out} exists and is not a checkpoint; it is not replaced")
     keras = read_keras_weights(weights)
@@ -240,7 +240,7 @@ def import_keras(
     if len(vocab) != keras.vocab_size:
         hint = "" if raw and skip_chars == REFERENCE_SKIP else (
             f"; the reference read its file raw and cut its first {REFERENCE_SKIP} characters "
-            f"(raw=True, skip_chars={REFERENCE_SKIP})"
+            f"(`raw`, `skip_chars` {REFERENCE_SKIP})"
         )  # fmt: skip
         raise CorpusError(
             f"the corpus gives a vocabulary of {len(vocab)} characters, but the weights were trained with "
@@ -249,10 +249,10 @@ def import_keras(
     model = to_charnn(keras)
     record = {"characters": len(text), "encoding": encoding, "label": corpus}
     if not raw and not skip_chars:  # read as charnn reads corpora: charnn evaluate can find it again
-        corpus_text = load_corpus(corpus, encoding)
+        corpus_text = load_corpus(corpus, encoding=encoding)
         record |= {"name": corpus, "source": source_of(corpus), "sha256": corpus_text.sha256}
     training = {
         "imported_from": {"weights": str(Path(weights).resolve()), "format": "keras", "raw": raw,
                           "skip_chars": skip_chars},
     }  # fmt: skip
-    return save_checkpoint(out, model, vocab, training, record)
+    return save_checkpoint(out, model, vocab, training=training, corpus=record)

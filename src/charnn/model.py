@@ -9,6 +9,9 @@ per-caller state, so one loaded model can serve many callers at once.
 (2, 5, 10)
 """
 
+import dataclasses
+import math
+
 import torch
 from torch import nn
 
@@ -58,6 +61,47 @@ class CharRNN(nn.Module):
 
     def num_parameters(self) -> int:
         return _count(self)
+
+
+# A character the model never saw gets an output bias this many times (in odds) below the lowest
+# old one: absent from its text, it is rarer than anything it counted. The old characters' logits
+# also move with the context, so this sets a scale, not a rank: in a model trained on Great
+# Expectations (benchmarks/finetune.py) each new character started at about 1e-5 on average.
+NEW_CHARACTER_ODDS = 10.0
+
+
+def grow_vocabulary(model: CharRNN, vocab_size: int, *, generator: torch.Generator | None = None) -> CharRNN:
+    """A copy of `model` whose vocabulary has `vocab_size` entries: the first are the model's own.
+
+    Every old row is copied, so for any text of old characters the old characters' logits are
+    exactly what they were. The new rows are chosen so that the new characters start unlikely
+    but learnable (see the comments below); the rest of the network is copied unchanged.
+    """
+    old = model.config.vocab_size
+    if vocab_size < old:
+        raise ValueError(f"vocab_size must be at least the model's {old}, got {vocab_size}")
+    grown = CharRNN(dataclasses.replace(model.config, vocab_size=vocab_size))
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith(("embedding.", "head."))}
+    grown.load_state_dict(state, strict=False)
+    added = vocab_size - old
+    with torch.no_grad():
+        embedding, weight, bias = model.embedding.weight, model.head.weight, model.head.bias
+        grown.embedding.weight[:old] = embedding
+        grown.head.weight[:old] = weight
+        grown.head.bias[:old] = bias
+        if added:
+            # Inputs: the mean of the old embeddings, so reading a new character keeps the hidden
+            # state where the network is used to it; a little noise so the new rows can part ways.
+            noise = torch.randn(added, embedding.shape[1], generator=generator)
+            grown.embedding.weight[old:] = embedding.mean(0) + 0.1 * embedding.std() * noise
+            # Outputs: small weights, so the new logits hardly depend on the context yet, and a bias
+            # below the old ones' lowest, so the new characters take almost no probability from the
+            # old. Not so far below that Adam (whose steps are about lr whatever the gradient) needs
+            # thousands of steps to bring one up: the first occurrence already pushes it hard.
+            noise = torch.randn(added, weight.shape[1], generator=generator)
+            grown.head.weight[old:] = 0.1 * weight.std() * noise
+            grown.head.bias[old:] = bias.min() - math.log(NEW_CHARACTER_ODDS)
+    return grown.to(weight.device)
 
 
 def _count(module: nn.Module) -> int:

@@ -4,9 +4,11 @@ Training and validation loss against characters seen, with epochs marked along t
 the best validation loss ringed, so over-fitting shows at a glance.
 """
 
+import io
 import json
 from pathlib import Path
 
+from charnn import atomic
 from charnn.errors import RunDirError
 
 PLOT = "loss.png"
@@ -62,8 +64,8 @@ def plot_run(run_dir: str | Path) -> Path:
     ax.legend()
     fig.tight_layout()
     target = run_dir / PLOT
-    tmp = run_dir / f".{PLOT}.tmp.png"
-    fig.savefig(tmp)
+    picture = io.BytesIO()
+    fig.savefig(picture, format="png")
     plt.close(fig)
-    tmp.replace(target)
+    atomic.write_bytes(target, picture.getvalue())
     return target

@@ -24,7 +24,6 @@ import codecs
 import contextlib
 import hashlib
 import json
-import os
 import re
 import shutil
 import time
@@ -37,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from charnn import locks
+from charnn import atomic, locks
 from charnn.corpus import invalid_bytes, source_files, source_of, unknown_encoding
 from charnn.errors import ConfigError, CorpusError, DataDirError
 from charnn.vocab import Vocabulary
@@ -108,6 +107,7 @@ def is_prepared(path: str | Path) -> bool:
 def prepare(
     corpus: str,
     data_dir: str | Path,
+    *,
     encoding: str = "utf-8",
     val_fraction: float = 0.1,
     overwrite: bool = False,
@@ -120,7 +120,7 @@ def prepare(
     """
     started = time.perf_counter()
     if not 0.0 <= val_fraction < 1.0:
-        raise ConfigError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+        raise ConfigError(f"`val_fraction` must be in [0, 1), got {val_fraction}")
     data_dir = Path(data_dir)
     files, folder = source_files(corpus)
     # One writer at a time: an existing folder is locked before it is read, a new one once it is made.
@@ -169,8 +169,7 @@ def _prepare(corpus, files, folder, data_dir, encoding, val_fraction, overwrite,
             for child in data_dir.iterdir():
                 shutil.rmtree(child) if child.is_dir() else child.unlink()
         (data_dir / MANIFEST).unlink(missing_ok=True)  # a crash from here on leaves no valid manifest
-        for stale in data_dir.glob(".prepare-*"):  # left by a preparation that was killed
-            stale.unlink()
+        atomic.tidy(data_dir)  # what a preparation that was killed left
         output = _Output(data_dir, train_tokens, DTYPES[dtype])
     except OSError as error:
         raise DataDirError(f"cannot write {data_dir}: {error.strerror or error}") from None
@@ -216,7 +215,7 @@ def _prepare(corpus, files, folder, data_dir, encoding, val_fraction, overwrite,
         "bytes_read": sum(s["size"] for s in stats),
     }
     try:
-        _write_atomically(data_dir / MANIFEST, (json.dumps(manifest, indent=1, ensure_ascii=False) + "\n").encode())
+        atomic.write_bytes(data_dir / MANIFEST, (json.dumps(manifest, indent=1, ensure_ascii=False) + "\n").encode())
     except OSError as error:
         raise DataDirError(f"cannot write {data_dir / MANIFEST}: {error.strerror or error}") from None
     return PrepareResult(data_dir, manifest, reused=False)
@@ -281,11 +280,11 @@ def _read_manifest(data_dir: Path) -> dict[str, Any] | None:
 def _check_data_dir(data_dir: Path, source: str, overwrite: bool) -> dict[str, Any] | None:
     """Refuse a DATA_DIR that holds something else; return its manifest when it holds ours."""
     if data_dir.exists() and not data_dir.is_dir():
-        raise DataDirError(f"--out {data_dir} is a file, not a folder")
+        raise DataDirError(f"{data_dir} is a file, not a folder")
     if not data_dir.is_dir() or overwrite:
         return None
     ours = {MANIFEST, TRAIN, VAL}
-    others = sorted(p.name for p in data_dir.iterdir() if p.name not in ours and not p.name.startswith(".prepare-"))
+    others = sorted(p.name for p in data_dir.iterdir() if p.name not in ours and not atomic.is_temporary(p))
     try:
         manifest = _read_manifest(data_dir)
     except CorpusError:
@@ -293,13 +292,13 @@ def _check_data_dir(data_dir: Path, source: str, overwrite: bool) -> dict[str, A
     if others:
         shown = ", ".join(others[:3])
         raise DataDirError(
-            f"{data_dir} already holds other files ({shown}); choose an empty or new folder for --out, "
-            "or pass --overwrite to replace what it holds"
+            f"{data_dir} already holds other files ({shown}); choose an empty or new folder, "
+            "or pass `overwrite` to replace what it holds"
         )
     if manifest is not None and manifest.get("corpus", {}).get("source") != source:
         raise DataDirError(
             f"{data_dir} holds data prepared from another corpus ({manifest.get('corpus', {}).get('source')}); "
-            "choose another --out, or pass --overwrite to replace it"
+            "choose another folder, or pass `overwrite` to replace it"
         )
     return manifest
 
@@ -321,15 +320,6 @@ def _up_to_date(data_dir: Path, manifest: dict, options: dict, stats: list[dict]
     return True
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".prepare-{path.name}.{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 class _Output:
     """Writes the encoded text into train.bin then val.bin, and hashes the text itself.
 
@@ -339,7 +329,7 @@ class _Output:
 
     def __init__(self, data_dir: Path, train_tokens: int, dtype: str):
         self.final = [data_dir / TRAIN, data_dir / VAL]
-        self.tmp = [p.with_name(f".prepare-{p.name}.{os.getpid()}") for p in self.final]
+        self.tmp = [atomic.temporary(p) for p in self.final]
         self.files = [open(p, "wb") for p in self.tmp]
         self.room = train_tokens  # characters still to go into train.bin
         self.written = 0
@@ -370,10 +360,7 @@ class _Output:
             self._pending.popleft().result()
         self._worker.shutdown()
         for f, tmp, final in zip(self.files, self.tmp, self.final, strict=True):
-            f.flush()
-            os.fsync(f.fileno())
-            f.close()
-            os.replace(tmp, final)
+            atomic.commit(f, tmp, final)
 
     def discard(self) -> None:
         self._worker.shutdown(cancel_futures=True)

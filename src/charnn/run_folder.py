@@ -14,7 +14,6 @@ lock and keep working on a run that is training.
 
 import contextlib
 import json
-import os
 import re
 import shutil
 from collections.abc import Iterator
@@ -23,7 +22,7 @@ from typing import Any
 
 import torch
 
-from charnn import locks
+from charnn import atomic, locks
 from charnn.checkpoint import (
     METADATA,
     TRAINER_STATE,
@@ -49,11 +48,11 @@ def check_new(run_dir: Path, overwrite: bool) -> None:
     """Refuse a folder that cannot take a new run; changes nothing."""
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
-        raise RunDirError(f"--out {run_dir} is a file, not a folder")
+        raise RunDirError(f"{run_dir} is a file, not a folder")
     if run_dir.is_dir() and any(run_dir.iterdir()) and not overwrite:
         raise RunDirError(
-            f"{run_dir} already holds files (another run?); pass --overwrite to replace it, "
-            "--resume to continue it, or choose another --out"
+            f"{run_dir} already holds files (another run?); pass `overwrite` to replace it, "
+            "`resume` to continue it, or choose another folder"
         )
 
 
@@ -95,17 +94,7 @@ def existing_run(run_dir: Path) -> Iterator[None]:
 
 def recover(run_dir: Path) -> None:
     """Tidy what a crash mid-write can leave: temporary folders, and a folder moved aside."""
-    for child in Path(run_dir).iterdir():
-        if not child.name.startswith("."):
-            continue
-        if ".tmp-" in child.name:
-            shutil.rmtree(child, ignore_errors=True)
-        elif ".old-" in child.name:
-            original = child.with_name(child.name[1:].split(".old-")[0])
-            if original.exists():
-                shutil.rmtree(child, ignore_errors=True)
-            else:
-                os.rename(child, original)
+    atomic.tidy(run_dir)
 
 
 # --- its checkpoints -------------------------------------------------------------------------
@@ -151,6 +140,16 @@ def resolve(path: Path) -> Path:
     return checkpoints[-1]
 
 
+def holder(checkpoint_path: Path) -> Path:
+    """The run folder a checkpoint belongs to; a checkpoint that stands alone is its own."""
+    path = Path(checkpoint_path).resolve()
+    folder = path.parent
+    if path.name == BEST or _NUMBERED.match(path.name):
+        if (folder / METRICS).is_file() or list_checkpoints(folder):
+            return folder
+    return path
+
+
 def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> Checkpoint:
     """Load a checkpoint folder, or the checkpoint a run folder points to (see `resolve`)."""
     return read_checkpoint(resolve(path), device)
@@ -161,6 +160,7 @@ def write_checkpoint(
     name: str,
     model: CharRNN,
     vocab: Vocabulary,
+    *,
     training: dict[str, Any],
     corpus: dict[str, Any],
     trainer_state: dict[str, Any] | None = None,
@@ -169,7 +169,7 @@ def write_checkpoint(
     """Write checkpoint RUN_DIR/name (see `save_checkpoint`); `previous` is the run's last one, named on failure."""
     path = Path(run_dir) / name
     try:
-        return save_checkpoint(path, model, vocab, training, corpus, trainer_state)
+        return save_checkpoint(path, model, vocab, training=training, corpus=corpus, trainer_state=trainer_state)
     except OSError as error:
         raise TrainingError(
             f"cannot write checkpoint {path}: {error.strerror or error}; "
@@ -208,4 +208,4 @@ def truncate_metrics(run_dir: Path, step: int) -> None:
             continue
         if record.get("step", 0) <= step:
             kept.append(line)
-    path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+    atomic.write_bytes(path, "".join(line + "\n" for line in kept).encode("utf-8"))

@@ -7,6 +7,11 @@ go into the run folder through `charnn.run_folder`; `charnn.plot.plot_run` draws
     data = open_corpus("great-expectations")
     result = train(data, data.vocab, ModelConfig(vocab_size=len(data.vocab)), TrainConfig(epochs=1), "runs/ge")
     result = resume("runs/ge", {"epochs": 2})
+    result = finetune("dickens/hard-times.txt", "runs/ge", TrainConfig(time_limit=2), "runs/hard-times")
+
+A fine-tuning run (`finetune`) starts from another run's checkpoint instead of random weights:
+its model, with the vocabulary grown by the new text's characters (`initial_model`). From
+then on it is a run like any other; its checkpoints say where it started (`init_from`).
 
 Everything a run needs to continue is in each numbered checkpoint: weights, optimizer,
 schedule, random states and the position in the data order (which depends only on the seed
@@ -32,15 +37,15 @@ import torch.nn.functional as F
 
 from charnn import checkpoint, dataset, distributed, run_folder
 from charnn.config import ModelConfig, TrainConfig
-from charnn.corpus import Corpus
+from charnn.corpus import Corpus, load_corpus
 from charnn.data import Batches
 from charnn.dataset import Dataset
 from charnn.errors import CheckpointError, ConfigError, RunDirError, TrainingError
 from charnn.evaluate import NATS_TO_BITS, loss_sums, model_loss
 from charnn.fast import recurrence
 from charnn.hardware import autocast, resolve_device, resolve_precision
-from charnn.model import CharRNN
-from charnn.prepare import PreparedData
+from charnn.model import CharRNN, grow_vocabulary
+from charnn.prepare import PreparedData, is_prepared
 from charnn.vocab import Vocabulary
 
 # Options that may differ when a run is resumed: they say when to stop or how to report,
@@ -121,12 +126,17 @@ class RunState:
 _RECORD_TOP = ("epoch", "step", "losses", "val_losses", "best_val_loss")
 
 
-def training_record(s: RunState, config: TrainConfig, dtype: torch.dtype, elapsed: float) -> dict[str, Any]:
-    """A checkpoint's training record: each figure once; `RunState.from_record` reads it back."""
+def training_record(
+    s: RunState, config: TrainConfig, dtype: torch.dtype, elapsed: float, init_from: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """A checkpoint's training record: each figure once; `RunState.from_record` reads it back.
+
+    `init_from` is a fine-tuning run's parent (see `finetune`); a run from scratch has none.
+    """
     val_loss = s.last_eval[1] if s.last_eval else None  # the latest evaluation's
     state = {k: v for k, v in dataclasses.asdict(s).items() if k not in (*_RECORD_TOP, "elapsed", "last_eval")}
     state["last_eval_train_loss"] = s.last_eval[0] if s.last_eval else None
-    return {
+    record = {
         "epoch": s.epoch,
         "step": s.step,
         "loss": s.epoch_loss,
@@ -141,6 +151,9 @@ def training_record(s: RunState, config: TrainConfig, dtype: torch.dtype, elapse
         "config": config.to_dict(),
         "state": state,
     }
+    if init_from is not None:
+        record["init_from"] = init_from
+    return record
 
 
 StopCheck = Callable[[], str | None]
@@ -152,6 +165,7 @@ def train(
     model_config: ModelConfig,
     config: TrainConfig,
     run_dir: str | Path,
+    *,
     on_event: Callable[[Event], None] | None = None,
     overwrite: bool = False,
     should_stop: StopCheck | None = None,
@@ -168,23 +182,26 @@ def train(
         return _train(data, vocab, model_config, config, Path(run_dir), on_event, overwrite, should_stop, group)
 
 
-def _train(data, vocab, model_config, config, run_dir, on_event, overwrite, should_stop, group) -> TrainResult:
+def _train(data, vocab, model, config, run_dir, on_event, overwrite, should_stop, group, init_from=None) -> TrainResult:
+    """`model` is a ModelConfig for a new network, or a CharRNN to start from (fine-tuning)."""
     # Everything that can be refused is checked before the run folder is touched.
     device = distributed.device_for(group, resolve_device(config.device))
     dtype = resolve_precision(config.precision, device)
-    data = dataset.split(data, vocab, config.val_fraction)
+    data = dataset.split(data, vocab=vocab, val_fraction=config.val_fraction)
     trainer = Trainer(data, config, run_dir, device, dtype, on_event, should_stop, group)
+    trainer.init_from = init_from
     # Rank 0 writes the folder and holds its lock; the others wait until it is ready.
     with run_folder.new_run(run_dir, overwrite) if group.is_main else contextlib.nullcontext():
         distributed.barrier(group)
         torch.manual_seed(config.seed)
-        trainer.build(CharRNN(model_config))
+        trainer.build(model if isinstance(model, CharRNN) else CharRNN(model))
         return trainer.run()
 
 
 def resume(
     run_dir: str | Path,
     overrides: dict[str, Any] | None = None,
+    *,
     on_event: Callable[[Event], None] | None = None,
     should_stop: StopCheck | None = None,
 ) -> TrainResult:
@@ -220,8 +237,11 @@ def _resume(run_dir, overrides, on_event, should_stop, group) -> TrainResult:
     trainer_state = checkpoint.load_trainer_state(path)
     data = dataset.find_again(ckpt.corpus, config.val_fraction, ckpt.vocab)
     dtype = resolve_precision(config.precision, device)
-    data = dataset.split(data, ckpt.vocab, config.val_fraction)  # prepared data's own split must be the run's
+    data = dataset.split(
+        data, vocab=ckpt.vocab, val_fraction=config.val_fraction
+    )  # prepared data's own split must be the run's
     trainer = Trainer(data, config, run_dir, device, dtype, on_event, should_stop, group)
+    trainer.init_from = training.get("init_from")  # from the record: the parent itself is not read again
     trainer.build(ckpt.model.train(), state, trainer_state)
     trainer.result.last_checkpoint = path  # until a newer one is written
     if group.is_main:
@@ -229,19 +249,124 @@ def _resume(run_dir, overrides, on_event, should_stop, group) -> TrainResult:
     return trainer.run()
 
 
-def _refuse_model_changes(model: ModelConfig, overrides: dict[str, Any]) -> None:
+# --- fine-tuning ---------------------------------------------------------------------------
+
+# What a fine-tuning run takes from its parent as it is: the shapes of the weights. Dropout may
+# change (it is how the network is trained, not what it holds); the vocabulary grows.
+FIXED_BY_PARENT = ("embedding_dim", "hidden_size", "cell", "num_layers")
+
+
+def finetune(
+    corpus: Corpus | str | Path,
+    init_from: str | Path,
+    config: TrainConfig,
+    run_dir: str | Path,
+    *,
+    model_changes: dict[str, Any] | None = None,
+    encoding: str = "utf-8",
+    on_event: Callable[[Event], None] | None = None,
+    overwrite: bool = False,
+    should_stop: StopCheck | None = None,
+) -> TrainResult:
+    """Train the model of checkpoint `init_from` further on `corpus`, into a new run in `run_dir`.
+
+    `init_from` is a checkpoint folder or a run folder (its best, else its newest checkpoint).
+    The model keeps its parent's shape; `model_changes` (ModelConfig fields) may only repeat it,
+    or set `dropout`. The vocabulary is the parent's followed by the characters of `corpus` it
+    lacks (see `initial_model`). Every option of `config` works as in `train`, and the run is
+    resumed with `resume` like any other, without the parent. Its checkpoints record the parent's
+    path and the sha256 of its weights under `training["init_from"]`.
+    """
+    run_dir = Path(run_dir)
+    parent = load_parent(init_from)
+    changes = dict(model_changes or {})
+    _refuse_parent_changes(parent.config, changes)
+    _refuse_parent_folder(run_dir, parent.path)
+    run_folder.check_new(run_dir, overwrite)  # before a large corpus is read
+    if not isinstance(corpus, Corpus):
+        if is_prepared(str(corpus)):
+            raise ConfigError(
+                f"corpus {corpus} is prepared data, whose vocabulary is fixed; fine-tuning grows the parent's "
+                "vocabulary by the text's characters, so give it the text itself"
+            )
+        corpus = load_corpus(str(corpus), encoding=encoding)
+    model, vocab = initial_model(parent, corpus.text, seed=config.seed, dropout=changes.get("dropout"))
+    record = {
+        "path": str(parent.path.resolve()),
+        "weights_sha256": checkpoint.weights_sha256(parent.path),
+        "vocabulary_size": len(parent.vocab),
+        "added_characters": list(vocab.characters[len(parent.vocab) :]),
+    }
+    group = distributed.from_env()
+    with distributed.session(group):
+        return _train(corpus, vocab, model, config, run_dir, on_event, overwrite, should_stop, group, record)
+
+
+def load_parent(path: str | Path) -> checkpoint.Checkpoint:
+    """The checkpoint a fine-tuning run starts from, resolved as `charnn generate` resolves it."""
+    try:
+        return run_folder.load_checkpoint(Path(path))
+    except CheckpointError as error:
+        raise CheckpointError(f"cannot fine-tune from {path}: {error}") from None
+
+
+def initial_model(
+    parent: checkpoint.Checkpoint, text: str, *, seed: int = 0, dropout: float | None = None
+) -> tuple[CharRNN, Vocabulary]:
+    """The model a fine-tuning run on `text` starts from, and its vocabulary.
+
+    The vocabulary is the parent's followed by the characters of `text` it lacks, so every
+    character the parent knew keeps its index; the model is the parent's with a row for each new
+    character (`charnn.model.grow_vocabulary`, drawn with `seed`), and `dropout` if given.
+    """
+    vocab = parent.vocab.extended(text)
+    model = grow_vocabulary(parent.model, len(vocab), generator=torch.Generator().manual_seed(seed))
+    if dropout is not None and dropout != model.config.dropout:
+        weights = model.state_dict()
+        model = CharRNN(dataclasses.replace(model.config, dropout=dropout))
+        model.load_state_dict(weights)
+    return model.train(), vocab
+
+
+def _refuse_parent_changes(parent: ModelConfig, changes: dict[str, Any]) -> None:
+    unknown = sorted(set(changes) - set(ModelConfig.__dataclass_fields__))
+    if unknown:
+        raise ConfigError(f"model_changes holds names that are not ModelConfig fields: {', '.join(unknown)}")
     conflicts = [
-        f"--{k.replace('_', '-')} {v} (the run has {getattr(model, k)})"
-        for k, v in overrides.items()
-        if getattr(model, k) != v
+        f"`{name}` {changes[name]} (the parent has {getattr(parent, name)})"
+        for name in FIXED_BY_PARENT
+        if name in changes and changes[name] != getattr(parent, name)
     ]
+    if conflicts:
+        raise ConfigError(
+            "a fine-tuned model keeps its parent's shape; these differ: " + "; ".join(conflicts) + ". Leave them out"
+        )
+    if "dropout" in changes:
+        dataclasses.replace(parent, dropout=changes["dropout"])  # validated like any ModelConfig
+
+
+def _refuse_parent_folder(run_dir: Path, parent_path: Path) -> None:
+    """A fine-tuning run writes a folder of its own: never into, or over, its parent's run."""
+    out = run_dir.resolve()
+    home = run_folder.holder(parent_path)
+    if out == home or home in out.parents:
+        where = "is" if out == home else "is inside"
+        raise RunDirError(
+            f"{run_dir} {where} the parent's own run folder {home}; give the fine-tuning run a new folder"
+        )
+    if out in Path(parent_path).resolve().parents:
+        raise RunDirError(f"{run_dir} holds the parent checkpoint {parent_path}; give the run a new folder")
+
+
+def _refuse_model_changes(model: ModelConfig, overrides: dict[str, Any]) -> None:
+    conflicts = [f"`{k}` {v} (the run has {getattr(model, k)})" for k, v in overrides.items() if getattr(model, k) != v]
     if conflicts:
         raise ConfigError("a resumed run keeps its model; these differ: " + "; ".join(conflicts))
 
 
 def _merge_options(saved: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
     conflicts = [
-        f"--{name.replace('_', '-')} {value} (the run has {getattr(saved, name)})"
+        f"`{name}` {value} (the run has {getattr(saved, name)})"
         for name, value in overrides.items()
         if name not in RESUMABLE_OPTIONS and getattr(saved, name) != value
     ]
@@ -261,7 +386,7 @@ class Trainer:
         self.group: distributed.Group = group
         if config.batch_size % group.world_size:
             raise ConfigError(
-                f"--batch-size {config.batch_size} is not a multiple of the {group.world_size} processes; "
+                f"`batch_size` {config.batch_size} is not a multiple of the {group.world_size} processes; "
                 "each takes an equal share of every batch"
             )
         if len(set(distributed.gather(group, data.reference["sha256"]))) > 1:
@@ -281,6 +406,7 @@ class Trainer:
             self.total_steps = min(self.total_steps, config.max_steps)
         # A loss this far above chance means the run has diverged.
         self.explode_at = max(10.0, 3 * math.log(len(data.vocab)))
+        self.init_from: dict[str, Any] | None = None  # a fine-tuning run's parent, kept in every checkpoint
 
     def build(self, model: CharRNN, state: RunState | None = None, trainer_state: dict | None = None) -> None:
         if self.config.threads:
@@ -379,8 +505,8 @@ class Trainer:
         # Checked before the update, so a diverged step never reaches the weights.
         if not math.isfinite(value) or value > self.explode_at:
             raise TrainingError(
-                f"the training loss became {value:.4g} at step {s.step + 1} (diverged); try a smaller --lr or "
-                f"--grad-clip. The last checkpoint ({self.result.last_checkpoint or 'none yet'}) is untouched"
+                f"the training loss became {value:.4g} at step {s.step + 1} (diverged); try a smaller `lr` or "
+                f"`grad_clip`. The last checkpoint ({self.result.last_checkpoint or 'none yet'}) is untouched"
             )
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
@@ -458,11 +584,14 @@ class Trainer:
         return val_loss
 
     def _val_loss(self) -> float:
-        scoring = (self.model, self.data.val_tokens, self.config.seq_len, self.config.batch_size, self.dtype)
+        scoring = {"seq_len": self.config.seq_len, "num_streams": self.config.batch_size, "dtype": self.dtype}
         if not self.group.active:
-            return model_loss(*scoring)
+            return model_loss(self.model, self.data.val_tokens, **scoring)
         # Each process scores its share of the held-out streams.
-        total, count = distributed.sums(self.group, list(loss_sums(*scoring, self.group.rank, self.group.world_size)))
+        shares = {"rank": self.group.rank, "world_size": self.group.world_size}
+        total, count = distributed.sums(
+            self.group, list(loss_sums(self.model, self.data.val_tokens, **scoring, **shares))
+        )
         return total / count if count else math.nan
 
     def _patience_exhausted(self) -> bool:
@@ -504,11 +633,12 @@ class Trainer:
     def _save(self, name: str, val_loss: float | None = None, resumable: bool = True) -> Path:
         s = self.state
         elapsed = round(s.elapsed + time.perf_counter() - self.started, 2)
-        training = training_record(s, self.config, self.dtype, elapsed)
+        training = training_record(s, self.config, self.dtype, elapsed, self.init_from)
         trainer_state = self._trainer_state() if resumable else None
         if self.group.is_main:
-            contents = (self.model, self.data.vocab, training, self.data.reference, trainer_state)
-            run_folder.write_checkpoint(self.run_dir, name, *contents, previous=self.result.last_checkpoint)
+            run_folder.write_checkpoint(self.run_dir, name, self.model, self.data.vocab, training=training,
+                                        corpus=self.data.reference, trainer_state=trainer_state,
+                                        previous=self.result.last_checkpoint)  # fmt: skip
         distributed.barrier(self.group)  # nobody runs ahead of a checkpoint being written
         path = self.run_dir / name
         if resumable:

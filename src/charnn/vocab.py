@@ -62,6 +62,14 @@ class Vocabulary:
     def decode(self, indices) -> str:
         return "".join(self.characters[int(i)] for i in indices)
 
+    def extended(self, text: str) -> "Vocabulary":
+        """This vocabulary followed by the characters of `text` it lacks, sorted.
+
+        Every character keeps its index, so a model trained with this vocabulary still reads and
+        writes the same rows (fine-tuning grows a model this way: `charnn.model.grow_vocabulary`).
+        """
+        return Vocabulary(self.characters + tuple(self.unknown(text)))
+
     def to_json(self) -> list[str]:
         return list(self.characters)
 

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import torch
 
+from charnn import atomic
 from charnn.corpus import cache_dir
 from charnn.hardware import cpu_flags
 from charnn.locks import Lock
@@ -140,11 +141,11 @@ def _build(kernel: Kernel) -> int:
     """Compile `kernel` into the cache (in the child process, holding the build lock); exit status."""
     folder = build_folder(kernel)
     # Nobody else is building while we hold the lock: private folders left by killed builds are stale.
-    for stale in folder.parent.glob(folder.name + ".tmp-*"):
+    for stale in folder.parent.glob(f".{folder.name}.tmp-*"):
         shutil.rmtree(stale, ignore_errors=True)
-    private = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
     print(f"charnn: compiling {kernel.what} (once; under a minute)...", file=sys.stderr)
-    # A compiler that hangs must not hold the lock forever: the whole process group goes.
+    # A build that hangs must not hold the lock forever: this process and ninja go (a compiler
+    # ninja started is in a process group of its own, and finishes its one file alone).
     signal.signal(signal.SIGALRM, lambda *_: os.killpg(0, signal.SIGKILL))
     signal.alarm(BUILD_LIMIT)
     try:
@@ -152,13 +153,11 @@ def _build(kernel: Kernel) -> int:
 
         # The builder logs a screenful about an unexpected compiler; the note below says enough.
         logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
-        private.mkdir()
-        build(kernel.name, [str(CSRC / kernel.source)], extra_cflags=list(kernel.flags), build_directory=str(private),
-              is_python_module=True)  # fmt: skip
-        shutil.rmtree(folder, ignore_errors=True)  # an old folder without a library in it
-        os.rename(private, folder)
+        # Built in private, then renamed into place (replacing an old folder without a library in it).
+        with atomic.replacing_folder(folder) as private:
+            build(kernel.name, [str(CSRC / kernel.source)], extra_cflags=list(kernel.flags),
+                  build_directory=str(private), is_python_module=True)  # fmt: skip
     except Exception as error:  # no compiler, no ninja, a failed build: the slower path still works
-        shutil.rmtree(private, ignore_errors=True)
         lines = [line.strip() for line in str(error).splitlines()]
         reason = next((line for line in lines if "error:" in line.lower() or "not found" in line), "")
         _note(kernel, f"could not be built ({reason[:200] or type(error).__name__})")

@@ -64,9 +64,9 @@ def int8_supported() -> bool:
 def resolve_step_precision(name: str, device: torch.device) -> str:
     """The weight precision for generation: auto picks int8 where it is fast, else fp32."""
     if name not in PRECISIONS:
-        raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {name!r}")
+        raise ConfigError(f"`precision` must be one of {', '.join(PRECISIONS)}, got {name!r}")
     if name == "int8" and (device.type != "cpu" or not int8_supported()):
-        raise ConfigError("--precision int8 needs an x86 CPU with VNNI or AMX; use fp32 or bf16")
+        raise ConfigError("`precision` int8 needs an x86 CPU with VNNI or AMX; use fp32 or bf16")
     if name == "auto":
         return "int8" if device.type == "cpu" and int8_supported() else "fp32"
     return name

@@ -54,13 +54,13 @@ from charnn.serve.schemas import (
     request_models,
 )
 
-# Flags that set the limits a field is checked against, named in the field's error.
-LIMIT_FLAGS = {
-    "prompt": "--max-prompt-chars",
-    "max_new_chars": "--max-new-chars",
-    "max_tokens": "--max-new-chars",
-    "num_samples": "--max-num-samples",
-    "n": "--max-num-samples",
+# The server limit (a ServeLimits field) each request field is checked against, named in its error.
+LIMITS = {
+    "prompt": "max_prompt_chars",
+    "max_new_chars": "max_new_chars",
+    "max_tokens": "max_new_chars",
+    "num_samples": "max_num_samples",
+    "n": "max_num_samples",
 }
 
 # OpenAI completions fields this server accepts only with their neutral values.
@@ -112,8 +112,8 @@ def _validation_error(error: RequestValidationError) -> JSONResponse:
             message = f"{field} {first.get('msg', '').removeprefix('Value error, ')}"
     if field in UNSUPPORTED:
         message = f"{field} is not supported by this server: {UNSUPPORTED[field]}"
-    if field in LIMIT_FLAGS and kind in ("less_than_equal", "string_too_long"):
-        message += f" (a server limit, set by {LIMIT_FLAGS[field]})"
+    if field in LIMITS and kind in ("less_than_equal", "string_too_long"):
+        message += f" (the server's {LIMITS[field]} limit)"
     return _error(422, field, message)
 
 
@@ -172,8 +172,8 @@ class Service:
             raise ApiError(
                 429,
                 None,
-                f"too many generation requests in flight (the limit is {self.limits.max_streams}, "
-                "set by --max-streams); try again shortly",
+                f"too many generation requests in flight (the server's max_streams limit is "
+                f"{self.limits.max_streams}); try again shortly",
                 "rate_limit_error",
             )
         stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
@@ -292,7 +292,7 @@ def _overall(reasons: list[str]) -> str:
 # --- the app -------------------------------------------------------------------------------
 
 
-def create_app(checkpoint_path: str | Path, limits: ServeLimits = ServeLimits()) -> FastAPI:
+def create_app(checkpoint_path: str | Path, *, limits: ServeLimits = ServeLimits()) -> FastAPI:
     """The app for one checkpoint; raises CheckpointError for a broken one."""
     service = Service(Path(checkpoint_path), limits)
     GenerateRequest, CompletionRequest = request_models(limits, service.checkpoint.vocab.characters)
@@ -448,6 +448,7 @@ async def _completion_stream(job: Job, head: dict, n: int, echo: str, include_us
 
 def serve(
     checkpoint_path: str | Path,
+    *,
     host: str = "127.0.0.1",
     port: int = 8000,
     limits: ServeLimits = ServeLimits(),
@@ -457,11 +458,11 @@ def serve(
     import uvicorn
 
     if threads is not None and threads < 1:
-        raise ConfigError(f"--threads must be at least 1, got {threads}")
+        raise ConfigError(f"`threads` must be at least 1, got {threads}")
     if threads is not None:
         torch.set_num_threads(threads)
     # The engine thread takes the GIL back after every tensor operation; with Python's default
     # 5 ms switch interval a busy event loop can hold it off for that long each time.
     sys.setswitchinterval(0.0005)
-    app = create_app(checkpoint_path, limits)
+    app = create_app(checkpoint_path, limits=limits)
     uvicorn.run(app, host=host, port=port, log_level="info")
