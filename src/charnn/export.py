@@ -103,8 +103,8 @@ def onnx_bytes(model: CharRNN, vocab: Vocabulary) -> bytes:
     axes |= {n: {1: "batch"} for n in names} | {f"new_{n}": {1: "batch"} for n in names}
     buffer = io.BytesIO()
     # The TorchScript-based exporter writes the cells as ONNX's own GRU, LSTM and RNN ops, with
-    # the number of steps left free; torch.export (dynamo=True) fixed the steps of stacked cells
-    # to those of the example when tried (PyTorch 2.13).
+    # the number of steps left free; torch.export (dynamo=True), when tried (PyTorch 2.13), fixed
+    # the number of steps to the example's for stacked cells and for plain RNNs.
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
