@@ -164,7 +164,7 @@ def main() -> None:
             arms = {"recipe": {}, **{f"without {trick}": off for trick, off in TRICKS.items()}}
             rows = []
             for i, (arm, off) in enumerate(arms.items()):
-                if all(options.get(k) == v for k, v in off.items()):
+                if off and all(options.get(k) == v for k, v in off.items()):
                     continue  # the recipe has it off already: nothing to compare
                 row = run(name, args.minutes, args.threads, {**options, **off}, out / f"arm{i}", evaluation, False)
                 rows.append({"arm": arm, **row})

@@ -10,8 +10,9 @@ go into the run folder through `charnn.run_folder`; `charnn.plot.plot_run` draws
 
 Everything a run needs to continue is in each numbered checkpoint: weights, optimizer,
 schedule, random states and the position in the data order (which depends only on the seed
-and the epoch). So a run interrupted and resumed on a CPU in fp32 ends with the same weights,
-bit for bit, as one that never stopped.
+and the epoch); with stateful training the streams' position and the state carried into the
+next window, and with `ema` the averaged weights. So a run interrupted and resumed on a CPU in
+fp32 ends with the same weights, bit for bit, as one that never stopped.
 
 The corpus may be prepared data (`charnn.prepare`), read through a memory map. Started by
 torchrun, every process runs the same code: `charnn.distributed` wraps the model in DDP, gives
