@@ -65,7 +65,7 @@ TRICKS = {
 MODEL_FIELDS = {f.name for f in dataclasses.fields(ModelConfig)}
 
 
-def run(name: str, minutes: float, threads: int, options: dict, out: Path, evaluation: dict, sample: bool = True):
+def run(name: str, minutes: float | None, threads: int, options: dict, out: Path, evaluation: dict, sample=True):
     """Train on corpus `name` with `options` for `minutes`; score its best checkpoint (evaluate_text's options)."""
     corpus = load_corpus(name)
     vocab = Vocabulary.from_text(corpus.text)
@@ -137,6 +137,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--corpora", default="tinyshakespeare,great-expectations")
     parser.add_argument("--minutes", type=float, default=15.0, help="training budget per corpus, or per arm")
+    parser.add_argument("--max-steps", type=int, default=None, help="a budget in optimizer steps instead of minutes "
+                        "(the same work for every arm however busy the machine is)")  # fmt: skip
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=None, help="keep the runs here (default: a temporary folder)")
     parser.add_argument("--json", action="store_true")
@@ -155,6 +157,9 @@ def main() -> None:
     for item in args.set:
         key, value = item.split("=", 1)
         options[key] = json.loads(value)
+    minutes = args.minutes
+    if args.max_steps is not None:
+        options["max_steps"], minutes = args.max_steps, None
     evaluation = {"window": args.window, "num_windows": args.num_windows, "dynamic": not args.no_dynamic,
                   "dynamic_segment": args.dynamic_segment, "dynamic_lr": args.dynamic_lr}  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
@@ -166,15 +171,16 @@ def main() -> None:
             for i, (arm, off) in enumerate(arms.items()):
                 if off and all(options.get(k) == v for k, v in off.items()):
                     continue  # the recipe has it off already: nothing to compare
-                row = run(name, args.minutes, args.threads, {**options, **off}, out / f"arm{i}", evaluation, False)
+                row = run(name, minutes, args.threads, {**options, **off}, out / f"arm{i}", evaluation, False)
                 rows.append({"arm": arm, **row})
         else:
-            rows = [run(n, args.minutes, args.threads, options, out / n, evaluation) for n in args.corpora.split(",")]
+            rows = [run(n, minutes, args.threads, options, out / n, evaluation) for n in args.corpora.split(",")]
     if args.json:
         print(json.dumps(rows, indent=2, ensure_ascii=False))
         return
     print(f"machine: {platform.processor() or platform.machine()}, {args.threads} threads, torch {torch.__version__}")
-    what = f"{args.minutes} minutes per {'arm on ' + rows[0]['corpus'] if args.ablation else 'corpus'}"
+    budget = f"{args.max_steps} steps" if minutes is None else f"{minutes} minutes"
+    what = f"{budget} per {'arm on ' + rows[0]['corpus'] if args.ablation else 'corpus'}"
     print(f"budget: {what}; options: {json.dumps(options)}")
     dynamic = "off" if args.no_dynamic else f"SGD lr {args.dynamic_lr}, segments of {args.dynamic_segment}"
     print(f"windows: {args.num_windows} of {args.window} characters from zero state (nanoGPT's protocol); "
