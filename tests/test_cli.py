@@ -220,3 +220,27 @@ def test_broken_checkpoints_for_evaluate_and_resume(capsys, tiny_run, tmp_path, 
         data = (path / WEIGHTS).read_bytes()
         (path / WEIGHTS).write_bytes(data[: len(data) // 2])  # truncated
     assert "checksum" in fails(capsys, *command.split(), str(run))
+
+
+def test_regularised_stateful_run_and_every_evaluation_end_to_end(tmp_path, capsys):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(TINY_TEXT * 40, encoding="utf-8")
+    run = tmp_path / "run"
+    tricks = ["--preset", "seed", "--stateful", "--seq-len-jitter", "2", "--weight-drop", "0.2", "--embedding-dropout",
+              "0.1", "--dropout", "0.1", "--variational-dropout", "--ema", "0.9", "--eval-every", "3"]  # fmt: skip
+    trained = run_cli("train", str(corpus), "--out", str(run), "--max-steps", "6", *SMALL, *tricks)
+    assert trained.returncode == 0, trained.stderr
+    ckpt = json.loads((run / "ckpt_1_6" / METADATA).read_text())
+    config, model = ckpt["training"]["config"], ckpt["model"]
+    assert config["preset"] == "seed" and config["stateful"] and config["seq_len_jitter"] == 2 and config["ema"] == 0.9
+    assert config["batch_size"] == 4 and config["lr"] == 1e-3  # the flag, and the preset's value
+    assert model["weight_drop"] == 0.2 and model["embedding_dropout"] == 0.1 and model["variational_dropout"]
+    assert main(["evaluate", str(run), "--windows", "16", "--num-windows", "8", "--dynamic", "--dynamic-segment",
+                 "20"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "model, 16-char windows" in out and "model, dynamic eval" in out and "first 8 characters" in out
+    assert main(["evaluate", str(run), "--windows", "16", "--num-windows", "8", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["window"] == 16 and report["num_windows"] == 8 and "dynamic_loss" not in report
+    err = fails(capsys, "evaluate", str(run), "--windows", "0")
+    assert "window" in err

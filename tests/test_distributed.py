@@ -141,3 +141,18 @@ def test_a_finished_two_process_run_exits_0_every_time(tmp_path):
         result = run_cli("train", data, "--out", str(run), *options)
         assert result.returncode == 0, f"attempt {attempt + 1}: {result.stderr}"
         assert "terminate called" not in result.stderr and list_checkpoints(run)
+
+
+def test_stateful_training_with_an_average_in_two_processes_matches_one(tmp_path):
+    # Each process carries the state of its own rows; the checkpoint holds every row's, in order.
+    data = _data(tmp_path)
+    tricks = ["--stateful", "--seq-len-jitter", "2", "--ema", "0.9", "--weight-drop", "0.0"]
+    assert main(["train", data, "--out", str(tmp_path / "one"), "--max-steps", "12", *SMALL, *tricks]) == 0
+    two = run_cli("train", data, "--out", str(tmp_path / "two"), "--max-steps", "12", "--nproc", "2", *SMALL, *tricks)
+    assert two.returncode == 0, two.stderr
+    one_record, two_record = _training(tmp_path / "one" / "ckpt_1_12"), _training(tmp_path / "two" / "ckpt_1_12")
+    assert abs(one_record["loss"] - two_record["loss"]) < 1e-4
+    assert one_record["state"]["stream_position"] == two_record["state"]["stream_position"] is not None
+    states = [torch.load(tmp_path / run / "ckpt_1_12" / "trainer.pt", weights_only=True) for run in ("one", "two")]
+    assert (states[0]["carried_state"][0] - states[1]["carried_state"][0]).abs().max() < 1e-4
+    assert max((a - b).abs().max() for a, b in zip(states[0]["ema"], states[1]["ema"], strict=True)) < 1e-4

@@ -59,3 +59,65 @@ def test_model_holds_no_per_caller_state():
 def test_invalid_configuration_is_refused(options):
     with pytest.raises(ConfigError):
         ModelConfig(vocab_size=10, **options)
+
+
+def _regularised(**options) -> CharRNN:
+    torch.manual_seed(0)
+    return CharRNN(ModelConfig(vocab_size=11, embedding_dim=8, hidden_size=16, **options))
+
+
+def test_weight_drop_masks_differ_per_batch_and_are_off_in_evaluation():
+    model = _regularised(weight_drop=0.5, num_layers=2)
+    weight = model.rnn.weight_hh_l1
+    first, second = model.hidden_weight(1), model.hidden_weight(1)
+    for dropped in (first, second):
+        kept = dropped != 0
+        assert 0.3 < kept.float().mean() < 0.7  # about half dropped
+        torch.testing.assert_close(dropped[kept], weight[kept] * 2)  # the rest scaled by 1 / (1 - p)
+    assert not torch.equal(first, second)  # a fresh mask per call: one per batch
+    model.eval()
+    assert model.hidden_weight(1) is weight  # all kept when evaluating
+    tokens = torch.randint(0, 11, (3, 7))
+    torch.testing.assert_close(model(tokens)[0], CharRNN.forward(model, tokens)[0])
+
+
+def test_weight_drop_is_the_same_network_with_masked_weights():
+    # The layer-by-layer path with a mask of all ones is exactly nn.GRU.
+    model = _regularised(weight_drop=0.5, num_layers=2, cell="lstm")
+    tokens = torch.randint(0, 11, (3, 7))
+    model.eval()
+    expected, (h, c) = model(tokens)
+    model.train()
+    model.hidden_weight = lambda layer: getattr(model.rnn, f"weight_hh_l{layer}")
+    got, (h2, c2) = model(tokens)
+    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(h2, h)
+    torch.testing.assert_close(c2, c)
+
+
+def test_embedding_dropout_drops_whole_characters():
+    model = _regularised(embedding_dropout=0.5)
+    dropped = model.embedding_weight()
+    rows_zero = (dropped == 0).all(1)
+    assert 0 < rows_zero.sum() < 11
+    torch.testing.assert_close(dropped[~rows_zero], model.embedding.weight[~rows_zero] * 2)
+    model.eval()
+    assert model.embedding_weight() is model.embedding.weight
+
+
+def test_variational_dropout_keeps_one_mask_across_time():
+    model = _regularised(dropout=0.5, variational_dropout=True)
+    x = torch.ones(4, 9, 16)  # (B, T, H)
+    out = model.output_dropout(x, time_dim=1)
+    assert torch.equal(out, out[:, :1].expand_as(out))  # every time step the same mask
+    assert not torch.equal(out[0], out[1])  # but each sequence its own
+    plain = _regularised(dropout=0.5).output_dropout(x, time_dim=1)
+    assert not torch.equal(plain, plain[:, :1].expand_as(plain))
+    model.eval()
+    assert torch.equal(model.output_dropout(x, time_dim=1), x)
+
+
+@pytest.mark.parametrize("name", ["weight_drop", "embedding_dropout"])
+def test_regularisation_options_are_checked(name):
+    with pytest.raises(ConfigError, match=name):
+        ModelConfig(vocab_size=5, **{name: 1.0})

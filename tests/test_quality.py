@@ -7,11 +7,12 @@ import shutil
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from charnn.config import ModelConfig, TrainConfig
 from charnn.corpus import Corpus
 from charnn.errors import TrainingError
-from charnn.evaluate import evaluate_text, gzip_loss, invented_words, model_loss
+from charnn.evaluate import dynamic_loss, evaluate_text, gzip_loss, invented_words, model_loss, window_loss
 from charnn.model import CharRNN
 from charnn.ngram import KneserNey
 from charnn.plot import plot_run
@@ -138,3 +139,49 @@ def test_untrained_model_scores_about_ln_vocab_on_held_out_text():
     # One stream with carried state equals a single pass over the whole text.
     assert model_loss(model, tokens, seq_len=7, num_streams=1) == pytest.approx(expected, rel=1e-5)
     assert abs(expected - math.log(len(vocab))) < 0.1
+
+
+def _random_model(vocab_size, seed=0):
+    torch.manual_seed(seed)
+    return CharRNN(ModelConfig(vocab_size, embedding_dim=8, hidden_size=16))
+
+
+def test_window_loss_is_the_mean_over_random_windows_from_zero_state():
+    model = _random_model(7)
+    tokens = torch.randint(0, 7, (300,), generator=torch.Generator().manual_seed(1))
+    mean, per_position = window_loss(model, tokens, 12, num_windows=5, seed=3, batch_size=2)
+    starts = torch.randint(300 - 12, (5,), generator=torch.Generator().manual_seed(3))
+    by_hand = []
+    with torch.no_grad():
+        for s in starts.tolist():
+            logits, _ = model(tokens[s : s + 12][None])  # a fresh state for each window
+            by_hand.append(F.cross_entropy(logits[0], tokens[s + 1 : s + 13], reduction="none"))
+    by_hand = torch.stack(by_hand)  # (windows, positions)
+    assert mean == pytest.approx(by_hand.mean().item(), rel=1e-5)
+    torch.testing.assert_close(per_position, by_hand.mean(0))
+    assert window_loss(model, tokens, 12, num_windows=5, seed=4)[0] != mean  # the seed picks the windows
+
+
+def test_dynamic_evaluation_adapts_to_a_repetitive_text_and_leaves_the_model_alone():
+    model = _random_model(9)
+    phrase = torch.randint(0, 9, (37,), generator=torch.Generator().manual_seed(2))
+    tokens = phrase.repeat(30)
+    before = [p.detach().clone() for p in model.parameters()]
+    static = model_loss(model, tokens, seq_len=20, num_streams=1)
+    # With a negligible step each segment is scored as the static model scores it: before the step.
+    assert dynamic_loss(model, tokens, segment=20, lr=1e-9) == pytest.approx(static, rel=1e-5)
+    dynamic = dynamic_loss(model, tokens, segment=20, lr=0.5)
+    assert dynamic < static - 0.5  # the repeats are learnt as they are read
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+def test_evaluate_text_reports_every_protocol_side_by_side():
+    text = (TINY_TEXT * 30)[:3000]
+    vocab = Vocabulary.from_text(text)
+    model = _random_model(len(vocab))
+    report = evaluate_text(
+        model, vocab, text, training_text=text, window=32, num_windows=10, dynamic=True, dynamic_segment=25
+    )
+    for key in ("loss", "window_loss", "window_loss_first_8", "window_loss_after_8", "dynamic_loss", "ngram_loss"):
+        assert math.isfinite(report[key]), key
+    assert report["window"] == 32 and report["dynamic_segment"] == 25

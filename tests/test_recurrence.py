@@ -36,7 +36,7 @@ def test_same_logits_and_gradients_as_the_model(dtype, tolerance, hidden_size):
     generator = torch.Generator().manual_seed(1)
     tokens, targets = torch.randint(0, 23, (2, 5, 30), generator=generator)
     expected_logits, expected = loss_and_grads(model, lambda: model(tokens)[0], tokens, targets)
-    logits, got = loss_and_grads(model, lambda: training_forward(model, tokens, dtype), tokens, targets)
+    logits, got = loss_and_grads(model, lambda: training_forward(model, tokens, dtype)[0], tokens, targets)
     torch.testing.assert_close(logits, expected_logits, rtol=0, atol=tolerance * 10)
     for name, grad in expected.items():
         error = (got[name] - grad).abs().max() / grad.abs().max()
@@ -78,3 +78,34 @@ def test_bf16_training_reaches_the_fp32_loss(tmp_path):
     assert fp32["loss"] != bf16["loss"]
     assert abs(bf16["loss"] - fp32["loss"]) < 0.02 * fp32["loss"]
     assert abs(bf16["val_loss"] - fp32["val_loss"]) < 0.02 * fp32["val_loss"]
+
+
+@pytest.mark.parametrize("hidden_size", [40, 48])
+def test_carried_state_and_regularisation_match_the_model(hidden_size):
+    # The same masks (same seed, drawn in the same order) and a carried state: the same numbers.
+    torch.manual_seed(0)
+    config = ModelConfig(23, embedding_dim=12, hidden_size=hidden_size, dropout=0.3, variational_dropout=True,
+                         weight_drop=0.4, embedding_dropout=0.2)  # fmt: skip
+    model = CharRNN(config)
+    generator = torch.Generator().manual_seed(2)
+    tokens, targets = torch.randint(0, 23, (2, 4, 25), generator=generator)
+    state = torch.randn(1, 4, hidden_size, generator=generator)
+
+    def seeded(forward):
+        def run():
+            torch.manual_seed(5)
+            logits, final = forward()
+            run.final = final
+            return logits
+
+        return run
+
+    expected_run = seeded(lambda: model(tokens, state))
+    expected_logits, expected = loss_and_grads(model, expected_run, tokens, targets)
+    got_run = seeded(lambda: training_forward(model, tokens, torch.float32, state))
+    logits, got = loss_and_grads(model, got_run, tokens, targets)
+    torch.testing.assert_close(logits, expected_logits, rtol=0, atol=1e-4)
+    torch.testing.assert_close(got_run.final, expected_run.final.detach(), rtol=0, atol=1e-5)
+    for name, grad in expected.items():
+        error = (got[name] - grad).abs().max() / grad.abs().max()
+        assert error < 1e-5, f"{name}: relative error {error:.2e}"

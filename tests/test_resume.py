@@ -230,3 +230,34 @@ def test_resuming_a_run_already_at_its_step_limit_does_nothing(tmp_path):
     result = resume(tmp_path / "run")
     assert result.stopped_by == "max_steps"
     assert [p.name for p in list_checkpoints(tmp_path / "run")] == before
+
+
+# Stateful streams with random window lengths, DropConnect, embedding and variational dropout, and
+# the weight average: the streams' position, the carried state and the average must all come back.
+TRICKS = TrainConfig(seq_len=12, batch_size=4, epochs=2, precision="fp32", seed=5, eval_every=5, checkpoint_every=7,
+                     threads=1, stateful=True, seq_len_jitter=3.0, ema=0.8)  # fmt: skip
+
+
+@pytest.mark.parametrize("layers", [1, 2])  # 1: the compiled training recurrence; 2: layer by layer
+def test_stateful_regularised_run_with_an_average_resumes_bit_identically(tmp_path, layers):
+    corpus, vocab, _ = _setup(tmp_path)
+    model_config = ModelConfig(len(vocab), embedding_dim=8, hidden_size=16, num_layers=layers, dropout=0.2,
+                               variational_dropout=True, weight_drop=0.3, embedding_dropout=0.1)  # fmt: skip
+    straight = train(corpus, vocab, model_config, TRICKS, tmp_path / "straight")
+    stops = iter([None] * 10 + ["SIGINT"])
+    first = train(corpus, vocab, model_config, TRICKS, tmp_path / "resumed", should_stop=lambda: next(stops, None))
+    assert first.stopped_by == "SIGINT" and first.last_checkpoint.name == "ckpt_1_11"
+    saved = torch.load(first.last_checkpoint / TRAINER_STATE, weights_only=True)
+    assert saved["carried_state"][0].shape == (layers, 4, 16) and len(saved["ema"]) == len(
+        _weights(first.last_checkpoint)
+    )
+    second = resume(tmp_path / "resumed")
+    assert second.stopped_by == "epochs"
+    for path in list_checkpoints(tmp_path / "straight"):
+        assert _same_weights(path, tmp_path / "resumed" / path.name), path.name
+        a = torch.load(path / TRAINER_STATE, weights_only=True)
+        b = torch.load(tmp_path / "resumed" / path.name / TRAINER_STATE, weights_only=True)
+        assert all(torch.equal(x, y) for x, y in zip(a["ema"], b["ema"], strict=True)), path.name
+        assert all(torch.equal(x, y) for x, y in zip(a["carried_state"], b["carried_state"], strict=True)), path.name
+    assert _same_weights(tmp_path / "straight" / "best", tmp_path / "resumed" / "best")
+    assert straight.best_val_loss == second.best_val_loss

@@ -99,3 +99,65 @@ def test_invalid_training_options():
         TrainConfig(time_limit=-1)
     with pytest.raises(ConfigError, match="`precision`"):
         TrainConfig(precision="fp8")
+
+
+def test_the_weight_average_follows_its_formula(tmp_path):
+    import torch
+
+    from charnn.checkpoint import TRAINER_STATE
+    from charnn.model import CharRNN
+
+    corpus = Corpus("tiny", TINY_TEXT * 20)
+    vocab = Vocabulary.from_text(corpus.text)
+    model_config = _small(vocab)
+    config = TrainConfig(seq_len=10, batch_size=4, max_steps=3, checkpoint_every=1, ema=0.7, precision="fp32",
+                         seed=4, lr=1e-2)  # fmt: skip
+    train(corpus, vocab, model_config, config, tmp_path / "run")
+    torch.manual_seed(config.seed)  # the run's initial weights, as train() draws them
+    average = [p.detach().clone() for p in CharRNN(model_config).parameters()]
+    names = [name for name, _ in CharRNN(model_config).named_parameters()]
+    for step in (1, 2, 3):
+        path = tmp_path / "run" / f"ckpt_1_{step}"
+        raw = load_checkpoint(path).model.state_dict()
+        average = [0.7 * a + 0.3 * raw[name] for a, name in zip(average, names, strict=True)]
+        saved = torch.load(path / TRAINER_STATE, weights_only=True)["ema"]
+        for got, expected in zip(saved, average, strict=True):
+            torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-7)
+
+
+def test_best_keeps_the_better_of_the_raw_and_averaged_weights(tmp_path):
+    import torch
+
+    from charnn.evaluate import model_loss
+
+    corpus = Corpus("tiny", TINY_TEXT * 40)
+    vocab = Vocabulary.from_text(corpus.text)
+    config = TrainConfig(seq_len=20, batch_size=8, epochs=2, eval_every=3, lr=3e-3, precision="fp32", ema=0.9)
+    result = train(corpus, vocab, _small(vocab), config, tmp_path / "run")
+    records = [json.loads(line) for line in (tmp_path / "run" / METRICS).read_text().splitlines()]
+    evals = [r for r in records if "val_loss" in r]
+    assert evals and all(r["val_loss"] == min(r["raw_val_loss"], r["ema_val_loss"]) for r in evals)
+    assert any(r["raw_val_loss"] != r["ema_val_loss"] for r in evals)
+    best_record = min(evals, key=lambda r: r["val_loss"])
+    best = load_checkpoint(tmp_path / "run" / "best")
+    expected = "ema" if best_record["ema_val_loss"] < best_record["raw_val_loss"] else "raw"
+    assert best.training["weights"] == expected and result.best_val_loss == best_record["val_loss"]
+    tokens = torch.from_numpy(vocab.encode(corpus.text))
+    held_out = tokens[len(tokens) - int(len(tokens) * 0.1) :]
+    assert model_loss(best.model, held_out, seq_len=20, num_streams=8) == pytest.approx(
+        best_record["val_loss"], rel=1e-6
+    )
+
+
+def test_stateful_training_carries_state_and_learns(tmp_path):
+    corpus = Corpus("tiny", TINY_TEXT * 40)
+    vocab = Vocabulary.from_text(corpus.text)
+    losses = {}
+    for stateful in (False, True):
+        config = TrainConfig(seq_len=10, batch_size=4, epochs=2, lr=3e-3, precision="fp32", stateful=stateful)
+        result = train(corpus, vocab, _small(vocab), config, tmp_path / str(stateful))
+        losses[stateful] = result.best_val_loss
+    assert all(loss < math.log(len(vocab)) for loss in losses.values())  # both learn
+    assert losses[True] != losses[False]  # and they are different runs
+    with pytest.raises(ConfigError, match="seq_len_jitter needs stateful"):
+        TrainConfig(seq_len_jitter=2.0)

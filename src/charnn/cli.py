@@ -17,8 +17,12 @@ from pathlib import Path
 from charnn.config import (
     CELLS,
     DEVICES,
+    DYNAMIC_LR,
+    DYNAMIC_SEGMENT,
     GENERATE_PRECISIONS,
     LR_SCHEDULES,
+    NANOGPT_WINDOW,
+    NANOGPT_WINDOWS,
     PRECISIONS,
     ModelConfig,
     SampleConfig,
@@ -26,6 +30,7 @@ from charnn.config import (
     TrainConfig,
 )
 from charnn.errors import CharnnError, ConfigError, CorpusError, render_names
+from charnn.presets import PRESETS, with_preset
 
 HELP = {
     "embedding_dim": "size of each character's embedding",
@@ -33,6 +38,9 @@ HELP = {
     "cell": "recurrent cell",
     "num_layers": "stacked recurrent layers",
     "dropout": "dropout between layers and before the output",
+    "variational_dropout": "--dropout with one mask per sequence, the same at every time step",
+    "weight_drop": "DropConnect on the recurrent (hidden-to-hidden) weights: share of them dropped, one mask per batch",
+    "embedding_dropout": "share of characters whose whole embedding is dropped, one mask per batch",
     "seq_len": "characters per training window",
     "batch_size": "windows per batch",
     "epochs": "passes over the training text",
@@ -53,12 +61,18 @@ HELP = {
     "lr_schedule": "learning-rate schedule after warm-up",
     "warmup_steps": "steps of linear learning-rate warm-up",
     "weight_decay": "decoupled weight decay (AdamW)",
+    "stateful": "truncated BPTT: each batch row reads its own stretch of the text, state carried between windows",
+    "seq_len_jitter": "with --stateful: random window lengths around --seq-len with this spread (AWD-LSTM)",
+    "ema": "also keep an exponential moving average of the weights with this decay (e.g. 0.999); "
+    "best keeps whichever scores better",
+    "preset": "start from a named configuration; flags given override it (seed = the reference system)",
     "max_prompt_chars": "longest prompt a request may send",
     "max_new_chars": "most new characters a request may ask for, per sample",
     "max_num_samples": "most samples one request may ask for",
     "max_streams": "generation requests in flight at once (streaming or not); more get HTTP 429",
 }
-CHOICES = {"cell": CELLS, "device": DEVICES, "precision": PRECISIONS, "lr_schedule": LR_SCHEDULES}
+CHOICES = {"cell": CELLS, "device": DEVICES, "precision": PRECISIONS, "lr_schedule": LR_SCHEDULES,
+           "preset": tuple(PRESETS)}  # fmt: skip
 
 
 def _flag_type(annotation):
@@ -76,12 +90,20 @@ def flag(name: str) -> str:
 def add_config_flags(parser: argparse.ArgumentParser, cls, skip=()) -> None:
     """One --kebab-case flag per field of the dataclass `cls`; unset flags keep its defaults."""
     group = parser.add_argument_group(f"{cls.__name__} options")
+    # `charnn train` starts from the default preset: its values are the defaults a user gets.
+    preset = with_preset(None, {}) if cls in (ModelConfig, TrainConfig) else {}
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
-        default = "" if f.default is None else f" (default: {f.default})"
+        value = preset.get(f.name, f.default)
+        default = "" if value is None else f" (default: {value})"
+        flag_name = flag(f.name)
+        if f.type is bool:  # --stateful / --no-stateful
+            group.add_argument(flag_name, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                               help=HELP.get(f.name, "") + default)  # fmt: skip
+            continue
         group.add_argument(
-            flag(f.name),
+            flag_name,
             dest=f.name,
             type=_flag_type(f.type),
             choices=CHOICES.get(f.name),
@@ -127,8 +149,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.init_from is not None:
         return _finetune(args, finetune, interrupts, launching)
     # Cheap checks first: flags and the output folder, before reading a large corpus.
-    train_config = config_from_args(args, TrainConfig)
-    config_from_args(args, ModelConfig, vocab_size=1)
+    # The preset's values, then the flags given: argparse leaves unset flags out of args.
+    options = argparse.Namespace(**with_preset(vars(args).get("preset"), vars(args)))
+    train_config = config_from_args(options, TrainConfig)
+    config_from_args(options, ModelConfig, vocab_size=1)
     check_new(args.out, args.overwrite)
     if launching:
         if train_config.batch_size % args.nproc:
@@ -138,7 +162,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     # Without --val-fraction, prepared data keeps the split it was prepared with.
     data = open_corpus(args.corpus, encoding=args.encoding, val_fraction=vars(args).get("val_fraction"))
     train_config = dataclasses.replace(train_config, val_fraction=data.val_fraction)
-    model_config = config_from_args(args, ModelConfig, vocab_size=len(data.vocab))
+    model_config = config_from_args(options, ModelConfig, vocab_size=len(data.vocab))
     with Progress(data.describe()) as progress, interrupts:
         result = train(data, data.vocab, model_config, train_config, args.out, on_event=progress.on_event,
                        overwrite=args.overwrite, should_stop=interrupts.reason)  # fmt: skip
@@ -148,7 +172,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _finetune(args: argparse.Namespace, finetune, interrupts: "Interrupts", launching: bool) -> int:
     """charnn train CORPUS --init-from CHECKPOINT --out RUN_DIR: the library checks the parent."""
-    train_config = config_from_args(args, TrainConfig)
+    # The preset's training options, then the flags given; the model's shape is the parent's.
+    options = argparse.Namespace(**with_preset(vars(args).get("preset"), vars(args)))
+    train_config = config_from_args(options, TrainConfig)
     if launching:
         if train_config.batch_size % args.nproc:
             raise ConfigError(f"--batch-size {train_config.batch_size} is not a multiple of --nproc {args.nproc}; "
@@ -472,6 +498,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from charnn.evaluate import evaluate_text
     from charnn.run_folder import load_checkpoint
 
+    # The library names these `window`, `segment`...; checked here first, under the flags' names.
+    for name, value in (("--windows", args.windows), ("--num-windows", args.num_windows),
+                        ("--dynamic-segment", args.dynamic_segment)):  # fmt: skip
+        if value is not None and value < 1:
+            raise ConfigError(f"{name} must be at least 1, got {value}")
+    if args.dynamic_lr <= 0:
+        raise ConfigError(f"--dynamic-lr must be positive, got {args.dynamic_lr}")
+    if not 0.0 <= args.dynamic_decay < 1.0:
+        raise ConfigError(f"--dynamic-decay must be in [0, 1), got {args.dynamic_decay}")
     ckpt = load_checkpoint(args.checkpoint)
     data = None  # the checkpoint's own corpus, found again when needed
     if args.train_text is not None:
@@ -488,7 +523,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         text = (data or of_checkpoint(ckpt)).held_out_text()
         if not text:
             raise ConfigError("this model was trained without held-out text; give a TEXT to evaluate on")
-    report = evaluate_text(ckpt.model, ckpt.vocab, text, training_text=train_text)
+    report = evaluate_text(ckpt.model, ckpt.vocab, text, training_text=train_text, window=args.windows,
+                           num_windows=args.num_windows, window_seed=args.window_seed, dynamic=args.dynamic,
+                           dynamic_segment=args.dynamic_segment, dynamic_lr=args.dynamic_lr,
+                           dynamic_decay=args.dynamic_decay)  # fmt: skip
     report["checkpoint"] = str(ckpt.path)
     report["text"] = args.text or "held-out part of the training corpus"
     if args.json:
@@ -498,9 +536,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if report["unknown_characters"]:
         shown = ", ".join(repr(c) for c in report["unknown"])
         print(f"left out {report['unknown_characters']:,} characters the model does not know: {shown}")
-    print(f"{'':<22}{'nats/char':>10}{'bits/char':>11}")
-    for label, key in (("model", "loss"), ("Kneser-Ney 5-gram", "ngram_loss"), ("gzip -9", "gzip_loss")):
-        print(f"{label:<22}{report[key]:>10.4f}{report[key] / math.log(2):>11.4f}")
+    rows = [("model", "loss")]
+    if args.windows is not None:
+        rows.append((f"model, {args.windows}-char windows", "window_loss"))
+    if args.dynamic:
+        rows.append(("model, dynamic eval", "dynamic_loss"))
+    rows += [("Kneser-Ney 5-gram", "ngram_loss"), ("gzip -9", "gzip_loss")]
+    width = max(22, *(len(label) + 2 for label, _ in rows))
+    print(f"{'':<{width}}{'nats/char':>10}{'bits/char':>11}")
+    for label, key in rows:
+        print(f"{label:<{width}}{report[key]:>10.4f}{report[key] / math.log(2):>11.4f}")
+    if args.windows is not None and "window_loss_after_8" in report:
+        print(f"windows: {report['num_windows']:,} from zero state (seed {report['window_seed']}); first 8 characters "
+              f"{report['window_loss_first_8']:.4f}, the rest {report['window_loss_after_8']:.4f}")  # fmt: skip
     invented = report["invented_words"]
     print(
         f"invented words: {report['invented_word_share']:.2%}" + (f" ({', '.join(invented[:10])})" if invented else "")
@@ -667,6 +715,19 @@ def build_parser() -> argparse.ArgumentParser:
                    "corpus cannot be found")  # fmt: skip
     p.add_argument("--encoding", default="utf-8", help="text encoding (default: utf-8)")
     p.add_argument("--json", action="store_true", help="print the figures as one JSON object")
+    p.add_argument("--windows", type=int, metavar="N", help="also score random N-character windows, each from a "
+                   f"zero state (nanoGPT's protocol; it uses {NANOGPT_WINDOW})")  # fmt: skip
+    p.add_argument("--num-windows", type=int, default=NANOGPT_WINDOWS, help="windows to score with --windows "
+                   f"(default: {NANOGPT_WINDOWS}, nanoGPT's 200 batches of 64)")  # fmt: skip
+    p.add_argument("--window-seed", type=int, default=0, help="seed for the windows' positions (default: 0)")
+    p.add_argument("--dynamic", action="store_true", help="also score with dynamic evaluation (Krause et al. "
+                   "2018): each segment scored, then a gradient step taken on it")  # fmt: skip
+    p.add_argument("--dynamic-segment", type=int, default=DYNAMIC_SEGMENT, help="characters per segment of "
+                   f"dynamic evaluation (default: {DYNAMIC_SEGMENT})")  # fmt: skip
+    p.add_argument("--dynamic-lr", type=float, default=DYNAMIC_LR, help="SGD learning rate of dynamic evaluation "
+                   f"(default: {DYNAMIC_LR})")  # fmt: skip
+    p.add_argument("--dynamic-decay", type=float, default=0.0, help="pull towards the trained weights after each "
+                   "step of dynamic evaluation, a share in [0, 1) (default: 0)")  # fmt: skip
     p.set_defaults(run=cmd_evaluate)
 
     p = commands.add_parser("plot", help="redraw RUN_DIR/loss.png", description="Redraw a run's loss curves.")

@@ -17,6 +17,15 @@ DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 LR_SCHEDULES = ("constant", "cosine", "plateau")
 GENERATE_PRECISIONS = ("auto", "fp32", "bf16", "int8")  # weights when generating: see charnn.fast.step
+# nanoGPT's protocol for shakespeare_char (charnn.evaluate.window_loss): eval_iters 200 batches of
+# batch_size 64 windows of block_size 256.
+NANOGPT_WINDOW = 256
+NANOGPT_WINDOWS = 200 * 64
+# Dynamic evaluation's defaults (charnn.evaluate.dynamic_loss): SGD on each segment's mean loss.
+# Segments of 50 characters are in the range Krause et al. (2018) used; the learning rate is a
+# starting point to tune on held-out text (benchmarks/quality.py), not a figure from the paper.
+DYNAMIC_SEGMENT = 50
+DYNAMIC_LR = 0.1
 
 
 def _check(condition: bool, message: str) -> None:
@@ -46,6 +55,9 @@ class ModelConfig(JsonConfig):
     cell: str = "gru"
     num_layers: int = 1
     dropout: float = 0.0
+    variational_dropout: bool = False  # one dropout mask per sequence, reused at every time step
+    weight_drop: float = 0.0  # DropConnect on the hidden-to-hidden weights, one mask per batch
+    embedding_dropout: float = 0.0  # whole characters' embedding rows, one mask per batch
 
     def __post_init__(self):
         _check(self.vocab_size >= 1, f"vocab_size must be at least 1, got {self.vocab_size}")
@@ -54,6 +66,9 @@ class ModelConfig(JsonConfig):
         _check(self.cell in CELLS, f"`cell` must be one of {', '.join(CELLS)}, got {self.cell!r}")
         _check(self.num_layers >= 1, f"`num_layers` must be at least 1, got {self.num_layers}")
         _check(0.0 <= self.dropout < 1.0, f"`dropout` must be in [0, 1), got {self.dropout}")
+        for name in ("weight_drop", "embedding_dropout"):
+            value = getattr(self, name)
+            _check(0.0 <= value < 1.0, f"`{name}` must be in [0, 1), got {value}")
 
 
 @dataclass(frozen=True)
@@ -80,6 +95,10 @@ class TrainConfig(JsonConfig):
     warmup_steps: int = 0
     weight_decay: float = 0.0
     log_every_seconds: float = 30.0
+    stateful: bool = False  # each batch row reads its own stream of the text, state carried between windows
+    seq_len_jitter: float = 0.0  # stateful only: spread (characters) of a random window length; 0 = fixed
+    ema: float | None = None  # decay of an exponential moving average of the weights; None = none
+    preset: str | None = None  # the named preset the options started from (charnn.presets), as a record
 
     def __post_init__(self):
         _check(self.seq_len >= 1, f"`seq_len` must be at least 1, got {self.seq_len}")
@@ -109,6 +128,12 @@ class TrainConfig(JsonConfig):
         _check(self.warmup_steps >= 0, f"`warmup_steps` must be 0 or more, got {self.warmup_steps}")
         _check(self.weight_decay >= 0, f"`weight_decay` must be 0 or more, got {self.weight_decay}")
         _check(self.log_every_seconds > 0, f"`log_every_seconds` must be positive, got {self.log_every_seconds}")
+        _check(self.seq_len_jitter >= 0, f"`seq_len_jitter` must be 0 or more, got {self.seq_len_jitter}")
+        _check(
+            not self.seq_len_jitter or self.stateful,
+            "`seq_len_jitter` needs `stateful` training (independent windows all have length `seq_len`)",
+        )
+        _check(self.ema is None or 0.0 < self.ema < 1.0, f"`ema` must be in (0, 1), got {self.ema}")
 
 
 @dataclass(frozen=True)

@@ -72,3 +72,72 @@ class Batches:
                 rows = rows[self.rank :: self.world_size]
             chosen = windows[rows].long()
             yield chosen[:, :-1], chosen[:, 1:]
+
+
+class Streams:
+    """Stateful training's batches: row b reads its own contiguous stream of the text, window after window.
+
+    The text is cut into `batch_size` equal streams (word_language_model's batchify)::
+
+        text     [ stream 0 ............ | stream 1 ............ | ... ]
+        step 1   rows read stream[b][p : p + n + 1]      p = the position, n = this window's length
+        step 2   rows read stream[b][p + n : p + 2n + 1] ...
+
+    so the state a row ends one window with is the right one to start its next window from. A
+    pass that reaches a stream's end starts again at a random offset below seq_len (the trainer
+    then resets the state): boundaries move between passes. An epoch is a fixed number of steps
+    (`steps_per_epoch`), about one pass.
+
+    With `jitter` each window's length is drawn as AWD-LSTM does: normal around seq_len (around
+    seq_len / 2 one time in twenty) with standard deviation `jitter`, kept within [1, 2 seq_len].
+    Lengths and offsets depend only on (seed, step), and the position is a plain number a
+    checkpoint keeps, so a resumed run reads exactly the windows it would have.
+
+    Across processes, rank r takes rows r, r + world_size, ..., as `Batches` does.
+    """
+
+    def __init__(self, tokens: torch.Tensor, batch_size: int, seq_len: int, seed: int = 0, rank: int = 0,
+                 world_size: int = 1, jitter: float = 0.0):  # fmt: skip
+        self.longest = 2 * seq_len if jitter else seq_len
+        stream_len = len(tokens) // batch_size
+        if stream_len < self.longest + seq_len + 1:
+            raise CorpusError(
+                f"the training text has {len(tokens):,} characters, too few for {batch_size} streams of at least "
+                f"{self.longest + seq_len + 1:,} (stateful training); a smaller batch_size or seq_len would fit"
+            )
+        self.streams = tokens[: stream_len * batch_size].view(batch_size, stream_len)  # (B, L)
+        self.stream_len = stream_len
+        self.batch_size, self.seq_len, self.seed, self.jitter = batch_size, seq_len, seed, jitter
+        self.rank, self.world_size = rank, world_size
+        self.steps_per_epoch = max(1, (stream_len - seq_len - 1) // seq_len)
+        self.position: int | None = None  # where the next window starts; None: a new pass begins
+        self.restarted = False  # whether the window just read began a new pass (the state then resets)
+
+    def _generator(self, step: int) -> torch.Generator:
+        return torch.Generator().manual_seed(self.seed * 1_000_003 + step + 7)
+
+    def window_length(self, step: int) -> int:
+        """The length of window `step` (0-based, counted over the whole run)."""
+        if not self.jitter:
+            return self.seq_len
+        generator = self._generator(step)
+        centre = self.seq_len if float(torch.rand((), generator=generator)) < 0.95 else self.seq_len / 2
+        drawn = centre + self.jitter * float(torch.randn((), generator=generator))
+        return int(min(max(1, round(drawn)), self.longest))
+
+    def next(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(inputs, targets), each (rows, n), of window `step`; advances the position."""
+        length = self.window_length(step)
+        self.restarted = self.position is None or self.position + length + 1 > self.stream_len
+        if self.restarted:
+            self.position = int(torch.randint(0, self.seq_len, (), generator=self._generator(-step - 1)))
+        start = self.position
+        self.position = start + length
+        rows = self.streams[self.rank :: self.world_size] if self.world_size > 1 else self.streams
+        chosen = rows[:, start : start + length + 1].long()
+        return chosen[:, :-1], chosen[:, 1:]
+
+    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The windows of `epoch` (0-based) from `start_step` on, continuing from the current position."""
+        for step in range(start_step, self.steps_per_epoch):
+            yield self.next(epoch * self.steps_per_epoch + step)

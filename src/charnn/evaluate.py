@@ -3,8 +3,18 @@
 The baselines are an interpolated Kneser-Ney character 5-gram fitted on the training text
 and gzip -9. For a generated sample, the share of its words that never occur in the training
 text measures invented words. Losses are nats per character; bits = nats / ln 2.
+
+Three ways to score a model, each another tool's yardstick:
+
+- `model_loss`: the text read straight through, state carried (every character but the first
+  of each stream has the whole text before it): char-rnn's and AWD-LSTM's figure.
+- `window_loss`: random windows of N characters, each from a zero state, the mean over all
+  positions: nanoGPT's figure for its character model (N = 256, 200 batches of 64 windows).
+- `dynamic_loss`: Krause et al. (2018)'s dynamic evaluation: the text read straight through,
+  each segment scored before the model takes a gradient step on it.
 """
 
+import copy
 import gzip
 import math
 import re
@@ -12,6 +22,8 @@ import re
 import torch
 import torch.nn.functional as F
 
+from charnn.config import DYNAMIC_LR, DYNAMIC_SEGMENT, NANOGPT_WINDOW, NANOGPT_WINDOWS
+from charnn.errors import ConfigError
 from charnn.hardware import autocast
 from charnn.model import CharRNN
 from charnn.ngram import KneserNey
@@ -74,6 +86,92 @@ def loss_sums(
     return total, count
 
 
+def window_loss(
+    model: CharRNN,
+    tokens: torch.Tensor,
+    window: int = NANOGPT_WINDOW,
+    *,
+    num_windows: int = NANOGPT_WINDOWS,
+    seed: int = 0,
+    batch_size: int = 64,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[float, torch.Tensor]:
+    """(Mean loss, mean loss at each position (window,)) over `num_windows` random windows of `tokens`.
+
+    Window i predicts tokens[s + 1 : s + window + 1] from tokens[s : s + window], from a zero
+    state, with starts s drawn uniformly from [0, len - window) by a generator seeded with `seed`
+    (nanoGPT's get_batch). The mean is over all positions of all windows.
+    """
+    if window < 1 or num_windows < 1:
+        raise ConfigError(f"`window` and `num_windows` must be at least 1, got {window} and {num_windows}")
+    if len(tokens) < window + 1:
+        raise ConfigError(f"the text has {len(tokens):,} characters, too few for windows of {window} (window + 1)")
+    device = next(model.parameters()).device
+    generator = torch.Generator().manual_seed(seed)
+    starts = torch.randint(len(tokens) - window, (num_windows,), generator=generator)
+    offsets = torch.arange(window + 1)
+    was_training = model.training
+    model.eval()
+    per_position = torch.zeros(window, dtype=torch.float64)
+    with torch.inference_mode(), autocast(device, dtype):
+        for first in range(0, num_windows, batch_size):
+            rows = tokens[(starts[first : first + batch_size, None] + offsets).flatten()].view(-1, window + 1)
+            rows = rows.long().to(device)  # (B, window + 1)
+            logits, _ = model(rows[:, :-1])
+            losses = F.cross_entropy(logits.float().transpose(1, 2), rows[:, 1:], reduction="none")  # (B, window)
+            per_position += losses.double().sum(0).cpu()
+    model.train(was_training)
+    per_position /= num_windows
+    return float(per_position.mean()), per_position.float()
+
+
+def dynamic_loss(
+    model: CharRNN,
+    tokens: torch.Tensor,
+    *,
+    segment: int = DYNAMIC_SEGMENT,
+    lr: float = DYNAMIC_LR,
+    decay: float = 0.0,
+) -> float:
+    """Mean loss in nats per character of `tokens` under SGD dynamic evaluation (Krause et al., 2018).
+
+    The text is read as one stream, state carried; each segment of `segment` characters is
+    scored first, then the model takes a step on it: w <- w - lr grad + decay (w_trained - w),
+    `decay` pulling the weights back towards the trained ones. `model` itself is left unchanged
+    (a copy adapts), and its regularisation is off (evaluation mode).
+    """
+    if segment < 1:
+        raise ConfigError(f"`segment` must be at least 1, got {segment}")
+    if lr <= 0 or not 0.0 <= decay < 1.0:
+        raise ConfigError(f"`lr` must be positive and `decay` in [0, 1), got {lr} and {decay}")
+    if len(tokens) < 2:
+        return math.nan
+    adapted = copy.deepcopy(model).eval()
+    parameters = list(adapted.parameters())
+    trained = [p.detach().clone() for p in parameters]
+    device = parameters[0].device
+    total, count, state = 0.0, 0, None
+    # cuDNN's recurrent backward runs in training mode only; the plain kernels run in either.
+    with torch.backends.cudnn.flags(enabled=False), torch.enable_grad():
+        for start in range(0, len(tokens) - 1, segment):
+            chunk = tokens[start : start + segment + 1].long().to(device)
+            inputs, targets = chunk[:-1].unsqueeze(0), chunk[1:].unsqueeze(0)  # (1, n)
+            logits, state = adapted(inputs, state)
+            loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+            total += loss.item() * targets.numel()
+            count += targets.numel()
+            adapted.zero_grad(set_to_none=True)
+            loss.backward()
+            with torch.no_grad():
+                for p, origin in zip(parameters, trained, strict=True):
+                    if p.grad is not None:
+                        p.sub_(p.grad, alpha=lr)
+                    if decay:
+                        p.lerp_(origin, decay)
+            state = tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
+    return total / count
+
+
 def gzip_loss(text: str) -> float:
     """gzip -9's compressed size of the UTF-8 text, in nats per character."""
     return len(gzip.compress(text.encode("utf-8"), compresslevel=9)) * 8 / NATS_TO_BITS / max(1, len(text))
@@ -98,11 +196,20 @@ def evaluate_text(
     *,
     training_text: str | None,
     seq_len: int = 100,
+    window: int | None = None,
+    num_windows: int = NANOGPT_WINDOWS,
+    window_seed: int = 0,
+    dynamic: bool = False,
+    dynamic_segment: int = DYNAMIC_SEGMENT,
+    dynamic_lr: float = DYNAMIC_LR,
+    dynamic_decay: float = 0.0,
 ) -> dict:
     """Model loss on `text` beside the n-gram and gzip baselines, in one report.
 
     Characters the model does not know are counted, then left out of every figure, so the
-    model and the baselines score the same characters.
+    model and the baselines score the same characters. `window` adds nanoGPT's figure
+    (`window_loss`), `dynamic` the dynamically evaluated one (`dynamic_loss`), beside the
+    carried-state `loss`.
     """
     unknown = vocab.unknown(text)
     unknown_set = set(unknown)
@@ -116,6 +223,18 @@ def evaluate_text(
     loss = model_loss(model, tokens, seq_len=seq_len, num_streams=max(1, min(64, len(kept) // 1000)))
     report["loss"] = loss
     report["bpc"] = loss * NATS_TO_BITS
+    if window is not None:
+        mean, per_position = window_loss(model, tokens, window, num_windows=num_windows, seed=window_seed)
+        head = min(8, window)
+        report.update(window=window, num_windows=num_windows, window_seed=window_seed, window_loss=mean)
+        report["window_bpc"] = mean * NATS_TO_BITS
+        report["window_loss_first_8"] = float(per_position[:head].mean())
+        if window > head:
+            report["window_loss_after_8"] = float(per_position[head:].mean())
+    if dynamic:
+        figure = dynamic_loss(model, tokens, segment=dynamic_segment, lr=dynamic_lr, decay=dynamic_decay)
+        report.update(dynamic_loss=figure, dynamic_bpc=figure * NATS_TO_BITS, dynamic_segment=dynamic_segment,
+                      dynamic_lr=dynamic_lr, dynamic_decay=dynamic_decay)  # fmt: skip
     report["gzip_loss"] = gzip_loss(kept)
     report["gzip_bpc"] = report["gzip_loss"] * NATS_TO_BITS
     if training_text is not None:

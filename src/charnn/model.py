@@ -3,6 +3,12 @@
 State is explicit: ``forward(tokens, state) -> (logits, state)``; the module keeps no
 per-caller state, so one loaded model can serve many callers at once.
 
+Regularisation, all of it in training mode only (evaluation and generation see the plain
+network): `dropout` between layers and before the output (with `variational_dropout`, one
+mask per sequence reused at every time step instead of a fresh one per character);
+`weight_drop`, DropConnect on each layer's hidden-to-hidden weights, one mask per batch;
+`embedding_dropout`, whole characters' embedding rows dropped for a batch.
+
 >>> model = CharRNN(ModelConfig(vocab_size=10, embedding_dim=8, hidden_size=16))
 >>> logits, state = model(torch.zeros(2, 5, dtype=torch.long))
 >>> tuple(logits.shape)
@@ -13,6 +19,7 @@ import dataclasses
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from charnn.config import ModelConfig
@@ -21,6 +28,8 @@ from charnn.config import ModelConfig
 State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
 _CELLS = {"gru": nn.GRU, "lstm": nn.LSTM, "rnn": nn.RNN}
+# The functions nn.GRU, nn.LSTM and nn.RNN call themselves: run one layer at a time with chosen weights.
+_LAYER_FUNCTIONS = {"gru": torch._VF.gru, "lstm": torch._VF.lstm, "rnn": torch._VF.rnn_tanh}
 
 
 class CharRNN(nn.Module):
@@ -39,9 +48,60 @@ class CharRNN(nn.Module):
         self.head = nn.Linear(config.hidden_size, config.vocab_size)
 
     def forward(self, tokens: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
-        x = self.embedding(tokens)  # (B, T, E)
-        x, state = self.rnn(x, state)  # (B, T, H)
-        return self.head(self.dropout(x)), state  # (B, T, V)
+        x = F.embedding(tokens, self.embedding_weight())  # (B, T, E)
+        if self.training and (self.config.weight_drop or self.config.variational_dropout):
+            x, state = self._layer_by_layer(x, state)  # (B, T, H)
+        else:
+            x, state = self.rnn(x, state)  # (B, T, H)
+        return self.head(self.output_dropout(x, time_dim=1)), state  # (B, T, V)
+
+    # --- regularisation: each a no-op outside training ----------------------------------
+
+    def embedding_weight(self) -> torch.Tensor:
+        """The embedding table, with whole rows (characters) dropped for this batch in training."""
+        weight = self.embedding.weight  # (V, E)
+        p = self.config.embedding_dropout
+        if not (self.training and p):
+            return weight
+        keep = torch.empty(len(weight), 1, device=weight.device).bernoulli_(1 - p)  # (V, 1)
+        return weight * keep / (1 - p)
+
+    def hidden_weight(self, layer: int) -> torch.Tensor:
+        """Layer `layer`'s hidden-to-hidden weight, DropConnect-masked for this batch in training."""
+        weight = getattr(self.rnn, f"weight_hh_l{layer}")  # (gates * H, H)
+        p = self.config.weight_drop
+        if not (self.training and p):
+            return weight
+        keep = torch.empty_like(weight, dtype=torch.float32).bernoulli_(1 - p)
+        return weight * keep / (1 - p)
+
+    def output_dropout(self, x: torch.Tensor, time_dim: int) -> torch.Tensor:
+        """Dropout before the output layer; variational: one mask per sequence, all time steps."""
+        if not self.config.variational_dropout:
+            return self.dropout(x)
+        return _locked_dropout(x, self.config.dropout if self.training else 0.0, time_dim)
+
+    def _layer_by_layer(self, x: torch.Tensor, state: State | None) -> tuple[torch.Tensor, State]:
+        """The recurrent layers one at a time, so each can take a masked weight and a mask between them."""
+        c = self.config
+        if state is None:
+            state = self.init_state(x.shape[0], device=x.device, dtype=x.dtype)
+        lstm = c.cell == "lstm"
+        run = _LAYER_FUNCTIONS[c.cell]
+        finals = []
+        for layer in range(c.num_layers):
+            if layer:
+                x = self.output_dropout(x, time_dim=1) if c.variational_dropout else self.dropout(x)
+            weights = [getattr(self.rnn, f"weight_ih_l{layer}"), self.hidden_weight(layer),
+                       getattr(self.rnn, f"bias_ih_l{layer}"), getattr(self.rnn, f"bias_hh_l{layer}")]  # fmt: skip
+            h = (state[0][layer : layer + 1], state[1][layer : layer + 1]) if lstm else state[layer : layer + 1]
+            x, *final = run(x, h, weights, True, 1, 0.0, True, False, True)
+            finals.append(final)
+        if lstm:
+            return x, (torch.cat([f[0] for f in finals]), torch.cat([f[1] for f in finals]))
+        return x, torch.cat([f[0] for f in finals])
+
+    # --- state and description ------------------------------------------------------------
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> State:
         p = self.head.weight
@@ -102,6 +162,16 @@ def grow_vocabulary(model: CharRNN, vocab_size: int, *, generator: torch.Generat
             grown.head.weight[old:] = 0.1 * weight.std() * noise
             grown.head.bias[old:] = bias.min() - math.log(NEW_CHARACTER_ODDS)
     return grown.to(weight.device)
+
+
+def _locked_dropout(x: torch.Tensor, p: float, time_dim: int) -> torch.Tensor:
+    """Dropout whose mask is shared along `time_dim`: each sequence loses the same units at every step."""
+    if not p:
+        return x
+    shape = list(x.shape)
+    shape[time_dim] = 1
+    keep = torch.empty(shape, device=x.device, dtype=x.dtype).bernoulli_(1 - p)
+    return x * keep / (1 - p)
 
 
 def _count(module: nn.Module) -> int:

@@ -15,8 +15,9 @@ then on it is a run like any other; its checkpoints say where it started (`init_
 
 Everything a run needs to continue is in each numbered checkpoint: weights, optimizer,
 schedule, random states and the position in the data order (which depends only on the seed
-and the epoch). So a run interrupted and resumed on a CPU in fp32 ends with the same weights,
-bit for bit, as one that never stopped.
+and the epoch); with stateful training the streams' position and the state carried into the
+next window, and with `ema` the averaged weights. So a run interrupted and resumed on a CPU in
+fp32 ends with the same weights, bit for bit, as one that never stopped.
 
 The corpus may be prepared data (`charnn.prepare`), read through a memory map. Started by
 torchrun, every process runs the same code: `charnn.distributed` wraps the model in DDP, gives
@@ -38,7 +39,7 @@ import torch.nn.functional as F
 from charnn import checkpoint, dataset, distributed, run_folder
 from charnn.config import ModelConfig, TrainConfig
 from charnn.corpus import Corpus, load_corpus
-from charnn.data import Batches
+from charnn.data import Batches, Streams
 from charnn.dataset import Dataset
 from charnn.errors import CheckpointError, ConfigError, RunDirError, TrainingError
 from charnn.evaluate import NATS_TO_BITS, loss_sums, model_loss
@@ -99,6 +100,7 @@ class RunState:
     last_eval: tuple[float, float] | None = None  # (train loss, val loss) at the previous evaluation
     warned_overfitting: bool = False
     elapsed: float = 0.0  # seconds of training before this invocation
+    stream_position: int | None = None  # stateful training: where the streams' next window starts
 
     @property
     def epoch_loss(self) -> float:
@@ -394,8 +396,13 @@ class Trainer:
                 "the processes do not all train on the same text (its sha256 differs between them); prepare the "
                 "same corpus on every machine, or put DATA_DIR where they all see it"
             )
-        self.batches = Batches(data.train_tokens, config.batch_size, config.seq_len, config.seed, group.rank,
-                               group.world_size)  # fmt: skip
+        if config.stateful:
+            self.batches = Streams(data.train_tokens, config.batch_size, config.seq_len, config.seed, group.rank,
+                                   group.world_size, config.seq_len_jitter)  # fmt: skip
+        else:
+            self.batches = Batches(data.train_tokens, config.batch_size, config.seq_len, config.seed, group.rank,
+                                   group.world_size)  # fmt: skip
+        self.carried = None  # stateful training: the state each row ended its last window with (detached)
         self.run_dir = run_dir
         self.device, self.dtype = device, dtype
         self.emit = (on_event or (lambda event: None)) if group.is_main else (lambda event: None)
@@ -423,7 +430,12 @@ class Trainer:
         # DDP must see every forward, so several processes keep PyTorch's own.
         self.fast_forward = not self.group.active and recurrence.supported(self.model, self.device, self.dtype)
         self.state = state or RunState()
+        # The averaged weights start as the initial ones; fp32 whatever the compute precision.
+        self.ema = [p.detach().float().clone() for p in self.model.parameters()] if self.config.ema else None
         if trainer_state is not None:
+            self._restore_streams(trainer_state)
+            if self.ema is not None:
+                self.ema = [e.to(self.device) for e in trainer_state["ema"]]
             self.optimizer.load_state_dict(trainer_state["optimizer"])
             self.scaler.load_state_dict(trainer_state["scaler"])
             torch.set_rng_state(self._own_rng(trainer_state, "rng_cpu"))
@@ -434,6 +446,19 @@ class Trainer:
         self.result.best_val_loss = self.state.best_val_loss
         if self.state.best_val_loss is not None:
             self.result.best_checkpoint = run_folder.best(self.run_dir)
+
+    def _restore_streams(self, trainer_state: dict) -> None:
+        """Stateful training: the streams' position and this process's rows of the carried state."""
+        if not self.config.stateful:
+            return
+        self.batches.position = self.state.stream_position
+        carried = trainer_state.get("carried_state")
+        if carried is None or self.state.stream_position is None:
+            return
+        rows = slice(self.group.rank, None, self.group.world_size)
+        self.carried = tuple(c[:, rows].to(self.device) for c in carried)
+        if self.model.config.cell != "lstm":
+            self.carried = self.carried[0]
 
     def _own_rng(self, trainer_state: dict, key: str) -> torch.Tensor:
         """This process's random state; a run resumed with another number of processes reseeds the others."""
@@ -491,15 +516,26 @@ class Trainer:
 
     def _step(self, inputs: torch.Tensor, targets: torch.Tensor) -> None:
         s, config = self.state, self.config
+        # A window longer or shorter than seq_len takes a step in proportion (AWD-LSTM's rule).
+        lr = config.lr * self._lr_factor()
+        if inputs.shape[1] != config.seq_len:
+            lr *= inputs.shape[1] / config.seq_len
         for group in self.optimizer.param_groups:
-            group["lr"] = config.lr * self._lr_factor()
+            group["lr"] = lr
         inputs = inputs.to(self.device, non_blocking=True)
         targets = targets.to(self.device, non_blocking=True)
+        state = None
+        if config.stateful and not self.batches.restarted:
+            state = self.carried
         if self.fast_forward:
-            logits = recurrence.training_forward(self.model, inputs, self.dtype)  # (B, T, V)
+            logits, final = recurrence.training_forward(self.model, inputs, self.dtype, state)  # (B, T, V)
         else:
             with autocast(self.device, self.dtype):
-                logits, _ = self.network(inputs)  # (B, T, V)
+                logits, final = self.network(inputs, state)  # (B, T, V)
+        if config.stateful:  # carried to the next window, without its history (truncated BPTT)
+            self.carried = (
+                tuple(f.detach().float() for f in final) if isinstance(final, tuple) else final.detach().float()
+            )
         loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
         value = distributed.mean(self.group, loss)  # loss.item() with one process
         # Checked before the update, so a diverged step never reaches the weights.
@@ -515,6 +551,10 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        if self.ema is not None:
+            with torch.no_grad():
+                for average, p in zip(self.ema, self.model.parameters(), strict=True):
+                    average.lerp_(p.detach().float(), 1 - config.ema)  # ema = decay ema + (1 - decay) p
         s.step += 1
         s.step_in_epoch += 1
         s.epoch_loss_sum += value
@@ -560,7 +600,15 @@ class Trainer:
         if len(self.data.val_tokens) < 3:
             return None
         s = self.state
-        val_loss = self._val_loss()
+        val_loss = raw_loss = self._val_loss()
+        self.val_detail = {}
+        use_ema = False
+        if self.ema is not None:  # the averaged weights scored beside the raw ones; the better counts
+            with self._ema_weights():
+                ema_loss = self._val_loss()
+            self.val_detail = {"raw_val_loss": raw_loss, "ema_val_loss": ema_loss}
+            use_ema = ema_loss < raw_loss
+            val_loss = min(raw_loss, ema_loss)
         train_loss = s.epoch_loss
         if s.last_eval and not s.warned_overfitting:
             last_train, last_val = s.last_eval
@@ -576,12 +624,29 @@ class Trainer:
         if s.best_val_loss is None or val_loss < s.best_val_loss:
             s.best_val_loss, s.best_step, s.evals_since_best = val_loss, s.step, 0
             self.result.best_val_loss = val_loss
-            self.result.best_checkpoint = self._save(run_folder.BEST, val_loss, resumable=False)
+            with self._ema_weights() if use_ema else contextlib.nullcontext():
+                weights = "ema" if use_ema else "raw"
+                self.result.best_checkpoint = self._save(run_folder.BEST, val_loss, resumable=False, weights=weights)
         else:
             s.evals_since_best += 1
             if self.config.lr_schedule == "plateau":
                 s.lr_factor = max(s.lr_factor / 2, 1 / 64)
         return val_loss
+
+    @contextlib.contextmanager
+    def _ema_weights(self):
+        """The model holds the averaged weights for the block, its own again after it (bit for bit)."""
+        parameters = list(self.model.parameters())
+        raw = [p.detach().clone() for p in parameters]
+        with torch.no_grad():
+            for p, average in zip(parameters, self.ema, strict=True):
+                p.copy_(average)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for p, saved in zip(parameters, raw, strict=True):
+                    p.copy_(saved)
 
     def _val_loss(self) -> float:
         scoring = {"seq_len": self.config.seq_len, "num_streams": self.config.batch_size, "dtype": self.dtype}
@@ -626,14 +691,19 @@ class Trainer:
         if val_loss is not None:
             entry["val_loss"] = val_loss
             entry["val_bpc"] = val_loss * NATS_TO_BITS
+            entry.update(getattr(self, "val_detail", {}))
         self.result.history.append(entry)
         if self.group.is_main:
             run_folder.append_metrics(self.run_dir, entry)
 
-    def _save(self, name: str, val_loss: float | None = None, resumable: bool = True) -> Path:
+    def _save(self, name: str, val_loss: float | None = None, resumable: bool = True, weights: str = "raw") -> Path:
         s = self.state
         elapsed = round(s.elapsed + time.perf_counter() - self.started, 2)
+        if self.config.stateful:
+            s.stream_position = self.batches.position
         training = training_record(s, self.config, self.dtype, elapsed, self.init_from)
+        if self.ema is not None:
+            training["weights"] = weights  # which the folder holds: the raw weights or their average
         trainer_state = self._trainer_state() if resumable else None
         if self.group.is_main:
             run_folder.write_checkpoint(self.run_dir, name, self.model, self.data.vocab, training=training,
@@ -657,8 +727,27 @@ class Trainer:
         }
         if self.device.type == "cuda":
             trainer_state["rng_cuda"] = torch.cuda.get_rng_state()
+        if self.ema is not None:
+            trainer_state["ema"] = [e.cpu() for e in self.ema]
+        if self.config.stateful:
+            trainer_state["carried_state"] = self._gather_carried()
         if self.group.active:  # every process's own, so each resumes exactly
             trainer_state["rng_cpu_ranks"] = distributed.gather(self.group, torch.get_rng_state())
             if self.device.type == "cuda":
                 trainer_state["rng_cuda_ranks"] = distributed.gather(self.group, torch.cuda.get_rng_state())
         return trainer_state
+
+    def _gather_carried(self) -> list[torch.Tensor] | None:
+        """The carried state of every row of the batch, whichever process holds it, as [h] or [h, c]."""
+        if self.carried is None:
+            return None
+        mine = [c.cpu() for c in (self.carried if isinstance(self.carried, tuple) else (self.carried,))]
+        parts = distributed.gather(self.group, mine)
+        world = len(parts)
+        full = []
+        for i, piece in enumerate(mine):
+            whole = piece.new_empty(piece.shape[0], piece.shape[1] * world, piece.shape[2])
+            for rank, part in enumerate(parts):
+                whole[:, rank::world] = part[i]
+            full.append(whole)
+        return full

@@ -18,7 +18,7 @@ Savings over ``nn.GRU`` under autocast:
 
 Master weights and the state stay fp32; only the matrix products' inputs are rounded to bf16.
 
-    logits = training_forward(model, tokens, torch.bfloat16)  # (B, T, V), as model(tokens)[0]
+    logits, state = training_forward(model, tokens, torch.bfloat16)  # as model(tokens): (B, T, V), (1, B, H)
 """
 
 import weakref
@@ -36,23 +36,33 @@ def supported(model: CharRNN, device: torch.device, dtype: torch.dtype) -> bool:
     return device.type == "cpu" and c.cell == "gru" and c.num_layers == 1 and dtype in (torch.bfloat16, torch.float32)
 
 
-def training_forward(model: CharRNN, tokens: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Logits (B, T, V) for `tokens` (B, T) from a zero state, with gradients to all parameters."""
+def training_forward(
+    model: CharRNN, tokens: torch.Tensor, dtype: torch.dtype, state: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Logits (B, T, V), final state (1, B, H)) for `tokens` (B, T), as ``model(tokens, state)``.
+
+    Gradients reach all parameters; none reach `state` (a carried state is detached). The
+    model's regularisation applies as in its own forward, its masks drawn in the same order.
+    """
     rnn = model.rnn
     with torch.autocast("cpu", enabled=False):
-        table = F.linear(model.embedding.weight, rnn.weight_ih_l0, rnn.bias_ih_l0)  # (V, 3H)
+        table = F.linear(model.embedding_weight(), rnn.weight_ih_l0, rnn.bias_ih_l0)  # (V, 3H)
         workspace = _WORKSPACES.setdefault(model, _Workspace())
         if workspace.busy:  # a graph that still waits for its backward owns it
             workspace = _Workspace()
+        h0 = None if state is None else state[0].detach().float()  # (B, H)
         # Time-major tokens, so each step's slice of every buffer is contiguous.
-        hs = _GRUSequence.apply(tokens.t().contiguous(), table, rnn.weight_hh_l0, rnn.bias_hh_l0, dtype, workspace)
-        hs = model.dropout(hs)  # (T, B, H)
+        hs = _GRUSequence.apply(
+            tokens.t().contiguous(), table, model.hidden_weight(0), rnn.bias_hh_l0, dtype, workspace, h0
+        )
+        final = workspace.buffers["hs"][-1].clone().unsqueeze(0)  # (1, B, H), fp32: the buffer is reused
+        hs = model.output_dropout(hs, time_dim=0)  # (T, B, H)
     if dtype == torch.float32:
         logits = model.head(hs)
     else:
         with torch.autocast("cpu", dtype=dtype):
             logits = model.head(hs)
-    return logits.transpose(0, 1)  # (B, T, V)
+    return logits.transpose(0, 1), final  # (B, T, V)
 
 
 class _Workspace:
@@ -125,7 +135,7 @@ def _backward_gates(dh, grad, g, n, h_prev, gh, d_gi, d_gh, tmp) -> None:
 
 
 class _GRUSequence(torch.autograd.Function):
-    """h_t = GRU(table[token_t], h_{t-1}) for t = 1..T from h_0 = 0, PyTorch's (reset-after) GRU.
+    """h_t = GRU(table[token_t], h_{t-1}) for t = 1..T from h_0 (zero when None), PyTorch's (reset-after) GRU.
 
     Every elementwise operation in the loops has inputs and output of one dtype: mixing fp32
     and bf16 in one operation makes PyTorch copy the inputs first, which costs more than the
@@ -133,7 +143,7 @@ class _GRUSequence(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, tokens, table, w_hh, b_hh, dtype, workspace):
+    def forward(ctx, tokens, table, w_hh, b_hh, dtype, workspace, h0):
         steps, batch = tokens.shape  # (T, B)
         hidden = w_hh.shape[1]
         ws = workspace
@@ -147,10 +157,10 @@ class _GRUSequence(torch.autograd.Function):
         ns = ws.get("ns", (steps, batch, hidden))  # n after the tanh
         ghs = ws.get("ghs", (steps, batch, 3 * hidden))  # W_hh h + b_hh
         gi = ws.get("gi", (batch, 3 * hidden))
-        hs[0].zero_()
+        hs[0].zero_() if h0 is None else hs[0].copy_(h0)
         kernel = _kernel(hidden)
         if kernel is not None:  # the gates in one compiled pass a step (charnn/fast/csrc/gru_train.cpp)
-            hs_low[0].zero_()
+            hs_low[0].copy_(hs[0])
             for t, token in enumerate(tokens.unbind(0)):
                 gh_low = product(hs_low[t])
                 kernel.forward_step(table, token, gh_low, ghs[t], hs[t], gates[t], ns[t], hs[t + 1], hs_low[t + 1])
@@ -206,4 +216,4 @@ class _GRUSequence(torch.autograd.Function):
         d_w_t = torch.mm(h_t, d_gh_all.view(steps * batch, 3 * hidden))  # (H, 3H): one product for all steps
         d_w = torch.empty(3 * hidden, hidden).copy_(d_w_t.t())
         ws.busy = False
-        return None, d_table, d_w, d_b.sum(0), None, None
+        return None, d_table, d_w, d_b.sum(0), None, None, None

@@ -1,0 +1,43 @@
+"""Presets: `seed` is the reference system's configuration; flags override a preset; the run records it."""
+
+import dataclasses
+
+import pytest
+
+from charnn.config import ModelConfig, TrainConfig
+from charnn.errors import ConfigError
+from charnn.presets import DEFAULT_PRESET, PRESETS, with_preset
+
+
+def _configs(options):
+    model = {f.name for f in dataclasses.fields(ModelConfig)}
+    train = {f.name for f in dataclasses.fields(TrainConfig)}
+    return (ModelConfig(vocab_size=82, **{k: v for k, v in options.items() if k in model}),
+            TrainConfig(**{k: v for k, v in options.items() if k in train}))  # fmt: skip
+
+
+def test_seed_is_the_reference_system():
+    model, train = _configs(with_preset("seed", {}))
+    # docs/seed-system.md: Embedding 256 -> GRU 1024 -> Dense; windows of 100, batch 64, Adam 1e-3, 45 epochs.
+    assert (model.embedding_dim, model.hidden_size, model.cell, model.num_layers) == (256, 1024, "gru", 1)
+    assert (train.seq_len, train.batch_size, train.lr, train.epochs, train.lr_schedule) == (
+        100,
+        64,
+        1e-3,
+        45,
+        "constant",
+    )
+    assert model.dropout == model.weight_drop == model.embedding_dropout == 0 and not model.variational_dropout
+    assert not train.stateful and train.ema is None and train.grad_clip is None and train.patience is None
+    # Today the defaults are the reference's; a preset spelled out value by value keeps it so when they change.
+    assert model == ModelConfig(vocab_size=82)
+    assert dataclasses.replace(train, preset=None) == TrainConfig()
+    assert train.preset == "seed"
+
+
+def test_options_given_override_the_preset_and_the_default_preset_applies_without_one():
+    _, train = _configs(with_preset("seed", {"lr": 0.01, "stateful": True}))
+    assert train.lr == 0.01 and train.stateful and train.batch_size == 64
+    assert with_preset(None, {})["preset"] == DEFAULT_PRESET in PRESETS
+    with pytest.raises(ConfigError, match="preset must be one of seed"):
+        with_preset("fastest", {})
