@@ -155,7 +155,7 @@ def request_models(limits: ServeLimits, characters) -> tuple[type[BaseModel], ty
 ERRORS = {
     400: {"model": ErrorBody, "description": "characters the model does not know"},
     422: {"model": ErrorBody, "description": "a field that is missing, of the wrong type or out of range"},
-    429: {"model": ErrorBody, "description": "too many generation requests in flight (--max-streams)"},
+    429: {"model": ErrorBody, "description": "too many generation requests in flight (the server's max_streams limit)"},
 }
 
 
