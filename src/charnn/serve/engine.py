@@ -1,7 +1,7 @@
 """The server's engine: one loaded model advances every running request together, a character per step.
 
-A single background thread owns the model. A new request is fed its prompt in one forward
-pass of its own, exactly as `charnn.generation.generate` feeds it, then its rows (one per
+A single background thread owns the model. A new request is fed its prompt on its own
+(`Stepper.prefill`), exactly as `charnn.generation.generate` feeds it, then its rows (one per
 sample) join the shared batch. Each step draws one character for every active row, each row
 from its own random stream and with its own request's sampling options, then runs one
 forward of the model over all rows: `(B, 1)` tokens and a `(layers, B, hidden)` state. Rows
@@ -309,8 +309,8 @@ class Engine:
             if job.request.max_new_chars == 0:
                 events += [(job, SampleFinished(k, "length")) for k in range(n)] + [(job, JobDone())]
                 continue
-            # Each prompt goes in exactly as `generate` feeds it: every sample a copy, one pass,
-            # so that the request's text is `generate`'s.
+            # Each prompt goes in exactly as `generate` feeds it (every sample a copy), so that the
+            # request's text is `generate`'s.
             logits, state = self.stepper.prefill(job.tokens.unsqueeze(0).expand(n, -1))  # (n, V)
             slots = self._allocate_slots(n)
             for k, slot in enumerate(slots):
