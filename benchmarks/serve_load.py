@@ -267,7 +267,7 @@ def main() -> int:
     parser.add_argument("--max-new-chars", type=int, default=2000, help="characters per request (default: 2000)")
     what = "characters of `charnn generate` timed per client count; 0 skips it (default: 60000)"
     parser.add_argument("--generate-chars", type=int, default=60_000, help=what)
-    parser.add_argument("--threads", type=int, default=1, help="the server's --threads (default: 1, as charnn serve)")
+    parser.add_argument("--threads", type=int, default=None, help="the server's --threads (default: charnn serve's)")
     parser.add_argument("--checkpoint", type=Path, default=None, help="serve this instead of a random reference model")
     parser.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
     args = parser.parse_args()

@@ -58,6 +58,7 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=32, help="concurrent streaming clients (default: 32)")
     parser.add_argument("--duration", type=float, default=15.0, help="seconds of load (default: 15)")
     parser.add_argument("--max-new-chars", type=int, default=2000, help="characters per request (default: 2000)")
+    parser.add_argument("--threads", type=int, default=None, help="the server's --threads (default: charnn serve's)")
     parser.add_argument("--keep", type=Path, default=None, help="copy py-spy's raw profiles into this folder")
     parser.add_argument("--py-spy", default=shutil.which("py-spy") or "py-spy", help="the py-spy program")
     args = parser.parse_args()
@@ -65,7 +66,7 @@ def main() -> int:
         checkpoint = reference_checkpoint(Path(tmp))
         port = free_port()
         with open(Path(tmp) / "server.log", "w") as log:
-            server = start_server(checkpoint, port, 1, max(64, args.clients), log)
+            server = start_server(checkpoint, port, args.threads, max(64, args.clients), log)
             try:
                 url = f"http://127.0.0.1:{port}"
                 asyncio.run(run_level(url, 1, 2.0, 50, 0, server.pid))  # warm up
