@@ -11,6 +11,9 @@ count, the rate of `charnn generate --num-samples N` (N = the client count; the 
 subprocess, timed around its generation: a run of length 1 is subtracted, which removes
 start-up and loading) and the server's share of it.
 
+Characters per CPU-second (the server's, and generate's over all its threads) compare the
+two when other programs share the machine and take a varying share of its cores.
+
     .venv/bin/python benchmarks/serve_load.py --clients 1,8,32,64 --duration 15
 """
 
@@ -52,11 +55,12 @@ def reference_checkpoint(folder: Path) -> Path:
     from charnn.model import CharRNN
     from charnn.vocab import Vocabulary
 
-    corpus = ROOT.parent / "shared" / "corpora" / "great-expectations.txt"
+    corpora = Path(os.environ.get("CHARNN_CORPUS_DIR") or ROOT.parent / "shared" / "corpora")
+    corpus = corpora / "great-expectations.txt"
     if corpus.is_file():
         vocab = Vocabulary.from_text(corpus.read_text(encoding="utf-8"))  # the reference's 82 characters
     else:
-        vocab = Vocabulary(tuple("\n" + "".join(chr(c) for c in range(32, 113))))  # 82 characters
+        vocab = Vocabulary(tuple("\n" + "".join(chr(c) for c in range(32, 127))))  # printable ASCII: 96 characters
     assert not vocab.unknown("".join(PROMPTS))
     torch.manual_seed(0)
     model = CharRNN(ModelConfig(vocab_size=len(vocab)))
@@ -171,21 +175,25 @@ checkpoint, samples, length = sys.argv[1], sys.argv[2], int(sys.argv[3])
 def run(n):
     argv = ["generate", checkpoint, "--num-samples", samples, "--length", str(n), "--seed", "1", "--prime", "Pip"]
     with open(os.devnull, "w") as out, contextlib.redirect_stdout(out):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         assert main(argv) == 0
-        return time.perf_counter() - start
+        return time.perf_counter() - start, time.process_time() - cpu
 run(1)
-print(int(samples) * (length - 1) / (run(length) - min(run(1), run(1))))
+(wall, cpu), short = run(length), [run(1), run(1)]
+characters = int(samples) * (length - 1)
+print(characters / (wall - min(s[0] for s in short)), characters / (cpu - min(s[1] for s in short)))
 """
 
 
-def generate_rate(checkpoint: Path, num_samples: int, characters: int) -> float:
-    """New characters a second of `charnn generate --num-samples N` (about `characters` in all)."""
+def generate_rate(checkpoint: Path, num_samples: int, characters: int) -> tuple[float, float]:
+    """New characters a second of `charnn generate --num-samples N` (about `characters` in all), and
+    per second of CPU time (all its threads)."""
     length = max(200, characters // num_samples)
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
     command = [sys.executable, "-c", _GENERATE, str(checkpoint), str(num_samples), str(length)]
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
-    return float(done.stdout.strip().splitlines()[-1])
+    wall, cpu = done.stdout.strip().splitlines()[-1].split()
+    return float(wall), float(cpu)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -245,6 +253,7 @@ async def run_level(base_url: str, clients: int, duration: float, max_new_chars:
         "last_p99": percentile(lasts, 99),
         "errors": len(errors),
         "server_cpu": cpu_server / elapsed,
+        "chars_per_cpu_s": sum(r[2] for r in results) / max(cpu_server, 1e-9),
         "client_cpu": cpu_client / elapsed,
         "others_cpu": max(0.0, others) / elapsed,
         "machine_busy": (busy_after - busy) / (total_after - total),
@@ -285,8 +294,10 @@ def main() -> int:
                 for count in counts:
                     row = asyncio.run(run_level(base_url, count, args.duration, args.max_new_chars, count, server.pid))
                     # Right after the load, while the machine's other work is much the same.
-                    rate = generate_rate(checkpoint, count, args.generate_chars) if args.generate_chars else None
-                    rows.append(row | {"generate_chars_per_s": rate})
+                    rate, per_cpu = (0.0, 0.0)
+                    if args.generate_chars:
+                        rate, per_cpu = generate_rate(checkpoint, count, args.generate_chars)
+                    rows.append(row | {"generate_chars_per_s": rate, "generate_chars_per_cpu_s": per_cpu})
                     print_row(rows[-1], rows[0], header=len(rows) == 1)
             finally:
                 server.terminate()
@@ -302,12 +313,14 @@ def main() -> int:
 def print_row(row: dict, base: dict, header: bool) -> None:
     if header:
         print("| clients | requests | requests/s | chars/s | vs 1 client | generate, N samples: chars/s "
-              "| server / generate | first char p50 / p99 (ms) | last char p50 / p99 (ms) | errors "
-              "| CPU server / client / others |")  # fmt: skip
-        print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+              "| server / generate | chars per CPU-second: server / generate (ratio) | first char p50 / p99 (ms) "
+              "| last char p50 / p99 (ms) | errors | CPU server / client / others |")  # fmt: skip
+        print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     ms = lambda s: f"{1000 * s:,.0f}"  # noqa: E731
     rate = row["generate_chars_per_s"]
     versus = f"{rate:,.0f} | {row['chars_per_s'] / rate:.0%}" if rate else "- | -"
+    per_cpu, own = row["generate_chars_per_cpu_s"], row["chars_per_cpu_s"]
+    versus += f" | {own:,.0f} / {per_cpu:,.0f} ({own / per_cpu:.0%})" if rate else " | -"
     print(
         f"| {row['clients']} | {row['requests']} | {row['requests_per_s']:.2f} | {row['chars_per_s']:,.0f} "
         f"| {row['chars_per_s'] / base['chars_per_s']:.1f}× | {versus} "
