@@ -263,9 +263,9 @@ class Stepper:
         return logits[:, -1].float(), state
 
     def _fused_prefill(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # A 40-character prompt of the reference model took about 20 ms in PyTorch's fp32 pass on
-        # one thread (a sixth of a busy server's engine time, and every new request waited for
-        # it), against about 1.5 ms here. Scratch buffers of its own: the step's logits buffer
+        # A 40-character prompt of the reference model took 23 ms in PyTorch's fp32 pass on one
+        # thread (a tenth to a sixth of a busy server's engine time, and every new request waited
+        # for it), against 2 ms here (benchmarks/RESULTS.md). Scratch buffers of its own: the step's logits buffer
         # may still be in use by the caller's batch.
         rows = tokens[:1] if bool((tokens == tokens[:1]).all()) else tokens  # (n, T)
         n, c = rows.shape[0], self.model.config
