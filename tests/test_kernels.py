@@ -123,6 +123,27 @@ def test_the_prompt_goes_through_the_compiled_step(num_layers):
     assert torch.equal(held, before)
 
 
+def test_two_threads_stepping_at_once_get_their_own_numbers():
+    # The kernel's threads serve one caller at a time; a second caller meanwhile must still get
+    # exactly its own results (it runs its loops alone).
+    model = make_model()
+    batches = [torch.randint(0, len(VOCAB), (n, 40), generator=torch.Generator().manual_seed(n)) for n in (5, 7)]
+
+    def steps(tokens):
+        stepper = Stepper(model, "int8")
+        state = stepper.init_state(tokens.shape[0]).contiguous()
+        return torch.stack([stepper.step(tokens[:, t], state).clone() for t in range(tokens.shape[1])])
+
+    alone = [steps(tokens) for tokens in batches]
+    together = [None, None]
+    workers = [threading.Thread(target=lambda i=i: together.__setitem__(i, steps(batches[i]))) for i in range(2)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert all(torch.equal(a, b) for a, b in zip(alone, together, strict=True))
+
+
 def test_hidden_sizes_off_the_block_fall_back_to_pytorch():
     model = make_model(hidden_size=40)  # not a multiple of 16
     stepper = Stepper(model, "int8")

@@ -210,7 +210,10 @@ class Pool {
   // on each thread that takes a piece.
   void run(int64_t n, bool forward, bool tiles, const Body& body) {
     const int parties = static_cast<int>(std::min<int64_t>(std::max(1, at::get_num_threads()), n));
-    if (parties <= 1) {
+    // One job at a time: a second thread stepping meanwhile (two models in one process) does
+    // its loop alone on its own thread rather than wait.
+    std::unique_lock<std::mutex> busy(busy_, std::try_to_lock);
+    if (parties <= 1 || !busy.owns_lock()) {
       if (tiles) configure_tiles();
       for (int64_t i = 0; i < n; ++i) body(forward ? i : n - 1 - i);
       if (tiles) _tile_release();
@@ -317,7 +320,7 @@ class Pool {
   std::atomic<int> parties_{1}, sleeping_{0};
   std::atomic<int64_t> done_{0};
   std::atomic<unsigned> helpers_{0};  // only the engine's one calling thread starts helpers
-  std::mutex mutex_;
+  std::mutex mutex_, busy_;
   std::condition_variable wake_;
 };
 
