@@ -1,13 +1,20 @@
-"""Load benchmark for `charnn serve`: N concurrent streaming clients on loopback, for a bounded time.
+"""Load benchmark for `charnn serve`: N concurrent streaming clients on loopback, for a bounded time,
+beside `charnn generate --num-samples N` on the same model in the same run.
 
 Starts `charnn serve` in a subprocess on 127.0.0.1 with a reference-size model (Embedding 256 ->
 GRU 1024 -> Linear over 82 characters; random weights unless --checkpoint is given: speed does
 not depend on what the weights have learned), then for each client count runs that many
 clients, each sending one streaming `POST /v1/generate` after another for --duration seconds.
 Requests still running at the deadline finish and count. Prints requests/s, characters/s,
-latency to the first and to the last character (p50/p99), and errors.
+latency to the first and to the last character (p50/p99), and errors; then, right after each
+count, the rate of `charnn generate --num-samples N` (N = the client count; the CLI run in a
+subprocess, timed around its generation: a run of length 1 is subtracted, which removes
+start-up and loading) and the server's share of it.
 
-    .venv/bin/python benchmarks/serve_load.py --clients 1,8,32 --duration 20
+Characters per CPU-second (the server's, and generate's over all its threads) compare the
+two when other programs share the machine and take a varying share of its cores.
+
+    .venv/bin/python benchmarks/serve_load.py --clients 1,8,32,64 --duration 15
 """
 
 import argparse
@@ -48,11 +55,12 @@ def reference_checkpoint(folder: Path) -> Path:
     from charnn.model import CharRNN
     from charnn.vocab import Vocabulary
 
-    corpus = ROOT.parent / "shared" / "corpora" / "great-expectations.txt"
+    corpora = Path(os.environ.get("CHARNN_CORPUS_DIR") or ROOT.parent / "shared" / "corpora")
+    corpus = corpora / "great-expectations.txt"
     if corpus.is_file():
         vocab = Vocabulary.from_text(corpus.read_text(encoding="utf-8"))  # the reference's 82 characters
     else:
-        vocab = Vocabulary(tuple("\n" + "".join(chr(c) for c in range(32, 113))))  # 82 characters
+        vocab = Vocabulary(tuple("\n" + "".join(chr(c) for c in range(32, 127))))  # printable ASCII: 96 characters
     assert not vocab.unknown("".join(PROMPTS))
     torch.manual_seed(0)
     model = CharRNN(ModelConfig(vocab_size=len(vocab)))
@@ -159,6 +167,35 @@ async def one_request(connection: Connection, body: dict) -> tuple[float, float,
     return first - start, last - start, characters
 
 
+# Times `charnn generate` in a process of its own, as the CLI runs it; stdout goes to /dev/null.
+_GENERATE = """
+import contextlib, os, sys, time
+from charnn.cli import main
+checkpoint, samples, length = sys.argv[1], sys.argv[2], int(sys.argv[3])
+def run(n):
+    argv = ["generate", checkpoint, "--num-samples", samples, "--length", str(n), "--seed", "1", "--prime", "Pip"]
+    with open(os.devnull, "w") as out, contextlib.redirect_stdout(out):
+        start, cpu = time.perf_counter(), time.process_time()
+        assert main(argv) == 0
+        return time.perf_counter() - start, time.process_time() - cpu
+run(1)
+(wall, cpu), short = run(length), [run(1), run(1)]
+characters = int(samples) * (length - 1)
+print(characters / (wall - min(s[0] for s in short)), characters / (cpu - min(s[1] for s in short)))
+"""
+
+
+def generate_rate(checkpoint: Path, num_samples: int, characters: int) -> tuple[float, float]:
+    """New characters a second of `charnn generate --num-samples N` (about `characters` in all), and
+    per second of CPU time (all its threads)."""
+    length = max(200, characters // num_samples)
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    command = [sys.executable, "-c", _GENERATE, str(checkpoint), str(num_samples), str(length)]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+    wall, cpu = done.stdout.strip().splitlines()[-1].split()
+    return float(wall), float(cpu)
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process so far (Linux)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -216,6 +253,7 @@ async def run_level(base_url: str, clients: int, duration: float, max_new_chars:
         "last_p99": percentile(lasts, 99),
         "errors": len(errors),
         "server_cpu": cpu_server / elapsed,
+        "chars_per_cpu_s": sum(r[2] for r in results) / max(cpu_server, 1e-9),
         "client_cpu": cpu_client / elapsed,
         "others_cpu": max(0.0, others) / elapsed,
         "machine_busy": (busy_after - busy) / (total_after - total),
@@ -233,10 +271,12 @@ def percentile(values: list[float], p: float) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--clients", default="1,8,32", help="comma-separated client counts (default: 1,8,32)")
-    parser.add_argument("--duration", type=float, default=20.0, help="seconds per client count (default: 20)")
-    parser.add_argument("--max-new-chars", type=int, default=200, help="characters per request (default: 200)")
-    parser.add_argument("--threads", type=int, default=1, help="the server's --threads (default: 1, as charnn serve)")
+    parser.add_argument("--clients", default="1,8,32,64", help="comma-separated client counts (default: 1,8,32,64)")
+    parser.add_argument("--duration", type=float, default=15.0, help="seconds per client count (default: 15)")
+    parser.add_argument("--max-new-chars", type=int, default=2000, help="characters per request (default: 2000)")
+    what = "characters of `charnn generate` timed per client count; 0 skips it (default: 60000)"
+    parser.add_argument("--generate-chars", type=int, default=60_000, help=what)
+    parser.add_argument("--threads", type=int, default=None, help="the server's --threads (default: charnn serve's)")
     parser.add_argument("--checkpoint", type=Path, default=None, help="serve this instead of a random reference model")
     parser.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
     args = parser.parse_args()
@@ -252,9 +292,12 @@ def main() -> int:
                 asyncio.run(run_level(base_url, 1, 2.0, 50, 0, server.pid))  # warm up
                 rows = []
                 for count in counts:
-                    rows.append(
-                        asyncio.run(run_level(base_url, count, args.duration, args.max_new_chars, count, server.pid))
-                    )
+                    row = asyncio.run(run_level(base_url, count, args.duration, args.max_new_chars, count, server.pid))
+                    # Right after the load, while the machine's other work is much the same.
+                    rate, per_cpu = (0.0, 0.0)
+                    if args.generate_chars:
+                        rate, per_cpu = generate_rate(checkpoint, count, args.generate_chars)
+                    rows.append(row | {"generate_chars_per_s": rate, "generate_chars_per_cpu_s": per_cpu})
                     print_row(rows[-1], rows[0], header=len(rows) == 1)
             finally:
                 server.terminate()
@@ -269,13 +312,19 @@ def main() -> int:
 
 def print_row(row: dict, base: dict, header: bool) -> None:
     if header:
-        print("| clients | requests | requests/s | chars/s | vs 1 client | first char p50 / p99 (ms) "
+        print("| clients | requests | requests/s | chars/s | vs 1 client | generate, N samples: chars/s "
+              "| server / generate | chars per CPU-second: server / generate (ratio) | first char p50 / p99 (ms) "
               "| last char p50 / p99 (ms) | errors | CPU server / client / others |")  # fmt: skip
-        print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     ms = lambda s: f"{1000 * s:,.0f}"  # noqa: E731
+    rate = row["generate_chars_per_s"]
+    versus = f"{rate:,.0f} | {row['chars_per_s'] / rate:.0%}" if rate else "- | -"
+    per_cpu, own = row["generate_chars_per_cpu_s"], row["chars_per_cpu_s"]
+    versus += f" | {own:,.0f} / {per_cpu:,.0f} ({own / per_cpu:.0%})" if rate else " | -"
     print(
         f"| {row['clients']} | {row['requests']} | {row['requests_per_s']:.2f} | {row['chars_per_s']:,.0f} "
-        f"| {row['chars_per_s'] / base['chars_per_s']:.1f}× | {ms(row['first_p50'])} / {ms(row['first_p99'])} "
+        f"| {row['chars_per_s'] / base['chars_per_s']:.1f}× | {versus} "
+        f"| {ms(row['first_p50'])} / {ms(row['first_p99'])} "
         f"| {ms(row['last_p50'])} / {ms(row['last_p99'])} | {row['errors']} "
         f"| {row['server_cpu']:.0%} / {row['client_cpu']:.0%} / {row['others_cpu']:.0%} |",
         flush=True,

@@ -82,6 +82,7 @@ def gated(engine: Engine, allowed: int = 0) -> Iterator[Gate]:
     step = stepper.step
 
     def gated_step(tokens, state):
+        engine.flush()  # a held step is a long one: what was drawn before it goes out first
         gate.pass_through()
         return step(tokens, state)
 

@@ -1,6 +1,7 @@
 """The server's engine: every row gives exactly what generate_text gives; rows join and leave freely."""
 
 import asyncio
+import math
 import time
 
 import pytest
@@ -168,3 +169,35 @@ def test_held_back_is_the_longest_partial_stop():
     assert _held_back("abc", ("xyz",)) == 0
     assert _held_back("a", ("abc",)) == 1
     assert _held_back("", ("abc",)) == 0
+
+
+@pytest.mark.parametrize("flush_interval", [0.0, math.inf])
+def test_text_comes_in_bulk_and_equals_generate_text(tiny, flush_interval):
+    # Longer than a block of uniforms (1024) and than the engine's text buffer (512 characters):
+    # rows refill their random streams and deliver a full buffer, mid-request.
+    model, vocab = tiny
+    requests = [
+        Request("Pip", 1500, SampleConfig(0.9), num_samples=2, seed=11),
+        Request("Joe", 700, SampleConfig(1.0, top_k=4), seed=12, stop=("xyz",)),
+        Request("E", 40, SampleConfig(0.7), seed=13),
+    ]
+
+    async def scenario(engine):
+        engine.flush_interval = flush_interval
+        jobs = [engine.submit(r) for r in requests]
+        pieces = []
+        for job in jobs:
+            events = []
+            while not events or not isinstance(events[-1], JobDone):
+                events.append(await asyncio.wait_for(job.queue.get(), DEADLINE))
+            pieces.append([e.text for e in events if isinstance(e, SampleText) and e.sample == 0])
+        return pieces
+
+    pieces = run(model, vocab, scenario)
+    for request_, texts in zip(requests, pieces, strict=True):
+        assert "".join(texts) == expected(model, vocab, request_)[0]
+        if flush_interval == 0:  # every step delivers: one character an event
+            assert all(len(t) == 1 for t in texts)
+        else:  # the first character at once, then a full buffer (512 columns) at a time, the rest at the end
+            assert len(texts[0]) == 1 and all(len(t) <= 512 for t in texts)
+            assert len(texts) <= 3 + request_.max_new_chars // 512

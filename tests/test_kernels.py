@@ -114,6 +114,51 @@ def test_generated_samples_do_not_depend_on_their_batch():
         assert alone == together[i]
 
 
+@pytest.mark.parametrize("num_layers", [1, 2])
+def test_the_prompt_goes_through_the_compiled_step(num_layers):
+    model = make_model(num_layers=num_layers)
+    stepper = Stepper(model, "int8")
+    assert stepper.fused is not None
+    tokens = torch.randint(0, len(VOCAB), (3, 9), generator=torch.Generator().manual_seed(2))
+    # A token at a time through step(), from the zero state: prefill gives the same numbers.
+    state = stepper.init_state(3).contiguous()
+    for t in range(9):
+        expected = stepper.step(tokens[:, t], state).clone()
+    logits, got = stepper.prefill(tokens)
+    assert torch.equal(logits, expected) and torch.equal(got, state)
+    # The same prompt in every row (as generate gives it) is computed once, with the same numbers.
+    same = tokens[1:2].expand(4, -1)
+    logits, got = stepper.prefill(same)
+    assert logits.shape == (4, len(VOCAB)) and all(torch.equal(row, expected[1]) for row in logits)
+    assert all(torch.equal(got[:, k], state[:, 1]) for k in range(4))
+    # Its buffers are its own: logits the caller holds from step() are left alone.
+    held = stepper.step(tokens[:, 0], state)
+    before = held.clone()
+    stepper.prefill(tokens)
+    assert torch.equal(held, before)
+
+
+def test_two_threads_stepping_at_once_get_their_own_numbers():
+    # The kernel's threads serve one caller at a time; a second caller meanwhile must still get
+    # exactly its own results (it runs its loops alone).
+    model = make_model()
+    batches = [torch.randint(0, len(VOCAB), (n, 40), generator=torch.Generator().manual_seed(n)) for n in (5, 7)]
+
+    def steps(tokens):
+        stepper = Stepper(model, "int8")
+        state = stepper.init_state(tokens.shape[0]).contiguous()
+        return torch.stack([stepper.step(tokens[:, t], state).clone() for t in range(tokens.shape[1])])
+
+    alone = [steps(tokens) for tokens in batches]
+    together = [None, None]
+    workers = [threading.Thread(target=lambda i=i: together.__setitem__(i, steps(batches[i]))) for i in range(2)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert all(torch.equal(a, b) for a, b in zip(alone, together, strict=True))
+
+
 def test_hidden_sizes_off_the_block_fall_back_to_pytorch():
     model = make_model(hidden_size=40)  # not a multiple of 16
     stepper = Stepper(model, "int8")

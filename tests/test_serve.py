@@ -341,6 +341,18 @@ def test_serve_limits_are_validated():
         ServeLimits(max_streams=0)
 
 
+def test_a_stream_gives_back_its_slot_before_its_end_is_sent(tiny_run):
+    # One slot: each request is sent as soon as the previous stream's [DONE] has been read, so
+    # the slot must be free by then, whoever runs first on the server.
+    with running_server(tiny_run, ServeLimits(max_streams=1)) as server:
+        with httpx.Client(base_url=server.url, timeout=DEADLINE) as client:
+            for seed in range(20):
+                body = {"prompt": "Pip", "max_new_chars": 5, "seed": seed, "stream": True}
+                with client.stream("POST", "/v1/generate", json=body) as response:
+                    assert response.status_code == 200
+                    assert list(response.iter_lines())[-2:] == ["data: [DONE]", ""]
+
+
 def test_too_many_streams_then_a_disconnect_frees_a_slot(tiny_run):
     limits = ServeLimits(max_streams=2, max_new_chars=5000)
     # The engine is held at its first step: both streams are under way, however fast the machine.

@@ -745,8 +745,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="a checkpoint folder, or a run folder (its best or newest)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port to listen on (default: 8000)")
-    p.add_argument("--threads", type=int, default=1, help="CPU threads for the model (default: 1, which leaves a core "
-                   "to the web server; see benchmarks/RESULTS.md)")  # fmt: skip
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for the model (default: every core; the web "
+                   "server's own work is small, see benchmarks/RESULTS.md)")  # fmt: skip
     add_config_flags(p, ServeLimits)
     p.set_defaults(run=cmd_serve)
 

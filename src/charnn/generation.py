@@ -1,9 +1,10 @@
 """Generation as an iterator: feed the prime once, then one character per step for every sample.
 
-The prime is fed in one forward pass; after that the model advances one character per step
-(`charnn.fast.step.Stepper`) with its state carried explicitly, all samples together as one
-batch. Each sample draws from its own random stream (`charnn.sample.RandomStreams`), seeded by
-(seed, sample number), so a sample's text does not depend on what else runs in the same batch.
+The prime is fed once (`Stepper.prefill`: one forward pass, or the compiled int8 step a token
+at a time); after that the model advances one character per step (`charnn.fast.step.Stepper`)
+with its state carried explicitly, all samples together as one batch. Each sample draws from
+its own random stream (`charnn.sample.RandomStreams`), seeded by (seed, sample number), so a
+sample's text does not depend on what else runs in the same batch.
 
     from charnn.run_folder import load_checkpoint
 

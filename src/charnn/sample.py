@@ -16,7 +16,7 @@ import torch
 
 from charnn.config import SampleConfig
 
-_BLOCK = 1024  # uniforms drawn per refill of each sample's random stream
+BLOCK = 1024  # uniforms drawn per refill of each sample's random stream
 
 
 def sample_next(logits: torch.Tensor, sampling: SampleConfig, uniforms: torch.Tensor) -> torch.Tensor:
@@ -48,11 +48,15 @@ class RandomStreams:
             np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, first_sample + i])))
             for i in range(num_samples)
         ]
-        self.position = _BLOCK
+        self.position = BLOCK
+
+    def block(self, sample: int) -> np.ndarray:
+        """The next `BLOCK` uniforms of one sample's stream, the same values `next()` would give it."""
+        return self.generators[sample].random(BLOCK)
 
     def next(self) -> torch.Tensor:
-        if self.position == _BLOCK:
-            self.block = torch.from_numpy(np.stack([g.random(_BLOCK) for g in self.generators], axis=1))
+        if self.position == BLOCK:
+            self.block = torch.from_numpy(np.stack([g.random(BLOCK) for g in self.generators], axis=1))
             self.position = 0
         self.position += 1
         return self.block[self.position - 1]

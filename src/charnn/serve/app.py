@@ -190,14 +190,21 @@ class Service:
 # --- streaming -----------------------------------------------------------------------------
 
 
-async def _events(job: Job) -> AsyncIterator[list[JobEvent]]:
-    """The job's events, a batch at a time: whatever has arrived since the last batch."""
+async def _events(job: Job, service: "Service | None" = None) -> AsyncIterator[list[JobEvent]]:
+    """The job's events, a batch at a time: whatever has arrived since the last batch.
+
+    With `service`, the job's slot is given back before its last batch is handed on: a client
+    that has read the end of its stream may send its next request at once and find the slot free.
+    """
     while True:
         batch = [await job.queue.get()]
         while not job.queue.empty():
             batch.append(job.queue.get_nowait())
+        last = isinstance(batch[-1], JobDone | JobFailed)
+        if last and service is not None:
+            service.finish(job)
         yield batch
-        if isinstance(batch[-1], JobDone | JobFailed):
+        if last:
             return
 
 
@@ -357,7 +364,7 @@ def create_app(checkpoint_path: str | Path, *, limits: ServeLimits = ServeLimits
         seed = body.seed if body.seed is not None else new_seed()
         job = service.start(body.prompt, body.max_new_chars, sampling, body.num_samples, seed, body.stop)
         if body.stream:
-            return _EventStream(_generate_stream(job, seed, service.name), service, job)
+            return _EventStream(_generate_stream(job, seed, service), service, job)
         result = await _finish(service, job, http, body.num_samples)
         if isinstance(result, Response):
             return result
@@ -384,7 +391,7 @@ def create_app(checkpoint_path: str | Path, *, limits: ServeLimits = ServeLimits
         echo = body.prompt if body.echo else ""
         if body.stream:
             usage = body.stream_options is not None and body.stream_options.include_usage
-            return _EventStream(_completion_stream(job, head, n, echo, usage), service, job)
+            return _EventStream(_completion_stream(job, head, n, echo, usage, service), service, job)
         result = await _finish(service, job, http, n)
         if isinstance(result, Response):
             return result
@@ -400,9 +407,9 @@ def create_app(checkpoint_path: str | Path, *, limits: ServeLimits = ServeLimits
     return app
 
 
-async def _generate_stream(job: Job, seed: int, model: str) -> AsyncIterator[str]:
-    reasons = ["length"] * job.request.num_samples
-    async for batch in _events(job):
+async def _generate_stream(job: Job, seed: int, service: Service) -> AsyncIterator[str]:
+    reasons, model = ["length"] * job.request.num_samples, service.name
+    async for batch in _events(job, service):
         chunk = []
         for event in _coalesced(batch):
             if isinstance(event, SampleText):
@@ -418,7 +425,9 @@ async def _generate_stream(job: Job, seed: int, model: str) -> AsyncIterator[str
         yield "".join(chunk)
 
 
-async def _completion_stream(job: Job, head: dict, n: int, echo: str, include_usage: bool) -> AsyncIterator[str]:
+async def _completion_stream(
+    job: Job, head: dict, n: int, echo: str, include_usage: bool, service: Service
+) -> AsyncIterator[str]:
     def chunk(index: int, text: str, reason: str | None) -> str:
         choice = {"text": text, "index": index, "logprobs": None, "finish_reason": reason}
         return _sse({**head, "choices": [choice]})
@@ -426,7 +435,7 @@ async def _completion_stream(job: Job, head: dict, n: int, echo: str, include_us
     generated = 0
     if echo:
         yield "".join(chunk(k, echo, None) for k in range(n))
-    async for batch in _events(job):
+    async for batch in _events(job, service):
         out = []
         for event in _coalesced(batch):
             if isinstance(event, SampleText):

@@ -1,7 +1,7 @@
 """The server's engine: one loaded model advances every running request together, a character per step.
 
-A single background thread owns the model. A new request is fed its prompt in one forward
-pass of its own, exactly as `charnn.generation.generate` feeds it, then its rows (one per
+A single background thread owns the model. A new request is fed its prompt on its own
+(`Stepper.prefill`), exactly as `charnn.generation.generate` feeds it, then its rows (one per
 sample) join the shared batch. Each step draws one character for every active row, each row
 from its own random stream and with its own request's sampling options, then runs one
 forward of the model over all rows: `(B, 1)` tokens and a `(layers, B, hidden)` state. Rows
@@ -9,8 +9,12 @@ join and leave between steps, so ten concurrent users cost one batch of ten rows
 than ten forwards.
 
 Results come back to the asyncio side as events on each job's queue: `SampleText`,
-`SampleFinished`, then `JobDone`, or `JobFailed`. A job whose client has gone away is
-cancelled; its rows leave the batch at the next step.
+`SampleFinished`, then `JobDone`, or `JobFailed`. Text is delivered in bulk, not per character:
+a new sample's first character at once, then every `flush_interval` all that each sample drew
+meanwhile, one `SampleText` per sample, decoded in one operation for the whole batch by the
+engine thread; a sample's last text comes with its `SampleFinished`. So the event loop's work
+grows with the number of streams, not with characters per second. A job whose client has gone
+away is cancelled; its rows leave the batch at the next step.
 
     engine = Engine(ckpt.model, ckpt.vocab)
     engine.start(asyncio.get_running_loop())
@@ -20,16 +24,18 @@ cancelled; its rows leave the batch at the next step.
 
 import asyncio
 import threading
+import time
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 import torch
 
 from charnn.config import SampleConfig
 from charnn.fast.step import Stepper
 from charnn.model import CharRNN, State
-from charnn.sample import RandomStreams
+from charnn.sample import BLOCK, RandomStreams
 from charnn.vocab import Vocabulary
 
 
@@ -50,7 +56,11 @@ FinishReason = Literal["stop", "length"]
 
 @dataclass(frozen=True, slots=True)
 class SampleText:
-    """New characters of one sample."""
+    """Every character one sample drew since its previous SampleText (one or many).
+
+    Anything drawn per character (log-probabilities, say) belongs here as a sequence beside
+    `text`, one entry per character, gathered from per-row arrays as the characters are.
+    """
 
     sample: int
     text: str
@@ -88,7 +98,6 @@ class Job:
         self.queue: asyncio.Queue[JobEvent] = asyncio.Queue()
         self.cancelled = False
         self.streams = RandomStreams(request.seed, request.num_samples)
-        self.steps = 0  # characters drawn so far for each sample
         self.live = request.num_samples  # samples not yet finished
 
     def cancel(self) -> None:
@@ -97,15 +106,16 @@ class Job:
 
 
 class _Row:
-    """One sample of one job: its text so far, and how much of it has been sent."""
+    """One sample of one job: where its numbers live in the engine's arrays, and its text held back."""
 
-    __slots__ = ("job", "sample", "text", "sent")
+    __slots__ = ("job", "sample", "slot", "tail", "held")
 
-    def __init__(self, job: Job, sample: int):
+    def __init__(self, job: Job, sample: int, slot: int):
         self.job = job
         self.sample = sample
-        self.text = ""
-        self.sent = 0
+        self.slot = slot  # its row of the engine's per-row arrays (uniforms, tokens, characters left)
+        self.tail = ""  # with stop sequences: the last characters drawn, enough to see a stop end
+        self.held = ""  # with stop sequences: drawn, not sent, as it may be the start of a stop
 
 
 def _held_back(text: str, stops: tuple[str, ...]) -> int:
@@ -131,16 +141,33 @@ def _concat(states: list[State]) -> State:
     return torch.cat(states, dim=1)
 
 
-class Engine:
-    """Owns the model; advances all running jobs together in one background thread."""
+# How long drawn text may wait in the engine before it goes to the event loop, in seconds. One
+# delivery carries every character each stream drew since its last one, so the event loop's work
+# (a queue, a task wake-up, an SSE event, a socket write per stream) is paid per delivery, not per
+# character: at most 1 / FLUSH_INTERVAL deliveries a second per stream, however fast the step.
+FLUSH_INTERVAL = 0.02
+_COLUMNS = 512  # characters a row can hold between deliveries; a full buffer is delivered at once
 
-    def __init__(self, model: CharRNN, vocab: Vocabulary, precision: str = "auto"):
+
+class Engine:
+    """Owns the model; advances all running jobs together in one background thread.
+
+    Per step, the bookkeeping is a few numpy operations over all rows, whatever their number:
+    each row's uniforms, drawn characters and characters left live in per-row arrays (a row's
+    `slot`), and the text of every row is decoded in one operation when it is delivered. Only rows
+    with stop sequences are looked at one by one each step.
+    """
+
+    def __init__(
+        self, model: CharRNN, vocab: Vocabulary, precision: str = "auto", flush_interval: float = FLUSH_INTERVAL
+    ):
         self.model = model
         self.vocab = vocab
         self.device = next(model.parameters()).device
         # The same fast step as `generate`, with the same weights precision, so a request's
         # text equals `charnn generate`'s for the same seed and options.
         self.stepper = Stepper(model, precision)
+        self.flush_interval = flush_interval
         self._inbox: list[Job] = []
         self._wake = threading.Condition()
         self._stopping = False
@@ -150,6 +177,24 @@ class Engine:
         self._rows: list[_Row] = []
         self._logits: torch.Tensor | None = None
         self._state: State | None = None
+        # Per-row arrays, indexed by slot (a row keeps its slot while it is in the batch): the
+        # uniforms of its random stream and how many of them are used, characters it may still
+        # draw, and the characters drawn since the last delivery (columns `start` to `columns`).
+        self._uniforms = np.zeros((0, BLOCK))
+        self._used = np.zeros(0, dtype=np.int64)
+        self._left = np.zeros(0, dtype=np.int64)
+        self._start = np.zeros(0, dtype=np.int64)
+        self._drawn = np.zeros((0, _COLUMNS), dtype=np.int32)
+        self._free: list[int] = []
+        self._columns = 0  # columns of `_drawn` filled since the last delivery
+        self._last_flush = 0.0
+        # Derived from `rows`, rebuilt when rows join or leave: their slots, the rows with stops,
+        # and the rows of each sampling configuration.
+        self._slots = np.zeros(0, dtype=np.int64)
+        self._stopping_rows: list[tuple[int, _Row]] = []
+        self._groups: list[tuple[SampleConfig, torch.Tensor | None]] = []
+        # Unicode code points of the vocabulary: text is decoded a whole array at a time.
+        self._code_points = np.array([ord(c) for c in vocab.characters], dtype="<u4")
         self.active_rows = 0  # rows in the batch after the last step (for health checks and tests)
         self.steps = 0  # batched forward steps run so far
 
@@ -201,23 +246,61 @@ class Engine:
 
     def _clear(self) -> None:
         self._rows, self._logits, self._state = [], None, None
+        self._free = list(range(len(self._left)))
+        self._columns = 0
+        self._rebuild()
         self.active_rows = 0
 
     def _send(self, events: list[tuple[Job, JobEvent]]) -> None:
-        # One hop into the event loop per step, not one per character.
+        # One hop into the event loop per delivery, not one per character or per stream.
         if events and self._loop is not None and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(_deliver, events)
 
+    def flush(self) -> None:
+        """Deliver every character drawn so far. From the engine thread only, before a wait of unknown
+        length (the tests' gate that holds a step)."""
+        self._send(self._flush_all([]))
+
+    def _rebuild(self) -> None:
+        """The views of `rows` that each step uses, after rows joined or left."""
+        self._slots = np.array([row.slot for row in self._rows], dtype=np.int64)
+        self._stopping_rows = [(i, row) for i, row in enumerate(self._rows) if row.job.request.stop]
+        groups: dict[SampleConfig, list[int]] = defaultdict(list)
+        for i, row in enumerate(self._rows):
+            groups[row.job.request.sampling].append(i)
+        if len(groups) == 1:
+            self._groups = [(next(iter(groups)), None)]
+        else:
+            self._groups = [(sampling, torch.tensor(rows)) for sampling, rows in groups.items()]
+
+    def _allocate_slots(self, count: int) -> list[int]:
+        if len(self._free) < count:
+            old = len(self._left)
+            new = max(2 * old, old + count, 8)
+            grow = lambda a, fill=0: np.concatenate([a, np.full((new - old, *a.shape[1:]), fill, a.dtype)])  # noqa: E731
+            self._uniforms, self._used = grow(self._uniforms), grow(self._used)
+            self._left, self._start, self._drawn = grow(self._left), grow(self._start), grow(self._drawn)
+            self._free += range(old, new)
+        slots, self._free = self._free[-count:], self._free[:-count]
+        return slots
+
     def _keep(self, keep: list[int]) -> None:
+        """Keep only the rows at these indices (in this order); the others' slots are freed."""
         if len(keep) == len(self._rows):
             return
+        kept = set(keep)
+        self._free += [row.slot for i, row in enumerate(self._rows) if i not in kept]
         if not keep:
-            self._clear()
+            self._rows, self._logits, self._state = [], None, None
+            self._columns = 0
+            self._rebuild()
             return
-        index = torch.tensor(keep, device=self._logits.device)
+        index = torch.tensor(keep, device=self.device)
         self._rows = [self._rows[i] for i in keep]
-        self._logits = self._logits.index_select(0, index)
+        if self._logits is not None:
+            self._logits = self._logits.index_select(0, index)
         self._state = _select(self._state, index)
+        self._rebuild()
 
     def _admit(self, jobs: list[Job], events: list[tuple[Job, JobEvent]]) -> None:
         """Feed the prompts of newly arrived jobs and add their rows (one per sample) to the batch."""
@@ -226,88 +309,133 @@ class Engine:
             if job.request.max_new_chars == 0:
                 events += [(job, SampleFinished(k, "length")) for k in range(n)] + [(job, JobDone())]
                 continue
-            # Each prompt goes in exactly as `generate` feeds it: every sample a copy, one pass,
-            # so that the request's text is `generate`'s.
+            # Each prompt goes in exactly as `generate` feeds it (every sample a copy), so that the
+            # request's text is `generate`'s.
             logits, state = self.stepper.prefill(job.tokens.unsqueeze(0).expand(n, -1))  # (n, V)
-            self._rows += [_Row(job, k) for k in range(n)]
+            slots = self._allocate_slots(n)
+            for k, slot in enumerate(slots):
+                self._uniforms[slot] = job.streams.block(k)
+            self._used[slots] = 0
+            self._left[slots] = job.request.max_new_chars
+            # A new row's first character goes out at once (see `_advance`): it starts at that column.
+            self._start[slots] = self._columns
+            self._rows += [_Row(job, k, slot) for k, slot in enumerate(slots)]
             if self._logits is None:
                 self._logits, self._state = logits, state
             else:
                 self._logits = torch.cat([self._logits, logits])
                 self._state = _concat([self._state, state])
+        if jobs:
+            self._rebuild()
 
-    def _uniforms(self) -> torch.Tensor:
-        """One uniform per row: each job's streams advance once per step, whichever rows remain."""
-        drawn: dict[int, list[float]] = {}
-        values = []
-        for row in self._rows:
-            job = row.job
-            if id(job) not in drawn:
-                drawn[id(job)] = job.streams.next().tolist()
-            values.append(drawn[id(job)][row.sample])
+    def _draw_uniforms(self) -> torch.Tensor:
+        """One uniform per row from its own stream, exactly as `RandomStreams.next()` gives them to `generate`."""
+        slots = self._slots
+        used = self._used[slots]
+        values = self._uniforms[slots, used]
+        self._used[slots] = used + 1
+        for i in np.flatnonzero(used + 1 == BLOCK):  # a row used up its block: the next one of its stream
+            row = self._rows[i]
+            self._uniforms[row.slot] = row.job.streams.block(row.sample)
+            self._used[row.slot] = 0
         # float64, as `RandomStreams.next()` gives them to `generate`: the draws must be identical.
-        return torch.tensor(values, dtype=torch.float64)
+        return torch.from_numpy(values)
 
     def _sample(self) -> torch.Tensor:
-        uniforms = self._uniforms()
-        groups: dict[SampleConfig, list[int]] = defaultdict(list)
-        for i, row in enumerate(self._rows):
-            groups[row.job.request.sampling].append(i)
-        if len(groups) == 1:
-            return self.stepper.sample(self._logits, next(iter(groups)), uniforms)
+        uniforms = self._draw_uniforms()
+        if len(self._groups) == 1:
+            return self.stepper.sample(self._logits, self._groups[0][0], uniforms)
         chosen = torch.empty(len(self._rows), dtype=torch.long, device=self._logits.device)
-        for sampling, rows in groups.items():
-            index = torch.tensor(rows, device=self._logits.device)
-            chosen[index] = self.stepper.sample(self._logits.index_select(0, index), sampling, uniforms[rows])
+        for sampling, index in self._groups:
+            chosen[index] = self.stepper.sample(self._logits.index_select(0, index), sampling, uniforms[index])
         return chosen
+
+    def _texts(self, indices: list[int] | np.ndarray) -> list[str]:
+        """The text each of these rows drew since its last delivery, decoded in one operation."""
+        columns = self._columns
+        slots = self._slots[indices]
+        if not columns or not len(slots):
+            return [""] * len(slots)
+        joined = self._code_points[self._drawn[slots, :columns]].tobytes().decode("utf-32-le")
+        starts = self._start[slots].tolist()
+        return [joined[k * columns + start : (k + 1) * columns] for k, start in enumerate(starts)]
+
+    def _text_events(self, rows: list[_Row], texts: list[str], events: list[tuple[Job, JobEvent]]) -> None:
+        for row, text in zip(rows, texts, strict=True):
+            if row.job.request.stop:
+                # Characters that may begin a stop sequence wait until it is clear they do not.
+                text = row.held + text
+                keep = len(text) - _held_back(text, row.job.request.stop)
+                text, row.held = text[:keep], text[keep:]
+            if text:
+                events.append((row.job, SampleText(row.sample, text)))
+
+    def _flush_all(self, events: list[tuple[Job, JobEvent]]) -> list[tuple[Job, JobEvent]]:
+        self._text_events(self._rows, self._texts(np.arange(len(self._rows))), events)
+        self._columns = 0
+        self._start[self._slots] = 0
+        self._last_flush = time.monotonic()
+        return events
 
     def _advance(self, arrivals: list[Job]) -> None:
         events: list[tuple[Job, JobEvent]] = []
         # Rows of jobs whose clients left are dropped before any more work is spent on them.
-        self._keep([i for i, row in enumerate(self._rows) if not row.job.cancelled])
+        if any(row.job.cancelled for row in self._rows):
+            self._keep([i for i, row in enumerate(self._rows) if not row.job.cancelled])
+        before = len(self._rows)
         self._admit([job for job in arrivals if not job.cancelled], events)
         if not self._rows:
             self._send(events)
             return
+        if self._columns == _COLUMNS:
+            self._flush_all(events)
 
-        chosen = self._sample()
-        for job in {id(r.job): r.job for r in self._rows}.values():
-            job.steps += 1
+        chosen = self._sample()  # (B,)
+        drawn = chosen.numpy()
+        slots = self._slots
+        self._drawn[slots, self._columns] = drawn
+        self._columns += 1
+        left = self._left[slots] - 1
+        self._left[slots] = left
+        finished: dict[int, int | None] = {int(i): None for i in np.flatnonzero(left == 0)}  # row -> stop length
         characters = self.vocab.characters
-        keep = []
-        for i, (row, index) in enumerate(zip(self._rows, chosen.tolist(), strict=True)):
-            job, request = row.job, row.job.request
-            row.text += characters[index]
-            reason, end = None, len(row.text)
-            for stop in request.stop:
-                if row.text.endswith(stop):
-                    # Of several stops ending here, the longest starts first.
-                    if reason is None or len(row.text) - len(stop) < end:
-                        reason, end = "stop", len(row.text) - len(stop)
-            if reason is None and job.steps >= request.max_new_chars:
-                reason = "length"
-            if reason is None:
-                end = len(row.text) - _held_back(row.text, request.stop) if request.stop else len(row.text)
-            if end > row.sent:
-                events.append((job, SampleText(row.sample, row.text[row.sent : end])))
-                row.sent = end
-            if reason is None:
-                keep.append(i)
-                continue
-            events.append((job, SampleFinished(row.sample, reason)))
-            job.live -= 1
-            if job.live == 0:
-                events.append((job, JobDone()))
+        for i, row in self._stopping_rows:
+            stops = row.job.request.stop
+            row.tail = (row.tail + characters[drawn[i]])[-max(len(stop) for stop in stops) :]
+            ending = [len(stop) for stop in stops if row.tail.endswith(stop)]
+            if ending:
+                finished[i] = max(ending)  # of several stops ending here, the longest starts first
+
+        if finished:
+            ended = sorted(finished)
+            for i, text in zip(ended, self._texts(ended), strict=True):
+                row, stop_length = self._rows[i], finished[i]
+                text, row.held = row.held + text, ""
+                if stop_length is not None:  # the stop sequence itself is not part of the text
+                    text = text[: len(text) - stop_length]
+                if text:
+                    events.append((row.job, SampleText(row.sample, text)))
+                events.append((row.job, SampleFinished(row.sample, "length" if stop_length is None else "stop")))
+                row.job.live -= 1
+                if row.job.live == 0:
+                    events.append((row.job, JobDone()))
+            self._start[slots[ended]] = self._columns  # all of their text is out
+        if time.monotonic() - self._last_flush >= self.flush_interval:
+            self._flush_all(events)
+        else:  # a new row's first character goes out at once; then its text waits for the interval
+            new = [i for i in range(before, len(self._rows)) if i not in finished]
+            self._text_events([self._rows[i] for i in new], self._texts(new), events)
+            self._start[slots[new]] = self._columns
         self._send(events)
 
-        if len(keep) < len(self._rows):
+        if finished:
+            keep = [i for i in range(len(self._rows)) if i not in finished]
+            if keep:
+                chosen = chosen.index_select(0, torch.tensor(keep))
+            self._logits = None  # replaced by the step below
+            self._keep(keep)
             if not keep:
-                self._clear()
                 return
-            index = torch.tensor(keep, device=self._logits.device)
-            self._rows = [self._rows[i] for i in keep]
-            self._state = _select(self._state, index)
-            chosen = chosen.index_select(0, index)
         # The stepper updates the state in place and reuses its logits buffer next step.
         self._logits = self.stepper.step(chosen, self._state)  # (B, V)
         self.steps += 1
