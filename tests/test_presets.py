@@ -39,5 +39,5 @@ def test_options_given_override_the_preset_and_the_default_preset_applies_withou
     _, train = _configs(with_preset("seed", {"lr": 0.01, "stateful": True}))
     assert train.lr == 0.01 and train.stateful and train.batch_size == 64
     assert with_preset(None, {})["preset"] == DEFAULT_PRESET in PRESETS
-    with pytest.raises(ConfigError, match="preset must be one of seed"):
+    with pytest.raises(ConfigError, match="`preset` must be one of seed"):
         with_preset("fastest", {})

@@ -159,5 +159,5 @@ def test_stateful_training_carries_state_and_learns(tmp_path):
         losses[stateful] = result.best_val_loss
     assert all(loss < math.log(len(vocab)) for loss in losses.values())  # both learn
     assert losses[True] != losses[False]  # and they are different runs
-    with pytest.raises(ConfigError, match="seq_len_jitter needs stateful"):
+    with pytest.raises(ConfigError, match="`seq_len_jitter` needs `stateful`"):
         TrainConfig(seq_len_jitter=2.0)
