@@ -98,6 +98,16 @@ def test_pieces_side_by_side_change_little_and_keep_the_order():
     assert batched.totals.scored == exact.totals.scored
 
 
+@pytest.mark.parametrize("precision", ["auto", "bf16"])
+def test_the_fast_step_scores_close_to_the_plain_model(tiny_run, precision):
+    ckpt = load_checkpoint(tiny_run)
+    exact = score_text(ckpt.model, ckpt.vocab, TEXT, ScoreConfig(precision="fp32", span=300, streams=3))
+    fast = score_text(ckpt.model, ckpt.vocab, TEXT, ScoreConfig(precision=precision, span=300, streams=3))
+    assert fast.totals.scored == exact.totals.scored
+    assert fast.totals.bits == pytest.approx(exact.totals.bits, rel=0.01)
+    assert [r.bits for r in fast.records[1:]] == pytest.approx([r.bits for r in exact.records[1:]], abs=0.1)
+
+
 def test_unknown_characters_are_reported_and_left_out():
     model = tiny_model()
     text = "Q“Pip,” said Zoë 你好.\n"
@@ -183,7 +193,7 @@ def test_generate_best_of_on_the_command_line(tiny_run, capsys):
 def test_json_lines_stream_every_character_then_the_summary(checkpoint, tmp_path, capsys):
     path = tmp_path / "text.txt"
     path.write_text(TEXT + "Q", encoding="utf-8")
-    assert main(["score", str(checkpoint), str(path), "--json", "--top", "3"]) == 0
+    assert main(["score", str(checkpoint), str(path), "--json", "--top", "3", "--precision", "fp32"]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     records, summary = lines[:-1], lines[-1]["summary"]
     assert "".join(r["character"] for r in records) == TEXT + "Q"
@@ -198,13 +208,13 @@ def test_json_lines_stream_every_character_then_the_summary(checkpoint, tmp_path
 def test_summary_from_standard_input_matches_evaluate(checkpoint, tmp_path):
     path = tmp_path / "text.txt"
     path.write_text(TEXT, encoding="utf-8")
-    result = run_cli("score", str(checkpoint), "-", "--json", input_text=TEXT)
+    result = run_cli("score", str(checkpoint), "-", "--json", "--precision", "fp32", input_text=TEXT)
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout.splitlines()[-1])["summary"]
     evaluated = run_cli("evaluate", str(checkpoint), str(path), "--train-text", str(path), "--json")
     assert evaluated.returncode == 0, evaluated.stderr
     assert summary["bits_per_character"] == pytest.approx(json.loads(evaluated.stdout)["bpc"], rel=1e-6)
-    plain = run_cli("score", str(checkpoint), str(path))
+    plain = run_cli("score", str(checkpoint), str(path), "--precision", "fp32")
     assert plain.returncode == 0 and f"{summary['bits_per_character']:.4f} bits/char" in plain.stdout
     assert "most surprising" in plain.stdout
 
@@ -263,7 +273,8 @@ def test_html_page_colours_the_text_and_shows_alternatives_on_hover(tiny_run, tm
     text = TINY_TEXT + "Q<b>&\n"  # an unknown character, and markup that must stay text
     (tmp_path / "text.txt").write_text(text, encoding="utf-8")
     page_path = tmp_path / "page.html"
-    assert main(["score", str(tiny_run), str(tmp_path / "text.txt"), "--html", str(page_path), "--top", "4"]) == 0
+    argv = ["score", str(tiny_run), str(tmp_path / "text.txt"), "--html", str(page_path), "--top", "4"]
+    assert main([*argv, "--precision", "fp32"]) == 0
     assert list(tmp_path.glob(".page.html*")) == []  # written under a temporary name, then renamed
     expected = score_text(load_checkpoint(tiny_run).model, load_checkpoint(tiny_run).vocab, text, ScoreConfig(top_k=4))
 

@@ -430,7 +430,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     from charnn.run_folder import load_checkpoint
     from charnn.score import ScoreConfig, ScoreTotals, line_scores, score
 
-    config = ScoreConfig(top_k=args.top, streams=args.streams)
+    config = ScoreConfig(top_k=args.top, streams=args.streams, precision=args.precision)
     if args.html is not None and args.html.is_dir():
         raise ConfigError(f"--html {args.html} is a folder; give a file name such as scored.html")
     text, name = _read_text(args.text, args.encoding)
@@ -441,8 +441,9 @@ def cmd_score(args: argparse.Namespace) -> int:
     with _ScoreProgress(len(text)) as progress, page or contextlib.nullcontext():
         records = _counted(progress.follow(records), totals, surprises, page)
         if args.by_line:
-            lines = sorted((line for line in line_scores(records) if line.scored and line.text.strip()),
-                           key=lambda line: -line.bits_per_character)  # fmt: skip
+            kept = (line for line in line_scores(records)
+                    if line.scored and line.text.strip() and len(line.text) >= args.min_chars)  # fmt: skip
+            lines = sorted(kept, key=lambda line: -line.bits_per_character)
             for line in lines:
                 if args.json:
                     print(json.dumps({"line": line.line, "bits_per_character": line.bits_per_character,
@@ -714,6 +715,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "one record per line of text")  # fmt: skip
     p.add_argument("--by-line", action="store_true", help="each line's bits per character, most surprising first "
                    "(blank lines left out): lines that do not belong to the text stand out")  # fmt: skip
+    p.add_argument("--min-chars", type=int, default=1, metavar="N", help="with --by-line, leave out lines shorter "
+                   "than N characters: a few characters make a noisy figure (default: 1)")  # fmt: skip
     p.add_argument("--html", type=Path, metavar="OUT.html", help="also write the text as a web page, coloured by "
                    "surprisal, with the alternatives on hover")  # fmt: skip
     p.add_argument("--top", type=int, default=5, metavar="K", help="alternatives reported per character "
@@ -721,6 +724,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--streams", type=int, default=64, metavar="N", help="pieces of a long text scored side by "
                    "side, each after a 256-character warm-up (faster); 1 scores every character after the "
                    "whole text before it (default: 64; a text under 4,096 characters is one piece)")  # fmt: skip
+    p.add_argument("--precision", choices=GENERATE_PRECISIONS, default="auto", help="fp32: the plain model, the "
+                   "figures of charnn evaluate; auto: the generation step, int8 where the CPU computes it fast "
+                   "(several times faster; totals within 0.1%%, see benchmarks/RESULTS.md), else fp32 "
+                   "(default: auto)")  # fmt: skip
     p.add_argument("--encoding", default="utf-8", help="text encoding (default: utf-8)")
     p.add_argument("--device", choices=DEVICES, default="cpu", help="where to run (default: cpu)")
     p.set_defaults(run=cmd_score)

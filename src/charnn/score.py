@@ -278,9 +278,9 @@ def _score(model, vocab, text, ids, context_ids, config) -> Iterator[CharacterSc
 
 
 def _blocks(model, sequence: torch.Tensor, first: int, config: ScoreConfig):
-    """(end, bits, alternative ids, alternative probabilities, start) for each block of scored positions.
+    """(end, bits, alternative ids, alternative probabilities, start) for each piece of scored positions, in order.
 
-    Lists are indexed by sequence position minus `start`; `end` is the first position after the block.
+    Lists are indexed by sequence position minus `start`; `end` is the first position after the piece.
     """
     device = next(model.parameters()).device
     total = len(sequence)
@@ -310,16 +310,12 @@ def _blocks(model, sequence: torch.Tensor, first: int, config: ScoreConfig):
                 run, inputs.to(device), targets.to(device), state, config.chunk_size, config.top_k
             )
             state = _select(state, pieces - 1)  # the next block goes on from where this one ends
+        # Piece by piece: only one piece's records are ever Python objects at a time.
+        for i, (s, e) in enumerate(zip(starts, ends, strict=True)):
+            piece_ids = alt_ids[i, : e - s].tolist() if config.top_k else None
+            piece_probs = alt_probs[i, : e - s].tolist() if config.top_k else None
+            yield e, bits[i, : e - s].tolist(), piece_ids, piece_probs, s
         end = ends[-1]
-        flat_bits = np.concatenate([bits[i, : e - s] for i, (s, e) in enumerate(zip(starts, ends, strict=True))])
-        flat_ids = flat_probs = None
-        if config.top_k:
-            flat_ids = np.concatenate([alt_ids[i, : e - s] for i, (s, e) in enumerate(zip(starts, ends, strict=True))])
-            flat_probs = np.concatenate(
-                [alt_probs[i, : e - s] for i, (s, e) in enumerate(zip(starts, ends, strict=True))]
-            )
-            flat_ids, flat_probs = flat_ids.tolist(), flat_probs.tolist()
-        yield end, flat_bits.tolist(), flat_ids, flat_probs, block
         block = end
 
 
