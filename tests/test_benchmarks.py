@@ -39,3 +39,11 @@ def test_speed_quick_prints_its_table(tmp_path: Path):
     assert "corpus: great-expectations" in out
     assert "| training, batch 64 x window 100" in out
     assert out.count("| generation, 1 stream ") >= 3 and out.count("| generation, 64 streams ") >= 3
+
+
+def test_score_speed_prints_its_table(tmp_path: Path):
+    (tmp_path / "great-expectations.txt").write_text(TINY_TEXT * 100, encoding="utf-8")
+    out = run_benchmark(str(BENCHMARKS / "score.py"), "--only", "speed", "--chars", "3000", "--repeats", "1",
+                        "--steps", "2", CHARNN_CORPUS_DIR=str(tmp_path))  # fmt: skip
+    assert "| training (train()" in out
+    assert "| charnn score, --precision auto" in out and "| charnn score, --precision fp32" in out
