@@ -6,6 +6,7 @@ Every user mistake is a CharnnError, printed here as one line with exit code 2.
 import argparse
 import contextlib
 import dataclasses
+import heapq
 import json
 import math
 import os
@@ -498,8 +499,6 @@ class _Surprises:
         self.line, self.column = 1, 1
 
     def add(self, record) -> None:
-        import heapq
-
         if record.bits is not None:
             item = (record.bits, record.position, self.line, self.column, record)
             if len(self.found) < self.keep:
