@@ -53,13 +53,16 @@ def tiny_run(tmp_path_factory) -> Path:
     return folder / "run"
 
 
-def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run `python -m charnn ARGS` in a real subprocess."""
+def run_cli(
+    *args: str, cwd: Path | None = None, timeout: float = 300, input_text: str | None = None
+) -> subprocess.CompletedProcess:
+    """Run `python -m charnn ARGS` in a real subprocess (`input_text` on its standard input)."""
     env = dict(os.environ, PYTHONPATH=str(SRC) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     return subprocess.run(
         [sys.executable, "-m", "charnn", *args],
         capture_output=True,
         text=True,
+        input=input_text,
         cwd=cwd,
         env=env,
         timeout=timeout,

@@ -60,3 +60,11 @@ def test_export_quick_prints_its_tables(tmp_path: Path):
     for label in ("onnxruntime (CPU, 1 thread), fp32 ONNX", "Stepper, fp32", "browser page"):
         assert label in out
     assert "not run" not in out  # Chromium and Playwright are there, as scripts/test.sh ensures
+
+
+def test_score_speed_prints_its_table(tmp_path: Path):
+    (tmp_path / "great-expectations.txt").write_text(TINY_TEXT * 100, encoding="utf-8")
+    out = run_benchmark(str(BENCHMARKS / "score.py"), "--only", "speed", "--chars", "3000", "--repeats", "1",
+                        "--steps", "2", CHARNN_CORPUS_DIR=str(tmp_path))  # fmt: skip
+    assert "| training (train()" in out
+    assert "| charnn score, --precision auto" in out and "| charnn score, --precision fp32" in out

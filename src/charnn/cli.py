@@ -4,7 +4,9 @@ Every user mistake is a CharnnError, printed here as one line with exit code 2.
 """
 
 import argparse
+import contextlib
 import dataclasses
+import heapq
 import json
 import math
 import os
@@ -385,7 +387,7 @@ def _temperatures(text: str) -> list[float]:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from charnn.generation import generate, generate_text
+    from charnn.generation import generate, generate_best_of, generate_text
     from charnn.hardware import resolve_device
     from charnn.run_folder import load_checkpoint
     from charnn.sample import new_seed
@@ -395,12 +397,25 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise ConfigError(f"--length must be 0 or more, got {args.length}")
     if args.num_samples < 1:
         raise ConfigError(f"--num-samples must be at least 1, got {args.num_samples}")
+    if args.best_of is not None:
+        if args.best_of < args.num_samples:
+            raise ConfigError(f"--best-of must be at least --num-samples ({args.num_samples}), got {args.best_of}")
+        if args.stream:
+            raise ConfigError("--best-of cannot --stream: the best sample is known only when all are drawn")
     ckpt = load_checkpoint(args.checkpoint, resolve_device(args.device))
     prime = args.prime if args.prime is not None else _default_prime(ckpt.vocab)
     seed = args.seed if args.seed is not None else new_seed()
     labelled = len(samplings) > 1
     results = []
+    means = []  # with --best-of: each printed sample's mean log-probability per character
     for sampling in samplings:
+        if args.best_of is not None:
+            ranked = generate_best_of(ckpt.model, ckpt.vocab, prime, args.length, sampling, best_of=args.best_of,
+                                      seed=seed, precision=args.precision)  # fmt: skip
+            chosen = ranked.order[: args.num_samples]
+            results += [(sampling.temperature, ranked.samples[i]) for i in chosen]
+            means += [ranked.mean_logprobs[i] for i in chosen]
+            continue
         if args.stream and not args.json:
             for i in range(args.num_samples):
                 if labelled or i:
@@ -437,6 +452,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.json:
         out = {"samples": [s for _, s in results], "seed": seed, "checkpoint": str(ckpt.path)}
         out["temperatures"] = [t for t, _ in results]
+        if args.best_of is not None:
+            out["best_of"] = args.best_of
+            out["mean_logprobs"] = [m if math.isfinite(m) else None for m in means]
         print(json.dumps(out, ensure_ascii=False))
     elif not args.stream:
         blocks = [(f"--- temperature {t} ---\n" if labelled else "") + prime + s for t, s in results]
@@ -487,6 +505,147 @@ def cmd_info(args: argparse.Namespace) -> int:
     if c:
         print(f"corpus: {c.get('name')} ({c.get('characters', 0):,} characters, sha256 {c.get('sha256', '?')[:16]}...)")
     return 0
+
+
+# --- score -------------------------------------------------------------------------------
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from charnn.hardware import resolve_device
+    from charnn.highlight import Page
+    from charnn.run_folder import load_checkpoint
+    from charnn.score import ScoreConfig, ScoreTotals, line_scores, score
+
+    config = ScoreConfig(top_k=args.top, streams=args.streams, precision=args.precision)
+    if args.html is not None and args.html.is_dir():
+        raise ConfigError(f"--html {args.html} is a folder; give a file name such as scored.html")
+    text, name = _read_text(args.text, args.encoding)
+    ckpt = load_checkpoint(args.checkpoint, resolve_device(args.device))
+    records = score(ckpt.model, ckpt.vocab, text, config)
+    totals, surprises = ScoreTotals(), _Surprises()
+    page = Page(args.html, title=f"{ckpt.path.name} on {name}") if args.html is not None else None
+    with _ScoreProgress(len(text)) as progress, page or contextlib.nullcontext():
+        records = _counted(progress.follow(records), totals, surprises, page)
+        if args.by_line:
+            kept = (line for line in line_scores(records)
+                    if line.scored and line.text.strip() and len(line.text) >= args.min_chars)  # fmt: skip
+            lines = sorted(kept, key=lambda line: -line.bits_per_character)
+            for line in lines:
+                if args.json:
+                    print(json.dumps({"line": line.line, "bits_per_character": line.bits_per_character,
+                                      "bits": line.bits, "scored": line.scored, "text": line.text},
+                                     ensure_ascii=False))  # fmt: skip
+                else:
+                    print(f"{line.bits_per_character:8.3f} bits/char  line {line.line:>6}  {line.text}")
+        elif args.json:
+            for record in records:
+                print(json.dumps(record.to_dict(), ensure_ascii=False))
+        else:
+            for _ in records:
+                pass
+    summary = {"checkpoint": str(ckpt.path), "text": name, **totals.to_dict()}
+    if args.json:
+        if not args.by_line:
+            print(json.dumps({"summary": summary}, ensure_ascii=False))
+    elif not args.by_line:
+        _print_score_summary(summary, surprises)
+    if args.html is not None:
+        print(f"wrote {args.html}", file=sys.stderr)
+    return 0
+
+
+def _read_text(path: str, encoding: str) -> tuple[str, str]:
+    """The text to score and what to call it: a file (read as `charnn evaluate` reads one), or - for stdin."""
+    from charnn.corpus import decode, load_corpus, normalize
+
+    if path != "-":
+        return load_corpus(path, encoding=encoding).text, path
+    text = normalize(decode(sys.stdin.buffer.read(), encoding, "standard input"))
+    if not text:
+        raise CorpusError("standard input is empty; give some text to score")
+    return text, "standard input"
+
+
+def _counted(records, totals, surprises, page):
+    for record in records:
+        totals.add(record)
+        surprises.add(record)
+        if page is not None:
+            page.add(record)
+        yield record
+
+
+class _Surprises:
+    """The few most surprising characters, with where they are."""
+
+    def __init__(self, keep: int = 5):
+        self.keep = keep
+        self.found: list = []
+        self.line, self.column = 1, 1
+
+    def add(self, record) -> None:
+        if record.bits is not None:
+            item = (record.bits, record.position, self.line, self.column, record)
+            if len(self.found) < self.keep:
+                heapq.heappush(self.found, item)
+            elif item[0] > self.found[0][0]:
+                heapq.heapreplace(self.found, item)
+        self.line, self.column = (self.line + 1, 1) if record.character == "\n" else (self.line, self.column + 1)
+
+    def worst(self) -> list:
+        return sorted(self.found, key=lambda item: -item[0])
+
+
+def _print_score_summary(summary: dict, surprises: _Surprises) -> None:
+    print(f"checkpoint {summary['checkpoint']}, text: {summary['text']} ({summary['characters']:,} characters)")
+    bpc = summary["bits_per_character"]
+    if bpc is None:
+        print("no character scored (the first character has nothing before it to be predicted from)")
+    else:
+        print(f"scored {summary['scored']:,} characters: {summary['bits']:,.1f} bits, {bpc:.4f} bits/char "
+              f"({bpc * math.log(2):.4f} nats/char)")  # fmt: skip
+    if summary["unknown_count"]:
+        shown = ", ".join(repr(c) for c in summary["unknown"])
+        print(f"left out {summary['unknown_count']:,} characters the model does not know: {shown}")
+    worst = surprises.worst()
+    if worst:
+        print("most surprising:")
+    for bits, _, line, column, record in worst:
+        expected = ", ".join(f"{c!r} {p:.0%}" for c, p in record.alternatives[:3])
+        print(f"  {record.character!r} at line {line}, column {column}: {bits:.2f} bits"
+              + (f" (expected {expected})" if expected else ""))  # fmt: skip
+
+
+class _ScoreProgress:
+    """A tqdm bar of characters scored, on a terminal and for texts long enough to wait for."""
+
+    def __init__(self, total: int, minimum: int = 50_000):
+        self.bar = None
+        if sys.stderr.isatty() and total >= minimum:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit="char", unit_scale=True, dynamic_ncols=True, file=sys.stderr,
+                            desc="scoring")  # fmt: skip
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.close()
+
+    def follow(self, records):
+        if self.bar is None:
+            yield from records
+            return
+        pending = 0
+        for record in records:
+            pending += 1
+            if pending == 8192:
+                self.bar.update(pending)
+                pending = 0
+            yield record
+        self.bar.update(pending)
 
 
 # --- evaluate and plot -------------------------------------------------------------------
@@ -697,6 +856,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "whose probabilities sum to P")  # fmt: skip
     p.add_argument("--seed", type=int, default=None, help="random seed; the same seed gives the same text")
     p.add_argument("--num-samples", type=int, default=1, help="samples to draw (default: 1)")
+    p.add_argument("--best-of", type=int, metavar="N", help="draw N samples and print the --num-samples of them "
+                   "with the highest mean log-probability per character (scored by the model at temperature 1, "
+                   "whatever --temperature drew them; best first)")  # fmt: skip
     p.add_argument("--stream", action="store_true", help="print characters as they are produced")
     p.add_argument("--json", action="store_true", help="print {samples, seed, checkpoint} as JSON (no prime)")
     p.add_argument("--device", choices=DEVICES, default="cpu", help="where to run (default: cpu)")
@@ -729,6 +891,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dynamic-decay", type=float, default=0.0, help="pull towards the trained weights after each "
                    "step of dynamic evaluation, a share in [0, 1) (default: 0)")  # fmt: skip
     p.set_defaults(run=cmd_evaluate)
+
+    p = commands.add_parser("score", help="each character's surprisal under a model, and the total",
+                            description="Score a text with a model: every character's surprisal (-log2 of "
+                            "its probability given the text before it) and the model's top alternatives. The "
+                            "first character has nothing before it and is not scored, as in charnn evaluate; "
+                            "characters the model does not know are reported and left out. Prints a summary "
+                            "unless --json or --by-line says otherwise.")  # fmt: skip
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="a checkpoint folder, or a run folder (its best or newest)")
+    p.add_argument("text", metavar="TEXT", help="a text file (read as charnn evaluate reads it), or - for "
+                   "standard input")  # fmt: skip
+    p.add_argument("--json", action="store_true", help="one JSON record per character per line (position, "
+                   "character, bits, known, alternatives), streamed, then {\"summary\": ...}; with --by-line, "
+                   "one record per line of text")  # fmt: skip
+    p.add_argument("--by-line", action="store_true", help="each line's bits per character, most surprising first "
+                   "(blank lines left out): lines that do not belong to the text stand out")  # fmt: skip
+    p.add_argument("--min-chars", type=int, default=1, metavar="N", help="with --by-line, leave out lines shorter "
+                   "than N characters: a few characters make a noisy figure (default: 1)")  # fmt: skip
+    p.add_argument("--html", type=Path, metavar="OUT.html", help="also write the text as a web page, coloured by "
+                   "surprisal, with the alternatives on hover")  # fmt: skip
+    p.add_argument("--top", type=int, default=5, metavar="K", help="alternatives reported per character "
+                   "(default: 5)")  # fmt: skip
+    p.add_argument("--streams", type=int, default=64, metavar="N", help="pieces of a long text scored side by "
+                   "side, each after a 256-character warm-up (faster); 1 scores every character after the "
+                   "whole text before it (default: 64; a text under 4,096 characters is one piece)")  # fmt: skip
+    p.add_argument("--precision", choices=GENERATE_PRECISIONS, default="auto", help="fp32: the plain model, the "
+                   "figures of charnn evaluate; auto: the generation step, int8 where the CPU computes it fast "
+                   "(several times faster; totals within 0.1%%, see benchmarks/RESULTS.md), else fp32 "
+                   "(default: auto)")  # fmt: skip
+    p.add_argument("--encoding", default="utf-8", help="text encoding (default: utf-8)")
+    p.add_argument("--device", choices=DEVICES, default="cpu", help="where to run (default: cpu)")
+    p.set_defaults(run=cmd_score)
 
     p = commands.add_parser("plot", help="redraw RUN_DIR/loss.png", description="Redraw a run's loss curves.")
     p.add_argument("run_dir", metavar="RUN_DIR", type=Path)

@@ -154,6 +154,39 @@ class SampleConfig:
 
 
 @dataclass(frozen=True)
+class ScoreConfig:
+    """How to score: alternatives to report, and how the text goes through the model.
+
+    With `streams` 1 every character is scored after the whole text before it. With more, each
+    block of `streams` x `span` characters is cut into `streams` pieces scored side by side; the
+    first continues from the state where the previous block ended, the others start from a zero
+    state fed the `warmup` characters before them (an RNN's memory fades within a few hundred
+    characters, so this changes the total by little: see benchmarks/RESULTS.md). A text no longer
+    than `span` is one piece, scored exactly, whatever `streams`.
+    """
+
+    top_k: int = 5  # alternatives reported per character (0: none)
+    streams: int = 1
+    span: int = 4096  # characters per piece of a block
+    warmup: int = 256
+    chunk_size: int = 256  # characters each piece advances per forward pass: bounds memory
+    # fp32: the plain model (`model.forward`), the figures of `charnn evaluate`. auto, int8, bf16:
+    # the generation step of `charnn.fast.step` (auto: int8 where the CPU computes it fast, else fp32).
+    precision: str = "fp32"
+
+    def __post_init__(self):
+        _check(self.top_k >= 0, f"top_k must be 0 or more, got {self.top_k}")
+        _check(self.streams >= 1, f"streams must be at least 1, got {self.streams}")
+        _check(self.span >= 1, f"span must be at least 1, got {self.span}")
+        _check(self.warmup >= 0, f"warmup must be 0 or more, got {self.warmup}")
+        _check(self.chunk_size >= 1, f"chunk_size must be at least 1, got {self.chunk_size}")
+        _check(
+            self.precision in GENERATE_PRECISIONS,
+            f"precision must be one of {', '.join(GENERATE_PRECISIONS)}, got {self.precision!r}",
+        )
+
+
+@dataclass(frozen=True)
 class ServeLimits:
     """What one request, and the server as a whole, may ask for (`charnn serve` flags)."""
 

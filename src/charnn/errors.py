@@ -66,3 +66,7 @@ class DistributedError(TrainingError):
 
 class LockedError(CharnnError):
     """A run or data folder that another process is writing into right now."""
+
+
+class OutputError(CharnnError):
+    """An output file that cannot be written (a missing folder, no permission, a full disk)."""

@@ -13,6 +13,7 @@ sample's text does not depend on what else runs in the same batch.
 """
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 
@@ -21,6 +22,7 @@ from charnn.errors import ConfigError
 from charnn.fast.step import Stepper
 from charnn.model import CharRNN
 from charnn.sample import RandomStreams
+from charnn.score import mean_logprob, score_continuations
 from charnn.vocab import Vocabulary
 
 
@@ -90,3 +92,51 @@ def generate_text(
         for sample, character in zip(pieces, step, strict=True):
             sample.append(character)
     return ["".join(p) for p in pieces]
+
+
+@dataclass(frozen=True)
+class Ranked:
+    """Samples ranked by the model's mean log-probability per character, best first."""
+
+    samples: list[str]  # every sample drawn, in drawing order (sample i from random stream (seed, i))
+    mean_logprobs: list[float]  # nats per character of each, under the model at temperature 1
+    order: list[int]  # indices into `samples`, highest mean log-probability first
+
+    def best(self, count: int = 1) -> list[str]:
+        return [self.samples[i] for i in self.order[:count]]
+
+
+def rank_samples(model: CharRNN, vocab: Vocabulary, prime: str, samples: list[str]) -> Ranked:
+    """Rank continuations of `prime` by their mean log-probability per character.
+
+    Each sample is scored by the plain model (fp32, `model.forward`) at temperature 1, whatever
+    temperature, top-k, top-p or precision drew it: the model's own judgement of the text, the
+    same for every way of sampling (the sampling distribution would rate a greedy sample 0 and
+    cannot compare two temperatures). The mean, not the sum, so that samples of different lengths
+    (cut by stop strings) compare fairly; an empty sample has no characters and ranks last. Ties
+    keep drawing order.
+    """
+    records = score_continuations(model, vocab, prime, samples)
+    means = [mean_logprob(r) for r in records]
+    order = sorted(range(len(samples)), key=lambda i: (-means[i], i))
+    return Ranked(list(samples), means, order)
+
+
+def generate_best_of(
+    model: CharRNN,
+    vocab: Vocabulary,
+    prime: str,
+    length: int,
+    sampling: SampleConfig = SampleConfig(),
+    *,
+    best_of: int,
+    seed: int = 0,
+    precision: str = "auto",
+) -> Ranked:
+    """Draw `best_of` samples (those of `generate_text` with the same seed) and rank them (`rank_samples`)."""
+    if best_of < 1:
+        raise ConfigError(f"best_of must be at least 1, got {best_of}")
+    samples = generate_text(
+        model, vocab, prime, length=length, sampling=sampling, num_samples=best_of, seed=seed, precision=precision
+    )
+    return rank_samples(model, vocab, prime, samples)

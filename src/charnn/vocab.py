@@ -48,16 +48,19 @@ class Vocabulary:
 
     def encode(self, text: str) -> np.ndarray:
         """Text -> int64 indices. Raises UnknownCharactersError naming every unknown character."""
+        indices = self.lookup(text)
+        if len(indices) and indices.min() < 0:
+            raise UnknownCharactersError(self.unknown(text))
+        return indices
+
+    def lookup(self, text: str) -> np.ndarray:
+        """Text -> int64 indices, -1 for each character the vocabulary does not know."""
         points = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
         if len(self.characters) == 0:
-            if len(points):
-                raise UnknownCharactersError(set(text))
-            return np.zeros(0, dtype=np.int64)
+            return np.full(len(points), -1, dtype=np.int64)
         position = np.searchsorted(self._sorted_points, points)
         position = np.minimum(position, len(self._sorted_points) - 1)
-        if not np.array_equal(self._sorted_points[position], points):
-            raise UnknownCharactersError(self.unknown(text))
-        return self._sorted_index[position]
+        return np.where(self._sorted_points[position] == points, self._sorted_index[position], -1)
 
     def decode(self, indices) -> str:
         return "".join(self.characters[int(i)] for i in indices)
