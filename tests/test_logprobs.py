@@ -3,6 +3,10 @@ real server on loopback: the figures are `charnn.score`'s, the ranking is `charn
 
 import json
 import math
+import os
+import re
+import subprocess
+import sys
 
 import httpx
 import openai
@@ -12,7 +16,7 @@ from charnn.config import SampleConfig, ScoreConfig, ServeLimits
 from charnn.generation import generate_best_of, generate_text
 from charnn.run_folder import load_checkpoint
 from charnn.score import score
-from conftest import run_cli
+from conftest import SRC, run_cli
 from serving import DEADLINE, gated, running_server
 
 LIMITS = ServeLimits(max_prompt_chars=64, max_new_chars=300, max_num_samples=4, max_streams=8)
@@ -211,3 +215,17 @@ def test_schema_describes_the_fields(server):
     assert len(request["allOf"]) == LIMITS.max_num_samples  # stream, then best_of >= n for n = 2, 3, 4
     choice = schema["components"]["schemas"]["CompletionChoice"]["properties"]["logprobs"]
     assert any(option.get("$ref", "").endswith("CompletionLogprobs") for option in choice["anyOf"])
+
+
+def test_readme_example_runs(server):
+    readme = (SRC.parent / "README.md").read_text(encoding="utf-8")
+    section = readme.split("**Log-probabilities, echo, best of n.**", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S)[1]
+    assert "http://127.0.0.1:8000/v1" in code
+    code = code.replace("http://127.0.0.1:8000/v1", server.url + "/v1")
+    done = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, PYTHONPATH=str(SRC)),
+                          capture_output=True, text=True, timeout=DEADLINE)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert len(lines) >= 22 and lines[0].startswith("'")  # 20 characters, a total, a text (it may hold newlines)
+    assert float(lines[20]) < 0
