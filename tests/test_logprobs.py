@@ -104,6 +104,8 @@ def test_echo_with_no_new_characters_scores_a_text(api, ckpt):
     assert logprobs.token_logprobs[1:] == pytest.approx([r.logprob for r in records[1:]], abs=1e-5)
     assert logprobs.text_offset == list(range(len(text)))
     assert (completion.usage.prompt_tokens, completion.usage.completion_tokens) == (len(text), 0)
+    plain = api.completions.create(model="charnn", prompt=text, max_tokens=0, logprobs=2).choices[0]
+    assert plain.text == "" and plain.logprobs.tokens == [] and plain.logprobs.text_offset == []
 
 
 @pytest.mark.parametrize("echo", [False, True])
