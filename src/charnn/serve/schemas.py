@@ -192,7 +192,10 @@ def _combinations(limits: ServeLimits) -> dict:
 
 ERRORS = {
     400: {"model": ErrorBody, "description": "characters the model does not know"},
-    422: {"model": ErrorBody, "description": "a field that is missing, of the wrong type or out of range"},
+    422: {
+        "model": ErrorBody,
+        "description": "a field that is missing, of the wrong type or out of range; best_of below n or with stream",
+    },
     429: {"model": ErrorBody, "description": "too many generation requests in flight (the server's max_streams limit)"},
 }
 
