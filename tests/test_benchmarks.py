@@ -68,3 +68,11 @@ def test_score_speed_prints_its_table(tmp_path: Path):
                         "--steps", "2", CHARNN_CORPUS_DIR=str(tmp_path))  # fmt: skip
     assert "| training (train()" in out
     assert "| charnn score, --precision auto" in out and "| charnn score, --precision fp32" in out
+
+
+def test_serve_logprobs_prints_its_rows(tmp_path: Path):
+    (tmp_path / "great-expectations.txt").write_text(TINY_TEXT * 20, encoding="utf-8")
+    out = run_benchmark(str(BENCHMARKS / "serve_logprobs.py"), "--chars", "100", "--repeats", "1", "--hidden-size",
+                        "16", "--embedding-dim", "8", CHARNN_CORPUS_DIR=str(tmp_path))  # fmt: skip
+    assert "generation, 1 stream" in out
+    assert out.count("logprobs 5, fp32, pieces of ") == 3

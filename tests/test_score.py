@@ -18,7 +18,15 @@ from charnn.evaluate import evaluate_text
 from charnn.generation import generate_best_of, generate_text, rank_samples
 from charnn.model import CharRNN
 from charnn.run_folder import load_checkpoint
-from charnn.score import ScoreConfig, line_scores, mean_logprob, score, score_continuations, score_text
+from charnn.score import (
+    ContinuationScorer,
+    ScoreConfig,
+    line_scores,
+    mean_logprob,
+    score,
+    score_continuations,
+    score_text,
+)
 from charnn.vocab import Vocabulary
 from conftest import TINY_TEXT, run_cli
 
@@ -144,6 +152,29 @@ def test_context_is_fed_not_reported_and_continuations_agree():
         score(model, VOCAB, "Pip", context="Q")
     with pytest.raises(ConfigError, match="top_k"):
         ScoreConfig(top_k=-1)
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_a_text_scored_piece_by_piece_gets_score_figures(cell):
+    model = tiny_model(cell, num_layers=2)
+    prompt, pieces = "“Pip,” said", [" Joe", ", “old ", "c", "hap! 你好.” The marshes" * 20]
+    text = "".join(pieces)
+    alone = score_text(model, VOCAB, text, ScoreConfig(top_k=3), context=prompt).records
+    scorer = ContinuationScorer(model, VOCAB, prompt, top_k=3)
+    twin = scorer.fork()  # goes on from the prompt on its own
+    fed = [scorer.feed(piece) for piece in pieces]
+    logprobs = [value for scores in fed for value in scores.logprobs]
+    alternatives = [top for scores in fed for top in scores.alternatives]
+    assert logprobs == pytest.approx([r.logprob for r in alone], abs=1e-5)
+    for record, top in zip(alone, alternatives, strict=True):
+        assert [c for c, _ in top] == [c for c, _ in record.alternatives]
+        assert [v for _, v in top] == pytest.approx([math.log(p) for _, p in record.alternatives], abs=1e-5)
+    assert twin.feed(text).logprobs == pytest.approx(logprobs, abs=1e-5)
+    assert scorer.feed("").logprobs == [] and ContinuationScorer(model, VOCAB, "P").feed("ip").alternatives == [[], []]
+    with pytest.raises(ConfigError, match="context"):
+        ContinuationScorer(model, VOCAB, "")
+    with pytest.raises(UnknownCharactersError, match="'Q'"):
+        scorer.feed("Qa")
 
 
 def test_lines_take_their_newline():

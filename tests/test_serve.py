@@ -295,7 +295,8 @@ def test_invalid_fields_are_named(client, body, field, message):
 BAD_COMPLETIONS = [
     ({"prompt": "Pip", "max_tokens": 301}, "max_tokens", "the server's max_new_chars limit"),
     ({"prompt": "Pip", "n": 5}, "n", "the server's max_num_samples limit"),
-    ({"prompt": "Pip", "logprobs": 2}, "logprobs", "not supported"),
+    ({"prompt": "Pip", "logprobs": 6}, "logprobs", "less than or equal to 5"),
+    ({"prompt": "Pip", "best_of": 5}, "best_of", "the server's max_num_samples limit"),
     ({"prompt": "Pip", "presence_penalty": 0.5}, "presence_penalty", "not supported"),
     ({"prompt": "Pip", "stream_options": {"include_usage": 1}}, "stream_options", "valid boolean"),
     ({"prompt": ["Pip", "Joe"]}, "prompt", "valid string"),

@@ -25,6 +25,7 @@ cross-entropy on it, the figure `charnn evaluate` reports (per character, in bit
 """
 
 import contextlib
+import copy
 import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ import numpy as np
 import torch
 
 from charnn.config import ScoreConfig, _check
+from charnn.errors import ConfigError
 from charnn.fast.step import Stepper
 from charnn.model import CharRNN, State
 from charnn.vocab import Vocabulary
@@ -204,6 +206,74 @@ def mean_logprob(records: list[CharacterScore]) -> float:
     """Mean natural log-probability per scored character; -inf when none is scored (an empty sample)."""
     values = [r.bits for r in records if r.bits is not None]
     return -sum(values) / len(values) * LN2 if values else -math.inf
+
+
+@dataclass(frozen=True)
+class PieceScores:
+    """Natural log-probabilities (nats) of a piece of text's characters, and the model's top alternatives."""
+
+    logprobs: list[float]  # one per character
+    alternatives: list[list[tuple[str, float]]]  # per character: top_k (character, log-probability), best first
+
+
+class ContinuationScorer:
+    """Score a text piece by piece as it arrives, each character after all that was fed before it.
+
+    It starts after `context` (at least one character: its last one reads the first character
+    fed) and runs the plain model in fp32 with its state carried from piece to piece, so pieces
+    fed one at a time get the figures of `score(model, vocab, "".join(pieces), context=context)`
+    (to rounding), for text that is produced piece by piece, as the server streams it. `fork()`
+    gives a scorer that goes on from here on its own (several continuations of one prompt).
+    Every character must be known (else UnknownCharactersError).
+
+        scorer = ContinuationScorer(ckpt.model, ckpt.vocab, "Pip", top_k=3)
+        scorer.feed(",” said").logprobs  # then scorer.feed(" Joe") goes on from there
+    """
+
+    def __init__(self, model: CharRNN, vocab: Vocabulary, context: str, *, top_k: int = 0):
+        _check(top_k >= 0, f"top_k must be 0 or more, got {top_k}")
+        if not context:
+            raise ConfigError("context must hold at least one character: the one that reads the first fed")
+        ids = torch.from_numpy(vocab.encode(context))
+        self.model, self.vocab, self.top_k = model, vocab, top_k
+        self._device = next(model.parameters()).device
+        self._last = ids[-1:]  # (1,) the character that reads the next one fed
+        self._state: State | None = None
+        if len(ids) > 1:
+            with _evaluating(model):
+                _, self._state = _feed(model, ids[:-1].unsqueeze(0).to(self._device), None, 4096)
+
+    def fork(self) -> "ContinuationScorer":
+        # The model returns a new state each pass and never writes into the old one: sharing it is safe.
+        return copy.copy(self)
+
+    def feed(self, text: str) -> PieceScores:
+        if not text:
+            return PieceScores([], [])
+        ids = torch.from_numpy(self.vocab.encode(text))
+        inputs = torch.cat([self._last, ids[:-1]]).unsqueeze(0).to(self._device)  # (1, T)
+        targets = ids.unsqueeze(0).to(self._device)
+        chosen, top_values, top_ids = [], [], []
+        with _evaluating(self.model):
+            for start in range(0, len(ids), 256):  # bounded memory for long pieces
+                logits, self._state = self.model(inputs[:, start : start + 256], self._state)  # (1, C, V)
+                logp = torch.log_softmax(logits.float(), dim=-1)[0]  # (C, V)
+                chosen.append(logp.gather(-1, targets[0, start : start + 256].unsqueeze(-1)).squeeze(-1))
+                if self.top_k:
+                    values, indices = torch.topk(logp, min(self.top_k, logp.shape[-1]), dim=-1)
+                    top_values.append(values)
+                    top_ids.append(indices)
+        self._last = ids[-1:]
+        logprobs = torch.cat(chosen).double().tolist()
+        if not self.top_k:
+            return PieceScores(logprobs, [[] for _ in logprobs])
+        characters = self.vocab.characters
+        values, indices = torch.cat(top_values).double().tolist(), torch.cat(top_ids).tolist()
+        alternatives = [
+            [(characters[i], v) for i, v in zip(row_ids, row_values, strict=True)]
+            for row_ids, row_values in zip(indices, values, strict=True)
+        ]
+        return PieceScores(logprobs, alternatives)
 
 
 # --- the passes through the model --------------------------------------------------------------

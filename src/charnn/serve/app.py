@@ -7,7 +7,8 @@ bodies are in `schemas`.
 - `POST /v1/generate`: `{prompt, max_new_chars, temperature, top_k, top_p, seed, num_samples,
   stop, stream}` -> `{samples, finish_reason, finish_reasons, seed, model}`; with `"stream": true`,
   server-sent events `{"text", "sample"}`, then `finish_reason`s, then `[DONE]`.
-- `POST /v1/completions`: the OpenAI completions API, counting characters as tokens.
+- `POST /v1/completions`: the OpenAI completions API, counting characters as tokens, with
+  `logprobs` (scored by the plain model in fp32 as the text is delivered), `echo` and `best_of`.
 - `GET /v1/model`, `GET /healthz`, and the page at `/`.
 
 Mistakes come back as a 4xx with `{"error": {"field", "message", "type"}}`.
@@ -18,12 +19,14 @@ Mistakes come back as a 4xx with `{"error": {"field", "message", "type"}}`.
 
 import asyncio
 import dataclasses
+import functools
 import json
 import math
 import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from importlib.resources import files
 from pathlib import Path
@@ -38,8 +41,10 @@ from starlette.exceptions import HTTPException
 
 from charnn.config import SampleConfig, ServeLimits
 from charnn.errors import ConfigError
+from charnn.generation import rank_samples
 from charnn.run_folder import load_checkpoint
 from charnn.sample import new_seed
+from charnn.score import ContinuationScorer, PieceScores
 from charnn.serve.engine import Engine, Job, JobDone, JobEvent, JobFailed, Request, SampleFinished, SampleText
 from charnn.serve.schemas import (
     COMPLETION_EVENTS,
@@ -49,6 +54,7 @@ from charnn.serve.schemas import (
     MAX_TEMPERATURE,
     Completion,
     CompletionChoice,
+    CompletionLogprobs,
     GenerateResponse,
     Usage,
     request_models,
@@ -61,6 +67,7 @@ LIMITS = {
     "max_tokens": "max_new_chars",
     "num_samples": "max_num_samples",
     "n": "max_num_samples",
+    "best_of": "max_num_samples",
 }
 
 # OpenAI completions fields this server accepts only with their neutral values.
@@ -68,8 +75,6 @@ UNSUPPORTED = {
     "frequency_penalty": "leave it out or send 0",
     "presence_penalty": "leave it out or send 0",
     "logit_bias": "leave it out or send {}",
-    "logprobs": "leave it out or send null",
-    "best_of": "leave it out or send 1",
     "suffix": "leave it out or send null",
 }
 
@@ -144,6 +149,9 @@ class Service:
         self.name = _model_name(self.checkpoint.path)
         self.engine = Engine(self.checkpoint.model, self.checkpoint.vocab)
         self.jobs: set[Job] = set()  # generation requests in flight, each holding a slot
+        # Scoring (logprobs, best_of) runs the plain model in fp32 here, one pass at a time, off the
+        # event loop and beside the engine thread; requests that ask for neither never touch it.
+        self.scoring = ThreadPoolExecutor(max_workers=1, thread_name_prefix="charnn-scoring")
         model = self.checkpoint.model
         self.info = _finite(
             {
@@ -180,6 +188,11 @@ class Service:
         job = self.engine.submit(Request(prompt, max_new_chars, sampling, num_samples, seed, stops))
         self.jobs.add(job)
         return job
+
+    async def run_scoring(self, function, *args, **kwargs):
+        """`function(*args, **kwargs)` on the scoring thread."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.scoring, functools.partial(function, *args, **kwargs))
 
     def finish(self, job: Job) -> None:
         """Give back a job's slot and stop its rows at the next step (a finished job has none)."""
@@ -312,6 +325,7 @@ def create_app(checkpoint_path: str | Path, *, limits: ServeLimits = ServeLimits
             yield
         finally:
             service.engine.stop()
+            service.scoring.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(
         title="charnn",
@@ -383,23 +397,42 @@ def create_app(checkpoint_path: str | Path, *, limits: ServeLimits = ServeLimits
         temperature = 1.0 if body.temperature is None else body.temperature
         sampling = SampleConfig(temperature, body.top_k, body.top_p)
         n = body.n or 1
+        if body.best_of is not None:
+            if body.best_of < n:
+                raise ApiError(422, "best_of", f"best_of must be at least n ({n}), got {body.best_of}")
+            if body.stream and body.best_of > 1:
+                message = "best_of cannot be used with stream: the best samples are known only when all are drawn"
+                raise ApiError(422, "best_of", message)
+        drawn = body.best_of or n  # samples to draw; the n best are returned
         max_tokens = COMPLETIONS_DEFAULT_MAX_TOKENS if body.max_tokens is None else body.max_tokens
         seed = body.seed if body.seed is not None else new_seed()
-        job = service.start(body.prompt, max_tokens, sampling, n, seed, body.stop)
+        job = service.start(body.prompt, max_tokens, sampling, drawn, seed, body.stop)
         head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time())}
         head["model"] = service.name
         echo = body.prompt if body.echo else ""
         if body.stream:
             usage = body.stream_options is not None and body.stream_options.include_usage
-            return _EventStream(_completion_stream(job, head, n, echo, usage, service), service, job)
-        result = await _finish(service, job, http, n)
+            stream = _completion_stream(job, head, n, echo, usage, service, body.logprobs)
+            return _EventStream(stream, service, job)
+        result = await _finish(service, job, http, drawn)
         if isinstance(result, Response):
             return result
         texts, reasons = result
+        chosen = list(range(n))
+        if drawn > 1 and body.best_of is not None:  # as `charnn generate --best-of` ranks them
+            model, vocab = service.checkpoint.model, service.checkpoint.vocab
+            chosen = (await service.run_scoring(rank_samples, model, vocab, body.prompt, texts)).order[:n]
+        logprobs: list[CompletionLogprobs | None] = [None] * n
+        if body.logprobs is not None:
+            picked = [texts[i] for i in chosen]
+            logprobs = await service.run_scoring(
+                _choices_logprobs, service, body.prompt, picked, bool(echo), body.logprobs
+            )
         choices = [
-            CompletionChoice(text=echo + t, index=k, finish_reason=r)
-            for k, (t, r) in enumerate(zip(texts, reasons, strict=True))
+            CompletionChoice(text=echo + texts[i], index=k, finish_reason=reasons[i], logprobs=logprobs[k])
+            for k, i in enumerate(chosen)
         ]
+        # Every sample drawn counts, as OpenAI counts best_of's.
         prompt, generated = len(body.prompt), sum(len(t) for t in texts)
         usage = Usage(prompt_tokens=prompt, completion_tokens=generated, total_tokens=prompt + generated)
         return Completion(**head, choices=choices, usage=usage)
@@ -426,33 +459,96 @@ async def _generate_stream(job: Job, seed: int, service: Service) -> AsyncIterat
 
 
 async def _completion_stream(
-    job: Job, head: dict, n: int, echo: str, include_usage: bool, service: Service
+    job: Job, head: dict, n: int, echo: str, include_usage: bool, service: Service, logprobs: int | None
 ) -> AsyncIterator[str]:
-    def chunk(index: int, text: str, reason: str | None) -> str:
-        choice = {"text": text, "index": index, "logprobs": None, "finish_reason": reason}
+    def chunk(index: int, text: str, reason: str | None, scores: dict | None = None) -> str:
+        choice = {"text": text, "index": index, "logprobs": scores, "finish_reason": reason}
         return _sse({**head, "choices": [choice]})
 
-    generated = 0
+    generated, prompt = 0, job.request.prompt
+    scorers: list[_ChoiceScorer] = []
+    prompt_scores: dict | None = None
+    if logprobs is not None:
+        prompt_scores, scorers = await service.run_scoring(_start_scoring, service, prompt, bool(echo), logprobs, n)
     if echo:
-        yield "".join(chunk(k, echo, None) for k in range(n))
+        yield "".join(chunk(k, echo, None, prompt_scores) for k in range(n))
     async for batch in _events(job, service):
+        events = _coalesced(batch)
+        scores: list[dict] = []
+        if scorers:  # every sample's new text of this batch in one call to the scoring thread
+            pieces = [(scorers[e.sample], e.text) for e in events if isinstance(e, SampleText)]
+            scores = await service.run_scoring(_feed_all, pieces)
         out = []
-        for event in _coalesced(batch):
+        for event in events:
             if isinstance(event, SampleText):
                 generated += len(event.text)
-                out.append(chunk(event.sample, event.text, None))
+                out.append(chunk(event.sample, event.text, None, scores.pop(0) if scores else None))
             elif isinstance(event, SampleFinished):
                 out.append(chunk(event.sample, "", event.reason))
             elif isinstance(event, JobDone):
                 if include_usage:
-                    prompt = len(job.request.prompt)
-                    usage = {"prompt_tokens": prompt, "completion_tokens": generated}
-                    usage["total_tokens"] = prompt + generated
+                    usage = {"prompt_tokens": len(prompt), "completion_tokens": generated}
+                    usage["total_tokens"] = len(prompt) + generated
                     out.append(_sse({**head, "choices": [], "usage": usage}))
                 out.append(_sse("[DONE]"))
             else:
                 out.append(_sse({"error": {"field": None, "message": event.message, "type": "server_error"}}))
         yield "".join(out)
+
+
+# --- log-probabilities (on the scoring thread) -----------------------------------------------
+
+
+def _logprobs_object(text: str, scores: PieceScores, offset: int, *, unscored_first: bool = False) -> dict:
+    """OpenAI's legacy logprobs object for `text` at `offset`; with `unscored_first`, its first character
+    has nothing before it (an echoed prompt's) and gets nulls, as OpenAI gives it."""
+    head = [None] if unscored_first else []
+    return {
+        "tokens": list(text),
+        "token_logprobs": head + scores.logprobs,
+        "top_logprobs": head + [dict(alternatives) for alternatives in scores.alternatives],
+        "text_offset": list(range(offset, offset + len(text))),
+    }
+
+
+class _ChoiceScorer:
+    """One choice's log-probabilities, piece by piece as its text is delivered. Offsets count through
+    the prompt and then the completion, echoed or not, as OpenAI counts them."""
+
+    def __init__(self, scorer: ContinuationScorer, offset: int):
+        self.scorer, self.offset = scorer, offset
+
+    def feed(self, text: str) -> dict:
+        scores = _logprobs_object(text, self.scorer.feed(text), self.offset)
+        self.offset += len(text)
+        return scores
+
+
+def _start_scoring(service: Service, prompt: str, echo: bool, top_k: int, count: int):
+    """(the prompt's logprobs object with echo, else None; a scorer per choice that goes on after the prompt)."""
+    model, vocab = service.checkpoint.model, service.checkpoint.vocab
+    if echo:
+        scorer = ContinuationScorer(model, vocab, prompt[:1], top_k=top_k)
+        prompt_scores = _logprobs_object(prompt, scorer.feed(prompt[1:]), 0, unscored_first=True)
+    else:
+        scorer, prompt_scores = ContinuationScorer(model, vocab, prompt, top_k=top_k), None
+    return prompt_scores, [_ChoiceScorer(scorer.fork(), len(prompt)) for _ in range(count)]
+
+
+def _feed_all(pieces: list[tuple[_ChoiceScorer, str]]) -> list[dict]:
+    return [scorer.feed(text) for scorer, text in pieces]
+
+
+def _choices_logprobs(service: Service, prompt: str, texts: list[str], echo: bool, top_k: int):
+    """Each whole choice's logprobs object (the echoed prompt's first), for a non-streamed answer."""
+    prompt_scores, scorers = _start_scoring(service, prompt, echo, top_k, len(texts))
+    objects = []
+    for scorer, text in zip(scorers, texts, strict=True):
+        scores = scorer.feed(text)
+        if prompt_scores is not None:
+            scores = {key: prompt_scores[key] + values for key, values in scores.items()}
+        objects.append(CompletionLogprobs(**scores))
+    return objects
 
 
 def serve(

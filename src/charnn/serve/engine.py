@@ -58,8 +58,10 @@ FinishReason = Literal["stop", "length"]
 class SampleText:
     """Every character one sample drew since its previous SampleText (one or many).
 
-    Anything drawn per character (log-probabilities, say) belongs here as a sequence beside
-    `text`, one entry per character, gathered from per-row arrays as the characters are.
+    Anything drawn per character belongs here as a sequence beside `text`, one entry per
+    character, gathered from per-row arrays as the characters are. (The API's `logprobs` are not:
+    they are the fp32 model's figures, not the sampling step's, and the app computes them from the
+    delivered text on its scoring thread, so the engine does the same work with or without them.)
     """
 
     sample: int

@@ -18,6 +18,7 @@ MAX_STOP_CHARS = 50
 MAX_SEED = 2**53 - 1  # the largest integer a JavaScript client can send exactly
 DEFAULT_NEW_CHARS = 200  # /v1/generate; /v1/completions keeps OpenAI's default of 16
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16
+MAX_LOGPROBS = 5  # alternatives per character in /v1/completions' logprobs, as OpenAI's legacy API allowed
 
 # --- request and response bodies ---------------------------------------------------------
 
@@ -54,10 +55,19 @@ class GenerateResponse(BaseModel):
     model: str
 
 
+class CompletionLogprobs(BaseModel):
+    """OpenAI's legacy logprobs object, one token per character; natural logs under the model at temperature 1."""
+
+    tokens: list[str] = Field(description="the choice's characters, one each")
+    token_logprobs: list[float | None] = Field(description="of each character; null for a text's first character")
+    top_logprobs: list[dict[str, float] | None] = Field(description="the model's `logprobs` likeliest characters")
+    text_offset: list[int] = Field(description="each character's offset in the prompt followed by the completion")
+
+
 class CompletionChoice(BaseModel):
     text: str
     index: int
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
     finish_reason: FinishReason
 
 
@@ -125,7 +135,7 @@ def request_models(limits: ServeLimits, characters) -> tuple[type[BaseModel], ty
     class CompletionRequest(BaseModel):
         """OpenAI's completions request; tokens are characters."""
 
-        model_config = ConfigDict(extra="forbid", strict=True)
+        model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=_combinations(limits))
         model: str | None = Field(None, description="accepted and ignored: this server serves one model")
         prompt: Prompt
         max_tokens: _integer(ge=0, le=limits.max_new_chars) | None = COMPLETIONS_DEFAULT_MAX_TOKENS
@@ -137,24 +147,55 @@ def request_models(limits: ServeLimits, characters) -> tuple[type[BaseModel], ty
         seed: Seed = None
         stream: bool | None = False
         stream_options: StreamOptions | None = None
-        echo: bool | None = Field(False, description="put the prompt before each choice's text")
+        echo: bool | None = Field(
+            False, description="put the prompt before each choice's text (with logprobs: the prompt scored too)"
+        )
         user: str | None = Field(None, description="accepted and ignored")
         # Sent by some clients with their neutral values; anything else is not supported.
         frequency_penalty: Zero | None = Field(None, description="only 0 is supported")
         presence_penalty: Zero | None = Field(None, description="only 0 is supported")
         logit_bias: Annotated[dict[str, int], Field(max_length=0)] | None = Field(None, description="only {}")
-        logprobs: None = Field(None, description="not supported")
-        best_of: _integer(ge=1, le=1) | None = Field(None, description="only 1 is supported")
+        logprobs: _integer(ge=0, le=MAX_LOGPROBS) | None = Field(
+            None, description="log-probabilities of each character, with this many alternatives"
+        )
+        best_of: _integer(ge=1, le=limits.max_num_samples) | None = Field(
+            None, description="draw this many (at least n) and return the n likeliest; not with stream"
+        )
         suffix: None = Field(None, description="not supported")
 
     return GenerateRequest, CompletionRequest
+
+
+def _combinations(limits: ServeLimits) -> dict:
+    """What JSON Schema can say of fields together: best_of at least n, and not above 1 with stream.
+
+    Both bounds are small numbers, so "best_of >= n" is one condition per value of n. The server
+    checks these itself (a 422 naming best_of); the schema says so for /docs and schemathesis.
+    """
+    conditions = [
+        {
+            "if": {"properties": {"stream": {"const": True}}, "required": ["stream"]},
+            "then": {"properties": {"best_of": {"anyOf": [{"type": "null"}, {"const": 1}]}}},
+        }
+    ]
+    for n in range(2, limits.max_num_samples + 1):
+        conditions.append(
+            {
+                "if": {"properties": {"n": {"type": "integer", "minimum": n}}, "required": ["n"]},
+                "then": {"properties": {"best_of": {"anyOf": [{"type": "null"}, {"type": "integer", "minimum": n}]}}},
+            }
+        )
+    return {"allOf": conditions}
 
 
 # --- in the OpenAPI document: error responses and event streams ----------------------------
 
 ERRORS = {
     400: {"model": ErrorBody, "description": "characters the model does not know"},
-    422: {"model": ErrorBody, "description": "a field that is missing, of the wrong type or out of range"},
+    422: {
+        "model": ErrorBody,
+        "description": "a field that is missing, of the wrong type or out of range; best_of below n or with stream",
+    },
     429: {"model": ErrorBody, "description": "too many generation requests in flight (the server's max_streams limit)"},
 }
 
@@ -202,7 +243,7 @@ _CHOICE = {
     "properties": {
         "text": {"type": "string"},
         "index": {"type": "integer", "minimum": 0},
-        "logprobs": {"type": "null"},
+        "logprobs": {"anyOf": [{"type": "null"}, CompletionLogprobs.model_json_schema()]},
         "finish_reason": {"anyOf": [_REASON, {"type": "null"}]},
     },
 }
