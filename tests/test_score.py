@@ -3,13 +3,13 @@ forms (JSON lines, by line, a web page checked in headless Chromium), and best-o
 
 import json
 import math
-import os
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
+from browser import CHROMIUM, FLAGS, playwright_api
 from charnn.checkpoint import save_checkpoint
 from charnn.cli import main
 from charnn.config import ModelConfig, SampleConfig
@@ -294,17 +294,9 @@ def test_mistakes_are_one_line_with_exit_code_2(checkpoint, tmp_path, capsys):
 
 # --- the page, in a real browser ---------------------------------------------------------------
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync"]  # fmt: skip
-
 
 def test_html_page_colours_the_text_and_shows_alternatives_on_hover(tiny_run, tmp_path, capsys):
-    if not Path(CHROMIUM).exists():
-        if os.environ.get("CI"):
-            raise RuntimeError("Chromium is missing; scripts/test.sh installs it (apt-get install chromium)")
-        pytest.skip("no Chromium on this machine (scripts/test.sh installs it)")
-    sync_api = pytest.importorskip("playwright.sync_api")
+    sync_api = playwright_api()
     text = TINY_TEXT + "Q<b>&\n"  # an unknown character, and markup that must stay text
     (tmp_path / "text.txt").write_text(text, encoding="utf-8")
     page_path = tmp_path / "page.html"
@@ -314,7 +306,7 @@ def test_html_page_colours_the_text_and_shows_alternatives_on_hover(tiny_run, tm
     expected = score_text(load_checkpoint(tiny_run).model, load_checkpoint(tiny_run).vocab, text, ScoreConfig(top_k=4))
 
     with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
         try:
             page = browser.new_page(viewport={"width": 900, "height": 700})
             page.goto(page_path.as_uri())

@@ -5,37 +5,18 @@ Types a prompt, presses Generate, watches the text stream in and compares it wit
 Saves a screenshot to test-artifacts/serve-page.png.
 """
 
-import os
-import shutil
 from pathlib import Path
 
 import pytest
 
+from browser import CHROMIUM, FLAGS, playwright_api
 from charnn.config import SampleConfig, ServeLimits
 from charnn.generation import generate_text
 from charnn.run_folder import load_checkpoint
 from serving import DEADLINE, gated, running_server, wait_until
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-if not Path(CHROMIUM).exists():
-    # CI must not pass by skipping: scripts/test.sh installs Chromium there.
-    if os.environ.get("CI"):
-        raise RuntimeError("Chromium is missing; scripts/test.sh installs it (apt-get install chromium)")
-    pytest.skip("no Chromium on this machine (scripts/test.sh installs it)", allow_module_level=True)
-
-sync_api = pytest.importorskip("playwright.sync_api")
+sync_api = playwright_api()
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +33,7 @@ def browser(tmp_path_factory):
             str(profile),
             executable_path=CHROMIUM,
             headless=True,
-            args=CHROMIUM_FLAGS,
+            args=FLAGS,
             viewport={"width": 1000, "height": 760},
         )
         try:

@@ -8,13 +8,11 @@ page's greedy text equals `charnn generate --temperature 0 --precision fp32`.
 import functools
 import http.server
 import json
-import os
-import shutil
 import threading
-from pathlib import Path
 
 import pytest
 
+from browser import CHROMIUM, FLAGS, playwright_api
 from charnn.config import ModelConfig, SampleConfig, TrainConfig
 from charnn.corpus import load_corpus
 from charnn.export import ORT_WEB_FILES, export_web
@@ -24,18 +22,9 @@ from charnn.train import train
 from charnn.vocab import Vocabulary
 from conftest import TINY_TEXT, run_cli
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync"]  # fmt: skip
 DEADLINE = 120  # seconds; only a safety net: every wait is for a condition
 
-if not Path(CHROMIUM).exists():
-    # CI must not pass by skipping: scripts/test.sh installs Chromium there.
-    if os.environ.get("CI"):
-        raise RuntimeError("Chromium is missing; scripts/test.sh installs it (apt-get install chromium)")
-    pytest.skip("no Chromium on this machine (scripts/test.sh installs it)", allow_module_level=True)
-
-sync_api = pytest.importorskip("playwright.sync_api")
+sync_api = playwright_api()
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +61,7 @@ def page(static_server, tmp_path_factory):
     profile = tmp_path_factory.mktemp("chromium-profile")
     with sync_api.sync_playwright() as playwright:
         context = playwright.chromium.launch_persistent_context(
-            str(profile), executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS
+            str(profile), executable_path=CHROMIUM, headless=True, args=FLAGS
         )
         try:
             page = context.new_page()
