@@ -283,7 +283,7 @@ def test_mistakes_are_one_line_with_exit_code_2(checkpoint, tmp_path, capsys):
     assert "empty" in fails(capsys, "score", str(checkpoint), str(tmp_path / "empty.txt"))
     (tmp_path / "bad.txt").write_bytes(b"Pip \xff Joe")
     assert "byte 4" in fails(capsys, "score", str(checkpoint), str(tmp_path / "bad.txt"))
-    assert "top_k" in fails(capsys, "score", str(checkpoint), str(text), "--top", "-1")
+    assert "--top must be 0 or more" in fails(capsys, "score", str(checkpoint), str(text), "--top", "-1")
     missing_folder = tmp_path / "no" / "page.html"
     assert "cannot write" in fails(capsys, "score", str(checkpoint), str(text), "--html", str(missing_folder))
     result = run_cli("score", str(checkpoint), "-", input_text="")

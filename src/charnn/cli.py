@@ -516,6 +516,8 @@ def cmd_score(args: argparse.Namespace) -> int:
     from charnn.run_folder import load_checkpoint
     from charnn.score import ScoreConfig, ScoreTotals, line_scores, score
 
+    if args.top < 0:  # the library calls it `top_k`: checked here under the flag's name
+        raise ConfigError(f"--top must be 0 or more, got {args.top}")
     config = ScoreConfig(top_k=args.top, streams=args.streams, precision=args.precision)
     if args.html is not None and args.html.is_dir():
         raise ConfigError(f"--html {args.html} is a folder; give a file name such as scored.html")

@@ -175,11 +175,11 @@ class ScoreConfig:
     precision: str = "fp32"
 
     def __post_init__(self):
-        _check(self.top_k >= 0, f"top_k must be 0 or more, got {self.top_k}")
-        _check(self.streams >= 1, f"streams must be at least 1, got {self.streams}")
-        _check(self.span >= 1, f"span must be at least 1, got {self.span}")
-        _check(self.warmup >= 0, f"warmup must be 0 or more, got {self.warmup}")
-        _check(self.chunk_size >= 1, f"chunk_size must be at least 1, got {self.chunk_size}")
+        _check(self.top_k >= 0, f"`top_k` must be 0 or more, got {self.top_k}")
+        _check(self.streams >= 1, f"`streams` must be at least 1, got {self.streams}")
+        _check(self.span >= 1, f"`span` must be at least 1, got {self.span}")
+        _check(self.warmup >= 0, f"`warmup` must be 0 or more, got {self.warmup}")
+        _check(self.chunk_size >= 1, f"`chunk_size` must be at least 1, got {self.chunk_size}")
         _check(
             self.precision in GENERATE_PRECISIONS,
             f"precision must be one of {', '.join(GENERATE_PRECISIONS)}, got {self.precision!r}",

@@ -135,7 +135,7 @@ def generate_best_of(
 ) -> Ranked:
     """Draw `best_of` samples (those of `generate_text` with the same seed) and rank them (`rank_samples`)."""
     if best_of < 1:
-        raise ConfigError(f"best_of must be at least 1, got {best_of}")
+        raise ConfigError(f"`best_of` must be at least 1, got {best_of}")
     samples = generate_text(
         model, vocab, prime, length=length, sampling=sampling, num_samples=best_of, seed=seed, precision=precision
     )

@@ -139,7 +139,7 @@ def score_continuations(
     rounding), for generated samples: every character must be known (else
     UnknownCharactersError). Without a prompt, each continuation's first character is not scored.
     """
-    _check(top_k >= 0, f"top_k must be 0 or more, got {top_k}")
+    _check(top_k >= 0, f"`top_k` must be 0 or more, got {top_k}")
     prompt_ids = torch.from_numpy(vocab.encode(prompt))
     rows = [torch.from_numpy(vocab.encode(c)) for c in continuations]
     if not rows:
@@ -231,9 +231,9 @@ class ContinuationScorer:
     """
 
     def __init__(self, model: CharRNN, vocab: Vocabulary, context: str, *, top_k: int = 0):
-        _check(top_k >= 0, f"top_k must be 0 or more, got {top_k}")
+        _check(top_k >= 0, f"`top_k` must be 0 or more, got {top_k}")
         if not context:
-            raise ConfigError("context must hold at least one character: the one that reads the first fed")
+            raise ConfigError("`context` must hold at least one character: the one that reads the first fed")
         ids = torch.from_numpy(vocab.encode(context))
         self.model, self.vocab, self.top_k = model, vocab, top_k
         self._device = next(model.parameters()).device
