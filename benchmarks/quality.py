@@ -1,15 +1,17 @@
 """Quality under a fixed wall-clock budget: best validation loss beside n-gram and gzip baselines.
 
-For each corpus: train the reference model (GRU 1024) with dropout 0.25, Adam at 2e-3 with
-warm-up, a plateau schedule and gradient clipping (override any with --set) for --minutes of
-wall-clock time on --threads CPU threads, then score the best checkpoint on the held-out 10%
-three ways: state carried through the text (the training run's own figure), nanoGPT's protocol
-(random 256-character windows from a zero state, seeded), and dynamic evaluation (Krause et al.
-2018); and count invented words in a 2,000-character sample at temperature 0.5.
+For each corpus: train with RECIPE, `charnn train`'s defaults (the `tuned` preset: the reference
+model, GRU 1024, with dropout 0.25, Adam at 2e-3 after 100 warm-up steps annealed along a cosine
+to the end of the budget, clipping at 1.0, a weight average; override any with --set) for
+--minutes of wall-clock time on --threads CPU threads, then score the best checkpoint on the
+held-out 10% three ways: state carried through the text (the training run's own figure),
+nanoGPT's protocol (random 256-character windows from a zero state, seeded), and dynamic
+evaluation (Krause et al. 2018); and count invented words in a 2,000-character sample at
+temperature 0.5.
 
---ablation trains RECIPE (the training tricks together) once whole and once with each trick
-switched off in turn, on one corpus for --minutes each, and prints one table: what each trick
-earns is how much worse the run is without it.
+--ablation trains RECIPE once whole, once with each of its tricks switched off in turn, and once
+with each trick it leaves out added, on one corpus for --minutes (or --max-steps) each, and
+prints one table: what a trick earns is how much worse the run is without it.
 
     CHARNN_CORPUS_DIR=../shared/corpora python benchmarks/quality.py              # 15 minutes each
     CHARNN_CORPUS_DIR=../shared/corpora python benchmarks/quality.py --minutes 1  # a smoke run
@@ -40,27 +42,28 @@ from charnn.corpus import load_corpus
 from charnn.data import split
 from charnn.evaluate import evaluate_text, invented_words
 from charnn.generation import generate_text
+from charnn.presets import with_preset
 from charnn.run_folder import load_checkpoint
 from charnn.train import train
 from charnn.vocab import Vocabulary
 
-QUALITY_OPTIONS = {"lr": 2e-3, "lr_schedule": "plateau", "warmup_steps": 100, "grad_clip": 1.0, "eval_every": 200}
-
-# The tricks together, for --ablation. Their values are first guesses, to be chosen by measurement.
-RECIPE = {**QUALITY_OPTIONS, "dropout": 0.25, "variational_dropout": True, "weight_drop": 0.2,
-          "embedding_dropout": 0.05, "ema": 0.998, "stateful": True, "seq_len_jitter": 5.0}  # fmt: skip
-# Each trick, and the options that switch it off.
+# The recipe: `charnn train`'s defaults (the `tuned` preset), with no epoch limit (the budget stops the run).
+RECIPE = {k: v for k, v in with_preset("tuned", {}).items() if k not in ("preset", "epochs")}
+# --ablation switches each of the recipe's tricks off in turn ...
 TRICKS = {
-    "dropout": {"dropout": 0.0, "variational_dropout": False},
-    "variational dropout": {"variational_dropout": False},
-    "weight drop": {"weight_drop": 0.0},
-    "embedding dropout": {"embedding_dropout": 0.0},
+    "dropout": {"dropout": 0.0},
     "weight average (EMA)": {"ema": None},
-    "stateful training": {"stateful": False, "seq_len_jitter": 0.0},
-    "window-length jitter": {"seq_len_jitter": 0.0},
+    "cosine schedule (constant rate)": {"lr_schedule": "constant"},
+    "cosine schedule (plateau instead)": {"lr_schedule": "plateau", "eval_every": 200},
     "gradient clipping": {"grad_clip": None},
-    "plateau schedule": {"lr_schedule": "constant"},
     "warm-up": {"warmup_steps": 0},
+}
+# ... and adds each trick the recipe leaves out, so that those are measured too.
+ADDITIONS = {
+    "stateful training": {"stateful": True, "seq_len_jitter": 5.0},
+    "variational dropout": {"variational_dropout": True},
+    "weight drop 0.2": {"weight_drop": 0.2},
+    "embedding dropout 0.05": {"embedding_dropout": 0.05},
 }
 MODEL_FIELDS = {f.name for f in dataclasses.fields(ModelConfig)}
 
@@ -156,8 +159,7 @@ def main() -> None:
     parser.add_argument("--dynamic-segment", type=int, default=DYNAMIC_SEGMENT)
     parser.add_argument("--dynamic-lr", type=float, default=DYNAMIC_LR)
     args = parser.parse_args()
-    # The reference model with the training options that did best under the budget (RESULTS.md).
-    options = dict(RECIPE) if args.ablation else {"dropout": 0.25, **QUALITY_OPTIONS}
+    options = dict(RECIPE)
     for item in args.set:
         key, value = item.split("=", 1)
         options[key] = json.loads(value)
@@ -170,12 +172,13 @@ def main() -> None:
         out = args.out or Path(tmp)
         if args.ablation:
             name = args.corpora.split(",")[0]
-            arms = {"recipe": {}, **{f"without {trick}": off for trick, off in TRICKS.items()}}
+            arms = {"recipe": {}, **{f"without {trick}": off for trick, off in TRICKS.items()},
+                    **{f"with {trick}": on for trick, on in ADDITIONS.items()}}  # fmt: skip
             rows = []
-            for i, (arm, off) in enumerate(arms.items()):
-                if off and all(options.get(k) == v for k, v in off.items()):
-                    continue  # the recipe has it off already: nothing to compare
-                row = run(name, minutes, args.threads, {**options, **off}, out / f"arm{i}", evaluation, False)
+            for i, (arm, change) in enumerate(arms.items()):
+                if change and all(options.get(k) == v for k, v in change.items()):
+                    continue  # the recipe (with --set) is so already: nothing to compare
+                row = run(name, minutes, args.threads, {**options, **change}, out / f"arm{i}", evaluation, False)
                 rows.append({"arm": arm, **row})
         else:
             rows = [run(n, minutes, args.threads, options, out / n, evaluation) for n in args.corpora.split(",")]

@@ -76,3 +76,27 @@ def test_serve_logprobs_prints_its_rows(tmp_path: Path):
                         "16", "--embedding-dim", "8", CHARNN_CORPUS_DIR=str(tmp_path))  # fmt: skip
     assert "generation, 1 stream" in out
     assert out.count("logprobs 5, fp32, pieces of ") == 3
+
+
+def test_quality_ablation_prints_every_arm(tmp_path: Path):
+    (tmp_path / "tinyshakespeare.txt").write_text(TINY_TEXT * 60, encoding="utf-8")
+    small = ["--set", "hidden_size=16", "--set", "embedding_dim=8", "--set", "seq_len=10", "--set", "batch_size=4",
+             "--set", 'precision="fp32"', "--set", "warmup_steps=2"]  # fmt: skip
+    out = run_benchmark(str(BENCHMARKS / "quality.py"), "--ablation", "--corpora", "tinyshakespeare", "--max-steps",
+                        "4", "--threads", "1", "--window", "16", "--num-windows", "8", *small,
+                        CHARNN_CORPUS_DIR=str(tmp_path))  # fmt: skip
+    for arm in ("recipe", "without dropout", "without weight average (EMA)", "without cosine schedule (constant rate)",
+                "with stateful training", "with weight drop 0.2"):  # fmt: skip
+        assert f"| {arm} | 4 |" in out
+
+
+def test_defaults_trains_with_the_command_and_compares_with_the_ngram(tmp_path: Path):
+    text = tmp_path / "novel.txt"
+    text.write_text(TINY_TEXT * 60, encoding="utf-8")
+    out = run_benchmark(str(BENCHMARKS / "defaults.py"), str(text), "--minutes", "0.02", "--threads", "1",
+                        "--hidden-size", "16", "--embedding-dim", "8", "--seq-len", "10", "--batch-size", "4",
+                        "--precision", "fp32")  # fmt: skip
+    row = next(line for line in out.splitlines() if line.startswith("| novel.txt |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1] == f"{len(TINY_TEXT * 60):,}" and float(cells[4]) <= float(cells[5])  # best <= end
+    assert cells[8].endswith("%")

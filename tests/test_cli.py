@@ -149,6 +149,10 @@ def test_end_to_end_in_a_subprocess(tmp_path):
     assert "saved" in trained.stderr and (run / "ckpt_1_6" / WEIGHTS).is_file()
     assert (run / "metrics.jsonl").is_file()
     assert (run / "loss.png").read_bytes()[:4] == b"\x89PNG"  # drawn by the CLI when training stops
+    # Without --preset the command trains with the tuned recipe; the run records it.
+    record = json.loads((run / "ckpt_1_6" / "checkpoint.json").read_text())
+    config = record["training"]["config"]
+    assert config["preset"] == "tuned" and config["ema"] == 0.998 and record["model"]["dropout"] == 0.25
 
     info = run_cli("info", str(run))
     assert info.returncode == 0, info.stderr

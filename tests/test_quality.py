@@ -17,7 +17,7 @@ from charnn.model import CharRNN
 from charnn.ngram import KneserNey
 from charnn.plot import plot_run
 from charnn.run_folder import METRICS, list_checkpoints, load_checkpoint
-from charnn.train import train
+from charnn.train import run_progress, train
 from charnn.vocab import Vocabulary
 from conftest import TINY_TEXT
 
@@ -185,3 +185,10 @@ def test_evaluate_text_reports_every_protocol_side_by_side():
     for key in ("loss", "window_loss", "window_loss_first_8", "window_loss_after_8", "dynamic_loss", "ngram_loss"):
         assert math.isfinite(report[key]), key
     assert report["window"] == 32 and report["dynamic_segment"] == 25
+
+
+def test_the_cosine_schedule_follows_the_clock_when_a_time_limit_ends_the_run_first():
+    assert run_progress(50, 100, elapsed=0.0, time_limit=None) == 0.5
+    assert run_progress(50, 100, elapsed=45.0, time_limit=1.0) == 0.75  # 45 of 60 seconds gone
+    assert run_progress(90, 100, elapsed=6.0, time_limit=1.0) == 0.9  # the steps end it first
+    assert run_progress(10, 100, elapsed=120.0, time_limit=1.0) == 1.0  # past the limit: the schedule's end

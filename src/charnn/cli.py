@@ -60,7 +60,8 @@ HELP = {
     "checkpoint_every": "also write a checkpoint every N steps",
     "keep_last": "keep only the newest K numbered checkpoints (best is always kept)",
     "grad_clip": "clip gradients to this global norm",
-    "lr_schedule": "learning-rate schedule after warm-up",
+    "lr_schedule": "learning-rate schedule after warm-up: cosine falls to a tenth by the end of the run (its epochs, "
+    "--max-steps or --time-limit, whichever ends it first); plateau halves it at each evaluation that is no better",
     "warmup_steps": "steps of linear learning-rate warm-up",
     "weight_decay": "decoupled weight decay (AdamW)",
     "stateful": "truncated BPTT: each batch row reads its own stretch of the text, state carried between windows",
@@ -77,11 +78,23 @@ CHOICES = {"cell": CELLS, "device": DEVICES, "precision": PRECISIONS, "lr_schedu
            "preset": tuple(PRESETS)}  # fmt: skip
 
 
+def _optional(annotation) -> bool:
+    return (isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union) and type(
+        None
+    ) in typing.get_args(annotation)
+
+
 def _flag_type(annotation):
-    # `int | None` -> int
-    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
-        return next(a for a in typing.get_args(annotation) if a is not type(None))
-    return annotation
+    """`int` -> int; `int | None` -> int that also reads `none` (so a default that is on can be switched off)."""
+    if not _optional(annotation):
+        return annotation
+    kind = next(a for a in typing.get_args(annotation) if a is not type(None))
+
+    def parse(text: str):
+        return None if text.lower() == "none" else kind(text)
+
+    parse.__name__ = kind.__name__  # argparse names the type in its error: "invalid float value"
+    return parse
 
 
 def flag(name: str) -> str:
@@ -99,6 +112,8 @@ def add_config_flags(parser: argparse.ArgumentParser, cls, skip=()) -> None:
             continue
         value = preset.get(f.name, f.default)
         default = "" if value is None else f" (default: {value})"
+        if value is not None and _optional(f.type):
+            default = f" (default: {value}; none: off)"
         flag_name = flag(f.name)
         if f.type is bool:  # --stateful / --no-stateful
             group.add_argument(flag_name, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,

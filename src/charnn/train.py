@@ -54,6 +54,17 @@ from charnn.vocab import Vocabulary
 RESUMABLE_OPTIONS = ("epochs", "max_steps", "time_limit", "threads", "log_every_seconds", "patience", "keep_last")
 
 
+def run_progress(step: int, total_steps: int, elapsed: float, time_limit: float | None) -> float:
+    """How far through its budget a run is, 0 to 1: steps, or the clock (`time_limit` minutes) when that ends it first.
+
+    The cosine schedule anneals along it, so a run stopped by --time-limit ends at its lowest rate too.
+    """
+    progress = step / max(1, total_steps)
+    if time_limit is not None:
+        progress = max(progress, elapsed / (time_limit * 60))
+    return min(1.0, progress)
+
+
 @dataclass
 class Event:
     """What the trainer reports. kind: start, step, log, eval, epoch, checkpoint, warning or stop."""
@@ -587,7 +598,7 @@ class Trainer:
         s, config = self.state, self.config
         warmup = min(1.0, (s.step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
         if config.lr_schedule == "cosine":
-            progress = min(1.0, s.step / max(1, self.total_steps))
+            progress = run_progress(s.step, self.total_steps, time.perf_counter() - self.started, config.time_limit)
             return warmup * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
         if config.lr_schedule == "plateau":
             return warmup * s.lr_factor
