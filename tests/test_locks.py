@@ -20,7 +20,9 @@ SMALL = ["--embedding-dim", "8", "--hidden-size", "16", "--seq-len", "10", "--ba
 
 def _start_training(corpus: Path, run: Path) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(SRC), OMP_NUM_THREADS="1")
-    argv = ["train", str(corpus), "--out", str(run), "--epochs", "100000", "--checkpoint-every", "5", *SMALL]
+    # A writer that runs until it is killed: no early stopping (the default's patience would end it).
+    argv = ["train", str(corpus), "--out", str(run), "--epochs", "100000", "--patience", "none", "--checkpoint-every",
+            "5", *SMALL]  # fmt: skip
     return subprocess.Popen([sys.executable, "-m", "charnn", *argv], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)  # fmt: skip
 

@@ -167,7 +167,8 @@ def _running_with_a_checkpoint(tmp_path):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(TINY_TEXT * 40, encoding="utf-8")
     run = tmp_path / "run"
-    process = _popen_train(str(corpus), "--out", str(run), "--epochs", "100000", *SMALL)
+    # It runs until a signal stops it: no early stopping (the default's patience would end it first).
+    process = _popen_train(str(corpus), "--out", str(run), "--epochs", "100000", "--patience", "none", *SMALL)
     deadline = time.monotonic() + 120
     while not run.exists() or not list_checkpoints(run):
         assert time.monotonic() < deadline and process.poll() is None, process.communicate()
