@@ -79,9 +79,8 @@ CHOICES = {"cell": CELLS, "device": DEVICES, "precision": PRECISIONS, "lr_schedu
 
 
 def _optional(annotation) -> bool:
-    return (isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union) and type(
-        None
-    ) in typing.get_args(annotation)
+    union = isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union
+    return union and type(None) in typing.get_args(annotation)
 
 
 def _flag_type(annotation):
