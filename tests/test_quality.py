@@ -8,18 +8,16 @@ import shutil
 import pytest
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 
-from charnn.checkpoint import TRAINER_STATE, WEIGHTS
 from charnn.config import ModelConfig, TrainConfig
-from charnn.corpus import Corpus, load_corpus
+from charnn.corpus import Corpus
 from charnn.errors import TrainingError
 from charnn.evaluate import dynamic_loss, evaluate_text, gzip_loss, invented_words, model_loss, window_loss
 from charnn.model import CharRNN
 from charnn.ngram import KneserNey
 from charnn.plot import plot_run
 from charnn.run_folder import METRICS, list_checkpoints, load_checkpoint
-from charnn.train import COOLDOWN_SHARE, COSINE_FLOOR, resume, run_progress, train
+from charnn.train import run_progress, train
 from charnn.vocab import Vocabulary
 from conftest import TINY_TEXT
 
@@ -62,58 +60,6 @@ def test_early_stopping_stops_when_validation_stops_improving(tmp_path):
     assert min(val[-2:]) >= min(val)  # the last two evaluations did not improve
     warnings = [e.message for e in events if e.kind == "warning"]
     assert len(warnings) == 1 and "validation loss rose" in warnings[0]
-
-
-def _noise_run(tmp_path, name="run", should_stop=None):
-    """Cosine schedule and patience on random characters: patience runs out long before the schedule ends."""
-    rng = random.Random(0)
-    path = tmp_path / "noise.txt"  # a file, so that a resume finds the text again
-    path.write_text("".join(rng.choice("abcdefghij") for _ in range(6000)), encoding="utf-8")
-    corpus = load_corpus(str(path))
-    vocab = Vocabulary.from_text(corpus.text)
-    config = TrainConfig(seq_len=20, batch_size=8, epochs=60, lr=1e-2, lr_schedule="cosine", patience=2, seed=1,
-                         precision="fp32", threads=1)  # fmt: skip
-    events = []
-    result = train(corpus, vocab, ModelConfig(len(vocab), 16, 64), config, tmp_path / name,
-                   on_event=events.append, should_stop=should_stop)  # fmt: skip
-    return result, events
-
-
-def test_running_out_of_patience_under_cosine_anneals_before_stopping(tmp_path):
-    result, events = _noise_run(tmp_path)
-    assert result.stopped_by == "patience"
-    notes = [e for e in events if e.kind == "note"]
-    assert len(notes) == 1 and "annealing the rate" in notes[0].message
-    last = load_checkpoint(result.last_checkpoint).training
-    start, steps = last["state"]["cooldown_start"], last["state"]["cooldown_steps"]
-    assert start == notes[0].step and steps == round(COOLDOWN_SHARE * start) > 0
-    # It stopped when the cooldown ended, evaluated there, and had annealed to the floor.
-    assert last["step"] == start + steps == events[-1].step and last["val_loss"] is not None
-    assert start < 60 * 33  # long before the schedule's own end
-    lr_at = {p.name: torch.load(p / TRAINER_STATE, weights_only=True)["optimizer"]["param_groups"][0]["lr"]
-             for p in list_checkpoints(tmp_path / "run")}  # fmt: skip
-    # The last step's rate: half a cosine from the rate at the start, (steps - 1) / steps of the way down.
-    begun = last["state"]["cooldown_from"]
-    expected = COSINE_FLOOR + (begun - COSINE_FLOOR) * 0.5 * (1 + math.cos(math.pi * (steps - 1) / steps))
-    assert lr_at[result.last_checkpoint.name] == pytest.approx(1e-2 * expected, rel=1e-9)
-    assert expected < 1.1 * COSINE_FLOOR < begun
-    assert max(lr_at.values()) > 3 * lr_at[result.last_checkpoint.name]
-
-
-def test_a_run_interrupted_in_its_cooldown_resumes_exactly(tmp_path):
-    straight, _ = _noise_run(tmp_path, "straight")
-    last = load_checkpoint(straight.last_checkpoint).training
-    start = last["state"]["cooldown_start"]
-    assert start + 3 < last["step"]  # stopped below inside the cooldown
-    stops = iter([None] * (start + 2) + ["SIGINT"])  # asked after every step
-    first, _ = _noise_run(tmp_path, "resumed", should_stop=lambda: next(stops, None))
-    assert first.stopped_by == "SIGINT" and first.last_checkpoint.name.endswith(f"_{start + 3}")
-    second = resume(tmp_path / "resumed")
-    assert second.stopped_by == "patience" and second.last_checkpoint.name == straight.last_checkpoint.name
-    for path in [*list_checkpoints(tmp_path / "straight"), tmp_path / "straight" / "best"]:
-        a, b = load_file(path / WEIGHTS), load_file(tmp_path / "resumed" / path.name / WEIGHTS)
-        assert all(torch.equal(a[k], b[k]) for k in a), path.name
-    assert second.best_val_loss == straight.best_val_loss
 
 
 def test_a_diverging_loss_stops_cleanly_and_leaves_the_last_checkpoint(tmp_path):

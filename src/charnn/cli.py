@@ -56,8 +56,7 @@ HELP = {
     "val_fraction": "share of the text, at its end, held out for validation",
     "log_every_seconds": "seconds between progress lines and metrics records",
     "eval_every": "also evaluate on the held-out text every N steps",
-    "patience": "stop after N evaluations without a better validation loss (cosine schedule: after annealing "
-    "the rate over a fifth as many steps again)",
+    "patience": "stop after N evaluations without a better validation loss",
     "checkpoint_every": "also write a checkpoint every N steps",
     "keep_last": "keep only the newest K numbered checkpoints (best is always kept)",
     "grad_clip": "clip gradients to this global norm",
@@ -317,8 +316,8 @@ class Progress:
     def on_event(self, event) -> None:
         if event.kind == "start":
             print(self.heading, file=sys.stderr, flush=True)
-        if event.kind in ("warning", "note"):
-            self._print(f"{event.kind}: {event.message}")
+        if event.kind == "warning":
+            self.warn(event.message)
         elif self.interactive:
             self._draw(event)
         elif event.kind in ("start", "log", "eval", "epoch", "checkpoint"):

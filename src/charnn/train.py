@@ -52,13 +52,6 @@ from charnn.vocab import Vocabulary
 # Options that may differ when a run is resumed: they say when to stop or how to report,
 # not what is computed.
 RESUMABLE_OPTIONS = ("epochs", "max_steps", "time_limit", "threads", "log_every_seconds", "patience", "keep_last")
-# The cosine schedule's lowest rate, a share of `lr`.
-COSINE_FLOOR = 0.1
-# When early stopping's patience runs out under the cosine schedule, the rate is usually still
-# high (the schedule was laid out for the whole budget), and a run that stops there was never
-# annealed. So it anneals first: from its rate down to the floor along a half cosine, over this
-# share of the steps already taken (the cooldown of warmup-stable-decay schedules), then stops.
-COOLDOWN_SHARE = 0.2
 
 
 def run_progress(step: int, total_steps: int, elapsed: float, time_limit: float | None) -> float:
@@ -74,7 +67,7 @@ def run_progress(step: int, total_steps: int, elapsed: float, time_limit: float 
 
 @dataclass
 class Event:
-    """What the trainer reports. kind: start, step, log, eval, epoch, checkpoint, note, warning or stop."""
+    """What the trainer reports. kind: start, step, log, eval, epoch, checkpoint, warning or stop."""
 
     kind: str
     epoch: int  # 1-based epoch in progress
@@ -115,9 +108,6 @@ class RunState:
     best_step: int | None = None
     evals_since_best: int = 0
     lr_factor: float = 1.0  # the plateau schedule's multiplier
-    cooldown_start: int | None = None  # the step at which patience ran out (cosine schedule), if it has
-    cooldown_steps: int = 0
-    cooldown_from: float = 1.0  # the rate's factor when the cooldown began
     last_eval: tuple[float, float] | None = None  # (train loss, val loss) at the previous evaluation
     warned_overfitting: bool = False
     elapsed: float = 0.0  # seconds of training before this invocation
@@ -180,12 +170,6 @@ def training_record(
 
 
 StopCheck = Callable[[], str | None]
-
-
-def _half_cosine(start: float, progress: float) -> float:
-    """From `start` (progress 0) down to COSINE_FLOOR (progress 1 and after) along half a cosine."""
-    progress = min(1.0, max(0.0, progress))
-    return COSINE_FLOOR + (start - COSINE_FLOOR) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def train(
@@ -441,7 +425,6 @@ class Trainer:
         # A loss this far above chance means the run has diverged.
         self.explode_at = max(10.0, 3 * math.log(len(data.vocab)))
         self.init_from: dict[str, Any] | None = None  # a fine-tuning run's parent, kept in every checkpoint
-        self.evaluated_at: int | None = None  # the step of the latest evaluation
 
     def build(self, model: CharRNN, state: RunState | None = None, trainer_state: dict | None = None) -> None:
         if self.config.threads:
@@ -529,11 +512,10 @@ class Trainer:
                 s.val_losses.append(val_loss)
                 self._record("epoch", val_loss)
                 self._save(f"ckpt_{epoch}")
-                if stop is None and self._out_of_patience():
+                if stop is None and self._patience_exhausted():
                     stop = "patience"
-            elif stop in ("max_steps", "time_limit", "patience"):
-                if self.evaluated_at != s.step:  # patience at --eval-every has just evaluated
-                    self._record("eval", self._evaluate())
+            elif stop in ("max_steps", "time_limit"):
+                self._record("eval", self._evaluate())
                 self._save(f"ckpt_{epoch}_{s.step}")
             elif not (config.checkpoint_every and s.step % config.checkpoint_every == 0):
                 self._save(f"ckpt_{epoch}_{s.step}")  # a signal: no evaluation, leave quickly
@@ -602,10 +584,8 @@ class Trainer:
         end_of_epoch = s.step_in_epoch == self.batches.steps_per_epoch
         if config.eval_every and s.step % config.eval_every == 0 and not end_of_epoch:
             self._record("eval", self._evaluate())
-            if self._out_of_patience():
+            if self._patience_exhausted():
                 return "patience"
-        if s.cooldown_start is not None and s.step >= s.cooldown_start + s.cooldown_steps:
-            return "patience"  # annealed: the cooldown is over
         if config.checkpoint_every and s.step % config.checkpoint_every == 0 and not end_of_epoch:
             self._save(f"ckpt_{s.epoch}_{s.step}")
         if config.max_steps is not None and s.step >= config.max_steps:
@@ -619,11 +599,7 @@ class Trainer:
         warmup = min(1.0, (s.step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
         if config.lr_schedule == "cosine":
             progress = run_progress(s.step, self.total_steps, time.perf_counter() - self.started, config.time_limit)
-            factor = _half_cosine(1.0, progress)
-            if s.cooldown_start is not None:
-                done = (s.step - s.cooldown_start) / max(1, s.cooldown_steps)
-                factor = min(factor, _half_cosine(s.cooldown_from, done))
-            return warmup * factor
+            return warmup * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
         if config.lr_schedule == "plateau":
             return warmup * s.lr_factor
         return warmup
@@ -635,7 +611,6 @@ class Trainer:
         if len(self.data.val_tokens) < 3:
             return None
         s = self.state
-        self.evaluated_at = s.step
         val_loss = raw_loss = self._val_loss()
         self.val_detail = {}
         use_ema = False
@@ -695,24 +670,8 @@ class Trainer:
         )
         return total / count if count else math.nan
 
-    def _out_of_patience(self) -> bool:
-        """Whether early stopping ends the run now; under the cosine schedule it starts the cooldown instead."""
-        s, config = self.state, self.config
-        if config.patience is None or s.evals_since_best < config.patience:
-            return False
-        if config.lr_schedule != "cosine":
-            return True
-        if s.cooldown_start is None:
-            s.cooldown_from = self._lr_factor()
-            s.cooldown_start, s.cooldown_steps = s.step, max(1, round(COOLDOWN_SHARE * s.step))
-            evaluations = f"{config.patience} evaluation{'s' * (config.patience > 1)}"
-            self._emit(
-                "note",
-                s.epoch_loss,
-                message=f"no better validation loss in {evaluations}: annealing the rate to {COSINE_FLOOR:g}x over "
-                f"the next {s.cooldown_steps:,} steps, then stopping",
-            )
-        return False
+    def _patience_exhausted(self) -> bool:
+        return self.config.patience is not None and self.state.evals_since_best >= self.config.patience
 
     # --- output ----------------------------------------------------------------------------
 
