@@ -30,8 +30,9 @@ from pathlib import Path
 import torch
 
 from charnn.config import (
-    DYNAMIC_LR,
     DYNAMIC_SEGMENT,
+    DYNAMIC_UPDATE,
+    DYNAMIC_UPDATES,
     NANOGPT_WINDOW,
     NANOGPT_WINDOWS,
     ModelConfig,
@@ -157,7 +158,8 @@ def main() -> None:
     parser.add_argument("--num-windows", type=int, default=NANOGPT_WINDOWS, help="windows the protocol scores")
     parser.add_argument("--no-dynamic", action="store_true", help="leave out dynamic evaluation (the slowest figure)")
     parser.add_argument("--dynamic-segment", type=int, default=DYNAMIC_SEGMENT)
-    parser.add_argument("--dynamic-lr", type=float, default=DYNAMIC_LR)
+    parser.add_argument("--dynamic-update", choices=list(DYNAMIC_UPDATES), default=DYNAMIC_UPDATE)
+    parser.add_argument("--dynamic-lr", type=float, default=None, help="default: the update's (charnn.config)")
     args = parser.parse_args()
     options = dict(RECIPE)
     for item in args.set:
@@ -167,7 +169,8 @@ def main() -> None:
     if args.max_steps is not None:
         options["max_steps"], minutes = args.max_steps, None
     evaluation = {"window": args.window, "num_windows": args.num_windows, "dynamic": not args.no_dynamic,
-                  "dynamic_segment": args.dynamic_segment, "dynamic_lr": args.dynamic_lr}  # fmt: skip
+                  "dynamic_segment": args.dynamic_segment, "dynamic_update": args.dynamic_update,
+                  "dynamic_lr": args.dynamic_lr}  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         out = args.out or Path(tmp)
         if args.ablation:
@@ -189,7 +192,8 @@ def main() -> None:
     budget = f"{args.max_steps} steps" if minutes is None else f"{minutes} minutes"
     what = f"{budget} per {'arm on ' + rows[0]['corpus'] if args.ablation else 'corpus'}"
     print(f"budget: {what}; options: {json.dumps(options)}")
-    dynamic = "off" if args.no_dynamic else f"SGD lr {args.dynamic_lr}, segments of {args.dynamic_segment}"
+    lr = DYNAMIC_UPDATES[args.dynamic_update][0] if args.dynamic_lr is None else args.dynamic_lr
+    dynamic = "off" if args.no_dynamic else f"{args.dynamic_update} lr {lr:g}, segments of {args.dynamic_segment}"
     print(f"windows: {args.num_windows} of {args.window} characters from zero state (nanoGPT's protocol); "
           f"dynamic: {dynamic}")  # fmt: skip
     print("\n".join(ablation_table(rows) if args.ablation else quality_table(rows)))

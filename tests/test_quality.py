@@ -1,5 +1,6 @@
 """Honest quality: held-out loss, the best checkpoint, early stopping, divergence, plots, baselines."""
 
+import copy
 import json
 import math
 import random
@@ -9,10 +10,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from charnn.config import ModelConfig, TrainConfig
+from charnn.config import DYNAMIC_EPSILON, ModelConfig, TrainConfig
 from charnn.corpus import Corpus
-from charnn.errors import TrainingError
-from charnn.evaluate import dynamic_loss, evaluate_text, gzip_loss, invented_words, model_loss, window_loss
+from charnn.errors import ConfigError, TrainingError
+from charnn.evaluate import (
+    dynamic_loss,
+    evaluate_text,
+    gradient_rms,
+    gzip_loss,
+    invented_words,
+    model_loss,
+    window_loss,
+)
 from charnn.model import CharRNN
 from charnn.ngram import KneserNey
 from charnn.plot import plot_run
@@ -175,6 +184,52 @@ def test_dynamic_evaluation_adapts_to_a_repetitive_text_and_leaves_the_model_alo
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
 
 
+def _two_segments_by_hand(model, tokens, step):
+    """Dynamic evaluation of two segments with PyTorch's own GRU: score the first, `step(i, parameter i)` on its
+    gradients, score the second from the carried state. Returns the mean loss over both."""
+    model = copy.deepcopy(model).eval()
+    first, second = tokens[:21], tokens[20:41]
+    logits, state = model(first[None, :-1])
+    loss_1 = F.cross_entropy(logits[0], first[1:])
+    loss_1.backward()
+    with torch.no_grad():
+        for i, p in enumerate(model.parameters()):
+            step(i, p)
+        logits, _ = model(second[None, :-1], state.detach())
+        loss_2 = F.cross_entropy(logits[0], second[1:])
+    return (loss_1.item() + loss_2.item()) / 2
+
+
+def test_dynamic_evaluation_takes_the_gradient_pytorch_takes():
+    # On a CPU the fast recurrence computes the gradients; the step it takes is the one PyTorch's GRU gives.
+    model = _random_model(9, seed=4)
+    tokens = torch.randint(0, 9, (41,), generator=torch.Generator().manual_seed(5))
+
+    def sgd(i, p):
+        p -= 0.5 * p.grad
+
+    assert dynamic_loss(model, tokens, segment=20, lr=0.5) == pytest.approx(_two_segments_by_hand(model, tokens, sgd))
+
+
+def test_the_rms_update_scales_each_step_by_the_training_gradients_rms():
+    model = _random_model(9, seed=6)
+    training = torch.randint(0, 9, (400,), generator=torch.Generator().manual_seed(7))
+    tokens = torch.randint(0, 9, (41,), generator=torch.Generator().manual_seed(8))
+    rms = gradient_rms(model, training, segment=20, batch_size=4)
+    assert [r.shape for r in rms] == [p.shape for p in model.parameters()]
+    assert all(bool((r >= 0).all()) for r in rms) and all(float(r.max()) > 0 for r in rms)
+    lr, decay = 1e-3, 0.05
+    mean = sum(r.mean() for r in rms) / len(rms)
+    trained = list(model.parameters())
+
+    def krause(i, p):  # Krause et al.'s step, written out: RMS-scaled, pulled back in proportion to the RMS
+        p -= lr * p.grad / (rms[i] + DYNAMIC_EPSILON * mean)
+        p += (decay * rms[i] / mean).clamp(max=1.0) * (trained[i] - p)
+
+    expected = _two_segments_by_hand(model, tokens, krause)
+    assert dynamic_loss(model, tokens, segment=20, lr=lr, decay=decay, rms=rms) == pytest.approx(expected)
+
+
 def test_evaluate_text_reports_every_protocol_side_by_side():
     text = (TINY_TEXT * 30)[:3000]
     vocab = Vocabulary.from_text(text)
@@ -185,6 +240,17 @@ def test_evaluate_text_reports_every_protocol_side_by_side():
     for key in ("loss", "window_loss", "window_loss_first_8", "window_loss_after_8", "dynamic_loss", "ngram_loss"):
         assert math.isfinite(report[key]), key
     assert report["window"] == 32 and report["dynamic_segment"] == 25
+    assert report["dynamic_update"] == "rms" and report["dynamic_lr"] == 3e-5  # the RMS update's defaults
+    sgd = evaluate_text(model, vocab, text, training_text=None, dynamic=True, dynamic_update="sgd")
+    assert sgd["dynamic_lr"] == 0.03 and math.isfinite(sgd["dynamic_loss"])
+    with pytest.raises(ConfigError, match="training text"):  # the RMS statistics come from the training text
+        evaluate_text(model, vocab, text, training_text=None, dynamic=True)
+    phases = []
+    evaluate_text(model, vocab, text, training_text=text, window=32, num_windows=10, dynamic=True,
+                  progress=lambda *call: phases.append(call))  # fmt: skip
+    for phase in ("windows", "gradient statistics", "dynamic evaluation"):
+        done, total = [call[1:] for call in phases if call[0] == phase][-1]
+        assert done == total > 0, phase  # each slow phase reports its end
 
 
 def test_the_cosine_schedule_follows_the_clock_when_a_time_limit_ends_the_run_first():

@@ -19,8 +19,9 @@ from pathlib import Path
 from charnn.config import (
     CELLS,
     DEVICES,
-    DYNAMIC_LR,
     DYNAMIC_SEGMENT,
+    DYNAMIC_UPDATE,
+    DYNAMIC_UPDATES,
     GENERATE_PRECISIONS,
     LR_SCHEDULES,
     NANOGPT_WINDOW,
@@ -667,6 +668,35 @@ class _ScoreProgress:
 # --- evaluate and plot -------------------------------------------------------------------
 
 
+class _PhaseProgress:
+    """A tqdm bar of characters for each slow phase of an evaluation, on a terminal."""
+
+    def __init__(self):
+        self.bar, self.phase = None, None
+
+    def __call__(self, phase: str, done: int, total: int) -> None:
+        if not sys.stderr.isatty():
+            return
+        if phase != self.phase:
+            from tqdm import tqdm
+
+            self.close()
+            self.bar = tqdm(total=total, unit="char", unit_scale=True, dynamic_ncols=True, file=sys.stderr, desc=phase)
+            self.phase = phase
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        self.bar = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from charnn.corpus import load_corpus
     from charnn.dataset import of_checkpoint
@@ -678,9 +708,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                         ("--dynamic-segment", args.dynamic_segment)):  # fmt: skip
         if value is not None and value < 1:
             raise ConfigError(f"{name} must be at least 1, got {value}")
-    if args.dynamic_lr <= 0:
+    if args.dynamic_lr is not None and args.dynamic_lr <= 0:
         raise ConfigError(f"--dynamic-lr must be positive, got {args.dynamic_lr}")
-    if not 0.0 <= args.dynamic_decay < 1.0:
+    if args.dynamic_decay is not None and not 0.0 <= args.dynamic_decay < 1.0:
         raise ConfigError(f"--dynamic-decay must be in [0, 1), got {args.dynamic_decay}")
     ckpt = load_checkpoint(args.checkpoint)
     data = None  # the checkpoint's own corpus, found again when needed
@@ -698,10 +728,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         text = (data or of_checkpoint(ckpt)).held_out_text()
         if not text:
             raise ConfigError("this model was trained without held-out text; give a TEXT to evaluate on")
-    report = evaluate_text(ckpt.model, ckpt.vocab, text, training_text=train_text, window=args.windows,
-                           num_windows=args.num_windows, window_seed=args.window_seed, dynamic=args.dynamic,
-                           dynamic_segment=args.dynamic_segment, dynamic_lr=args.dynamic_lr,
-                           dynamic_decay=args.dynamic_decay)  # fmt: skip
+    with _PhaseProgress() as progress:
+        report = evaluate_text(ckpt.model, ckpt.vocab, text, training_text=train_text, window=args.windows,
+                               num_windows=args.num_windows, window_seed=args.window_seed, dynamic=args.dynamic,
+                               dynamic_segment=args.dynamic_segment, dynamic_update=args.dynamic_update,
+                               dynamic_lr=args.dynamic_lr, dynamic_decay=args.dynamic_decay,
+                               progress=progress)  # fmt: skip
     report["checkpoint"] = str(ckpt.path)
     report["text"] = args.text or "held-out part of the training corpus"
     if args.json:
@@ -715,7 +747,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.windows is not None:
         rows.append((f"model, {args.windows}-char windows", "window_loss"))
     if args.dynamic:
-        rows.append(("model, dynamic eval", "dynamic_loss"))
+        rows.append((f"model, dynamic eval ({args.dynamic_update})", "dynamic_loss"))
     rows += [("Kneser-Ney 5-gram", "ngram_loss"), ("gzip -9", "gzip_loss")]
     width = max(22, *(len(label) + 2 for label, _ in rows))
     print(f"{'':<{width}}{'nats/char':>10}{'bits/char':>11}")
@@ -902,10 +934,15 @@ def build_parser() -> argparse.ArgumentParser:
                    "2018): each segment scored, then a gradient step taken on it")  # fmt: skip
     p.add_argument("--dynamic-segment", type=int, default=DYNAMIC_SEGMENT, help="characters per segment of "
                    f"dynamic evaluation (default: {DYNAMIC_SEGMENT})")  # fmt: skip
-    p.add_argument("--dynamic-lr", type=float, default=DYNAMIC_LR, help="SGD learning rate of dynamic evaluation "
-                   f"(default: {DYNAMIC_LR})")  # fmt: skip
-    p.add_argument("--dynamic-decay", type=float, default=0.0, help="pull towards the trained weights after each "
-                   "step of dynamic evaluation, a share in [0, 1) (default: 0)")  # fmt: skip
+    lrs = ", ".join(f"{lr:g} for {name}" for name, (lr, _) in DYNAMIC_UPDATES.items())
+    decays = ", ".join(f"{decay:g} for {name}" for name, (_, decay) in DYNAMIC_UPDATES.items())
+    p.add_argument("--dynamic-update", choices=list(DYNAMIC_UPDATES), default=DYNAMIC_UPDATE, help="dynamic "
+                   "evaluation's update: rms (Krause et al.'s: each weight's step scaled by its gradient RMS on "
+                   "the training text, and pulled back towards the trained weights) or sgd "
+                   f"(default: {DYNAMIC_UPDATE})")  # fmt: skip
+    p.add_argument("--dynamic-lr", type=float, help=f"learning rate of dynamic evaluation (default: {lrs})")
+    p.add_argument("--dynamic-decay", type=float, help="pull towards the trained weights after each step of dynamic "
+                   f"evaluation, a share in [0, 1) (default: {decays})")  # fmt: skip
     p.set_defaults(run=cmd_evaluate)
 
     p = commands.add_parser("score", help="each character's surprisal under a model, and the total",

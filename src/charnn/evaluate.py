@@ -12,18 +12,30 @@ Three ways to score a model, each another tool's yardstick:
   positions: nanoGPT's figure for its character model (N = 256, 200 batches of 64 windows).
 - `dynamic_loss`: Krause et al. (2018)'s dynamic evaluation: the text read straight through,
   each segment scored before the model takes a gradient step on it.
+
+The slow ones take `progress(done, total)`, called as characters are scored.
 """
 
 import copy
 import gzip
 import math
 import re
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
-from charnn.config import DYNAMIC_LR, DYNAMIC_SEGMENT, NANOGPT_WINDOW, NANOGPT_WINDOWS
+from charnn.config import (
+    DYNAMIC_EPSILON,
+    DYNAMIC_RMS_BATCHES,
+    DYNAMIC_SEGMENT,
+    DYNAMIC_UPDATE,
+    DYNAMIC_UPDATES,
+    NANOGPT_WINDOW,
+    NANOGPT_WINDOWS,
+)
 from charnn.errors import ConfigError
+from charnn.fast import recurrence
 from charnn.hardware import autocast
 from charnn.model import CharRNN
 from charnn.ngram import KneserNey
@@ -95,6 +107,7 @@ def window_loss(
     seed: int = 0,
     batch_size: int = 64,
     dtype: torch.dtype = torch.float32,
+    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[float, torch.Tensor]:
     """(Mean loss, mean loss at each position (window,)) over `num_windows` random windows of `tokens`.
 
@@ -120,6 +133,8 @@ def window_loss(
             logits, _ = model(rows[:, :-1])
             losses = F.cross_entropy(logits.float().transpose(1, 2), rows[:, 1:], reduction="none")  # (B, window)
             per_position += losses.double().sum(0).cpu()
+            if progress is not None:
+                progress(min(first + batch_size, num_windows) * window, num_windows * window)
     model.train(was_training)
     per_position /= num_windows
     return float(per_position.mean()), per_position.float()
@@ -130,15 +145,21 @@ def dynamic_loss(
     tokens: torch.Tensor,
     *,
     segment: int = DYNAMIC_SEGMENT,
-    lr: float = DYNAMIC_LR,
+    lr: float = DYNAMIC_UPDATES["sgd"][0],
     decay: float = 0.0,
+    rms: list[torch.Tensor] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> float:
-    """Mean loss in nats per character of `tokens` under SGD dynamic evaluation (Krause et al., 2018).
+    """Mean loss in nats per character of `tokens` under dynamic evaluation (Krause et al., 2018).
 
     The text is read as one stream, state carried; each segment of `segment` characters is
-    scored first, then the model takes a step on it: w <- w - lr grad + decay (w_trained - w),
-    `decay` pulling the weights back towards the trained ones. `model` itself is left unchanged
-    (a copy adapts), and its regularisation is off (evaluation mode).
+    scored first, then the model takes a step on it. Plain SGD: w <- w - lr grad + decay
+    (w_trained - w), `decay` pulling the weights back towards the trained ones. With `rms`
+    (`gradient_rms` of the training text, one tensor per parameter) Krause's update instead:
+    each weight's step divided by its gradient's RMS in training, and each weight pulled back
+    in proportion to that RMS (relative to the mean), so the weights training moved most adapt
+    and recover most. `model` itself is left unchanged (a copy adapts), and its regularisation
+    is off (evaluation mode).
     """
     if segment < 1:
         raise ConfigError(f"`segment` must be at least 1, got {segment}")
@@ -149,6 +170,10 @@ def dynamic_loss(
     adapted = copy.deepcopy(model).eval()
     parameters = list(adapted.parameters())
     trained = [p.detach().clone() for p in parameters]
+    if rms is None:
+        steps, pulls = [lr] * len(parameters), [decay] * len(parameters)
+    else:
+        steps, pulls = _rms_rates(rms, lr, decay)
     device = parameters[0].device
     total, count, state = 0.0, 0, None
     # cuDNN's recurrent backward runs in training mode only; the plain kernels run in either.
@@ -156,20 +181,81 @@ def dynamic_loss(
         for start in range(0, len(tokens) - 1, segment):
             chunk = tokens[start : start + segment + 1].long().to(device)
             inputs, targets = chunk[:-1].unsqueeze(0), chunk[1:].unsqueeze(0)  # (1, n)
-            logits, state = adapted(inputs, state)
+            logits, state = _forward(adapted, inputs, state)
             loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
             total += loss.item() * targets.numel()
             count += targets.numel()
+            if progress is not None:
+                progress(count, len(tokens) - 1)
             adapted.zero_grad(set_to_none=True)
             loss.backward()
             with torch.no_grad():
-                for p, origin in zip(parameters, trained, strict=True):
+                for p, origin, step, pull in zip(parameters, trained, steps, pulls, strict=True):
                     if p.grad is not None:
-                        p.sub_(p.grad, alpha=lr)
+                        p.sub_(p.grad * step) if torch.is_tensor(step) else p.sub_(p.grad, alpha=step)
                     if decay:
-                        p.lerp_(origin, decay)
+                        p.add_((origin - p) * pull) if torch.is_tensor(pull) else p.lerp_(origin, pull)
             state = tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
     return total / count
+
+
+def gradient_rms(
+    model: CharRNN,
+    tokens: torch.Tensor,
+    *,
+    segment: int = DYNAMIC_SEGMENT,
+    batch_size: int = 64,
+    max_batches: int = DYNAMIC_RMS_BATCHES,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[torch.Tensor]:
+    """Each parameter's root-mean-square loss gradient over batches of `tokens` (a training text).
+
+    Krause et al.'s statistics for dynamic evaluation: `batch_size` streams read side by side,
+    state carried, one gradient per `segment`-character step, at most `max_batches` of them.
+    """
+    device = next(model.parameters()).device
+    streams = max(1, min(batch_size, (len(tokens) - 1) // (segment + 1)))
+    piece = len(tokens) // streams
+    rows = tokens[: piece * streams].view(streams, piece)
+    measured = copy.deepcopy(model).eval()
+    parameters = list(measured.parameters())
+    sums = [torch.zeros_like(p) for p in parameters]
+    batches, state = 0, None
+    planned = min(max_batches, len(range(0, piece - 1, segment)))
+    with torch.backends.cudnn.flags(enabled=False), torch.enable_grad():
+        for start in range(0, piece - 1, segment):
+            if batches == max_batches:
+                break
+            chunk = rows[:, start : start + segment + 1].long().to(device)
+            logits, state = _forward(measured, chunk[:, :-1], state)
+            measured.zero_grad(set_to_none=True)
+            F.cross_entropy(logits.flatten(0, 1), chunk[:, 1:].flatten()).backward()
+            for total, p in zip(sums, parameters, strict=True):
+                if p.grad is not None:
+                    total.add_(p.grad.square())
+            state = tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
+            batches += 1
+            if progress is not None:
+                progress(batches * streams * segment, planned * streams * segment)
+    return [(total / max(1, batches)).sqrt() for total in sums]
+
+
+def _rms_rates(rms: list[torch.Tensor], lr: float, decay: float) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Per-weight step sizes and pull-back shares of Krause et al.'s RMS update, from `gradient_rms`."""
+    mean = sum(r.mean() for r in rms) / len(rms)  # the average weight's RMS: the scale of both
+    epsilon = DYNAMIC_EPSILON * mean  # weights training never moved (unseen characters) step at most lr / epsilon
+    steps = [lr / (r + epsilon) for r in rms]
+    # Weights that moved twice the average in training are pulled back twice as hard, at most all the way.
+    pulls = [(decay * r / mean).clamp(max=1.0) for r in rms]
+    return steps, pulls
+
+
+def _forward(model: CharRNN, inputs: torch.Tensor, state):
+    """The model's forward; on a CPU GRU the hand-written recurrence, whose backward takes one weight-gradient
+    product per segment where PyTorch's takes one per character (several times faster at batch 1)."""
+    if recurrence.supported(model, inputs.device, torch.float32):
+        return recurrence.training_forward(model, inputs, torch.float32, state)
+    return model(inputs, state)
 
 
 def gzip_loss(text: str) -> float:
@@ -201,16 +287,31 @@ def evaluate_text(
     window_seed: int = 0,
     dynamic: bool = False,
     dynamic_segment: int = DYNAMIC_SEGMENT,
-    dynamic_lr: float = DYNAMIC_LR,
-    dynamic_decay: float = 0.0,
+    dynamic_update: str = DYNAMIC_UPDATE,
+    dynamic_lr: float | None = None,
+    dynamic_decay: float | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> dict:
     """Model loss on `text` beside the n-gram and gzip baselines, in one report.
 
     Characters the model does not know are counted, then left out of every figure, so the
     model and the baselines score the same characters. `window` adds nanoGPT's figure
     (`window_loss`), `dynamic` the dynamically evaluated one (`dynamic_loss`), beside the
-    carried-state `loss`.
+    carried-state `loss`. `dynamic_update` is `rms` (Krause et al.'s, whose statistics come from
+    the training text) or `sgd`; a learning rate or decay left None is the update's default
+    (DYNAMIC_UPDATES). `progress(what, done, total)` follows the slow figures.
     """
+    if dynamic_update not in DYNAMIC_UPDATES:
+        raise ConfigError(f"`dynamic_update` must be one of {', '.join(DYNAMIC_UPDATES)}, got {dynamic_update!r}")
+    if dynamic and dynamic_update == "rms" and training_text is None:
+        raise ConfigError("the RMS update of dynamic evaluation needs the training text; give it, or use sgd")
+    default_lr, default_decay = DYNAMIC_UPDATES[dynamic_update]
+    dynamic_lr = default_lr if dynamic_lr is None else dynamic_lr
+    dynamic_decay = default_decay if dynamic_decay is None else dynamic_decay
+
+    def follow(what: str) -> Callable[[int, int], None] | None:
+        return None if progress is None else lambda done, total: progress(what, done, total)
+
     unknown = vocab.unknown(text)
     unknown_set = set(unknown)
     kept = "".join(c for c in text if c not in unknown_set) if unknown else text
@@ -224,7 +325,8 @@ def evaluate_text(
     report["loss"] = loss
     report["bpc"] = loss * NATS_TO_BITS
     if window is not None:
-        mean, per_position = window_loss(model, tokens, window, num_windows=num_windows, seed=window_seed)
+        mean, per_position = window_loss(model, tokens, window, num_windows=num_windows, seed=window_seed,
+                                         progress=follow("windows"))  # fmt: skip
         head = min(8, window)
         report.update(window=window, num_windows=num_windows, window_seed=window_seed, window_loss=mean)
         report["window_bpc"] = mean * NATS_TO_BITS
@@ -232,9 +334,14 @@ def evaluate_text(
         if window > head:
             report["window_loss_after_8"] = float(per_position[head:].mean())
     if dynamic:
-        figure = dynamic_loss(model, tokens, segment=dynamic_segment, lr=dynamic_lr, decay=dynamic_decay)
+        rms = None
+        if dynamic_update == "rms":
+            training = torch.from_numpy(vocab.encode("".join(c for c in training_text if c in vocab)))
+            rms = gradient_rms(model, training, segment=dynamic_segment, progress=follow("gradient statistics"))
+        figure = dynamic_loss(model, tokens, segment=dynamic_segment, lr=dynamic_lr, decay=dynamic_decay, rms=rms,
+                              progress=follow("dynamic evaluation"))  # fmt: skip
         report.update(dynamic_loss=figure, dynamic_bpc=figure * NATS_TO_BITS, dynamic_segment=dynamic_segment,
-                      dynamic_lr=dynamic_lr, dynamic_decay=dynamic_decay)  # fmt: skip
+                      dynamic_update=dynamic_update, dynamic_lr=dynamic_lr, dynamic_decay=dynamic_decay)  # fmt: skip
     report["gzip_loss"] = gzip_loss(kept)
     report["gzip_bpc"] = report["gzip_loss"] * NATS_TO_BITS
     if training_text is not None:
