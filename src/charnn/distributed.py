@@ -1,10 +1,13 @@
 """Training across processes and machines with PyTorch's own engine: torchrun and DDP.
 
 torchrun starts one process per GPU (or per share of the CPU cores) on each machine and tells
-each where it stands through the environment (RANK, WORLD_SIZE, LOCAL_RANK). The trainer
-then wraps its model in DistributedDataParallel (gradients averaged with nccl on GPUs, gloo on
-CPUs), gives every process its own rows of each batch, and lets only rank 0 write checkpoints,
-metrics and progress. Small decisions (the loss to log, when to stop) travel over a gloo group.
+each where it stands through the environment (RANK, WORLD_SIZE, LOCAL_RANK). On GPUs the
+trainer wraps its model in DistributedDataParallel (gradients averaged over nccl); on CPUs it
+averages the gradients itself after each backward (`average_gradients`, one all-reduce over
+gloo), so every process can run the hand-written recurrence (charnn.fast.recurrence), whose
+forward DDP cannot see. It gives every process its own rows of each batch, and lets only rank 0
+write checkpoints, metrics and progress. Small decisions (the loss to log, when to stop) travel
+over a gloo group.
 
     torchrun --standalone --nproc-per-node 2 -m charnn train data/enwik8 --out runs/e8
     charnn train data/enwik8 --out runs/e8 --nproc 2      # the same: charnn starts torchrun
@@ -143,15 +146,39 @@ def device_for(group: Group, device: torch.device) -> torch.device:
 
 
 def wrap(group: Group, model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """The model as the training step calls it: DistributedDataParallel when there are several processes."""
+    """The model as the training step calls it: DistributedDataParallel on GPUs when there are several
+    processes; on CPUs the model itself, its weights made rank 0's (as DDP would), its gradients left to
+    `average_gradients`."""
     if not group.active:
         return model
-    from torch.nn.parallel import DistributedDataParallel
-
     if device.type == "cuda":
+        from torch.nn.parallel import DistributedDataParallel
+
         # Gradients go over NCCL; the default group stays gloo for the small CPU messages.
         return DistributedDataParallel(model, device_ids=[device.index], process_group=dist.new_group(backend="nccl"))
-    return DistributedDataParallel(model)
+    with torch.no_grad(), _collective(group):
+        flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+        dist.broadcast(flat, src=0)
+        for p, value in zip(model.parameters(), flat.split([p.numel() for p in model.parameters()]), strict=True):
+            p.copy_(value.view_as(p))
+    return model
+
+
+def average_gradients(group: Group, network: torch.nn.Module) -> None:
+    """The mean over processes of every parameter's gradient, in place: one all-reduce of all of them
+    together. Does nothing where DDP averages them (GPUs) or there is one process."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    if not group.active or isinstance(network, DistributedDataParallel):
+        return
+    parameters = list(network.parameters())
+    grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in parameters]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    with _collective(group):
+        dist.all_reduce(flat)
+    flat /= group.world_size
+    for p, value in zip(parameters, flat.split([p.numel() for p in parameters]), strict=True):
+        p.grad = value.view_as(p).clone()
 
 
 def _collective(group: Group):

