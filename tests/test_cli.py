@@ -246,8 +246,10 @@ def test_regularised_stateful_run_and_every_evaluation_end_to_end(tmp_path, caps
     assert main(["evaluate", str(run), "--windows", "16", "--num-windows", "8", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["window"] == 16 and report["num_windows"] == 8 and "dynamic_loss" not in report
-    assert main(["evaluate", str(run), "--dynamic", "--dynamic-update", "sgd", "--dynamic-decay", "0.1", "--json"]) == 0
+    assert main(["evaluate", str(run), "--dynamic", "--dynamic-update", "sgd", "--dynamic-decay", "0.1", "--json",
+                 "--threads", "1"]) == 0  # fmt: skip
     report = json.loads(capsys.readouterr().out)
     assert (report["dynamic_update"], report["dynamic_lr"], report["dynamic_decay"]) == ("sgd", 0.03, 0.1)
     err = fails(capsys, "evaluate", str(run), "--windows", "0")
     assert "window" in err
+    assert "--threads" in fails(capsys, "evaluate", str(run), "--threads", "0")

@@ -708,6 +708,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                         ("--dynamic-segment", args.dynamic_segment)):  # fmt: skip
         if value is not None and value < 1:
             raise ConfigError(f"{name} must be at least 1, got {value}")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ConfigError(f"--threads must be at least 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
     if args.dynamic_lr is not None and args.dynamic_lr <= 0:
         raise ConfigError(f"--dynamic-lr must be positive, got {args.dynamic_lr}")
     if args.dynamic_decay is not None and not 0.0 <= args.dynamic_decay < 1.0:
@@ -930,6 +936,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-windows", type=int, default=NANOGPT_WINDOWS, help="windows to score with --windows "
                    f"(default: {NANOGPT_WINDOWS}, nanoGPT's 200 batches of 64)")  # fmt: skip
     p.add_argument("--window-seed", type=int, default=0, help="seed for the windows' positions (default: 0)")
+    p.add_argument("--threads", type=int, help="CPU threads for the model (default: every core; on a machine "
+                   "other jobs share, 1 is often faster)")  # fmt: skip
     p.add_argument("--dynamic", action="store_true", help="also score with dynamic evaluation (Krause et al. "
                    "2018): each segment scored, then a gradient step taken on it")  # fmt: skip
     p.add_argument("--dynamic-segment", type=int, default=DYNAMIC_SEGMENT, help="characters per segment of "
