@@ -1,7 +1,7 @@
 """Quality under a fixed wall-clock budget: best validation loss beside n-gram and gzip baselines.
 
 For each corpus: train with RECIPE, `charnn train`'s defaults (the `tuned` preset: the reference
-model, GRU 1024, with dropout 0.25, Adam at a constant 2e-3 after 100 warm-up steps, clipping at
+model, GRU 1024, with dropout 0.15, Adam at a constant 2e-3 after 100 warm-up steps, clipping at
 1.0, an average of the weights; override any with --set) for
 --minutes of wall-clock time on --threads CPU threads, then score the best checkpoint on the
 held-out 10% three ways: state carried through the text (the training run's own figure),

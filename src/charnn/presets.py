@@ -66,7 +66,8 @@ PRESETS: dict[str, Preset] = {
     "tuned": Preset(
         "the best recipe measured here (benchmarks/RESULTS.md, issue 13): the reference model with dropout, "
         "a higher constant rate with an average of the weights, clipping and early stopping",
-        model={**_SEED_MODEL, "dropout": 0.25},  # the reference model, regularised
+        # The reference model, regularised: under the weight average 0.15 did as well as 0.25 or better on 4 texts.
+        model={**_SEED_MODEL, "dropout": 0.15},
         # The rate stays constant: the weight average anneals, and it beat a cosine on all four texts measured.
         train={**_SEED_TRAIN, "lr": 2e-3, "warmup_steps": 100, "grad_clip": 1.0, "patience": 3, "ema": 0.998},
     ),
