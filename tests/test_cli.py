@@ -152,7 +152,7 @@ def test_end_to_end_in_a_subprocess(tmp_path):
     # Without --preset the command trains with the tuned recipe; the run records it.
     record = json.loads((run / "ckpt_1_6" / "checkpoint.json").read_text())
     config = record["training"]["config"]
-    assert config["preset"] == "tuned" and config["ema"] == 0.998 and record["model"]["dropout"] == 0.25
+    assert config["preset"] == "tuned" and config["ema"] == 0.998 and record["model"]["dropout"] == 0.15
 
     info = run_cli("info", str(run))
     assert info.returncode == 0, info.stderr
