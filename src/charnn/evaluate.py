@@ -258,6 +258,14 @@ def _forward(model: CharRNN, inputs: torch.Tensor, state):
     return model(inputs, state)
 
 
+def _known_only(text: str, unknown: list[str]) -> str:
+    """`text` without the characters in `unknown` (the model's vocabulary lacks them)."""
+    if not unknown:
+        return text
+    unknown_set = set(unknown)
+    return "".join(c for c in text if c not in unknown_set)
+
+
 def gzip_loss(text: str) -> float:
     """gzip -9's compressed size of the UTF-8 text, in nats per character."""
     return len(gzip.compress(text.encode("utf-8"), compresslevel=9)) * 8 / NATS_TO_BITS / max(1, len(text))
@@ -313,8 +321,7 @@ def evaluate_text(
         return None if progress is None else lambda done, total: progress(what, done, total)
 
     unknown = vocab.unknown(text)
-    unknown_set = set(unknown)
-    kept = "".join(c for c in text if c not in unknown_set) if unknown else text
+    kept = _known_only(text, unknown)
     report = {
         "characters": len(text),
         "unknown_characters": len(text) - len(kept),
@@ -336,7 +343,7 @@ def evaluate_text(
     if dynamic:
         rms = None
         if dynamic_update == "rms":
-            training = torch.from_numpy(vocab.encode("".join(c for c in training_text if c in vocab)))
+            training = torch.from_numpy(vocab.encode(_known_only(training_text, vocab.unknown(training_text))))
             rms = gradient_rms(model, training, segment=dynamic_segment, progress=follow("gradient statistics"))
         figure = dynamic_loss(model, tokens, segment=dynamic_segment, lr=dynamic_lr, decay=dynamic_decay, rms=rms,
                               progress=follow("dynamic evaluation"))  # fmt: skip
