@@ -1,5 +1,6 @@
 """Nothing lost: exact resume, signals, a full disk, and checkpoints crafted to run code."""
 
+import dataclasses
 import json
 import os
 import pickle
@@ -262,3 +263,16 @@ def test_stateful_regularised_run_with_an_average_resumes_bit_identically(tmp_pa
         assert all(torch.equal(x, y) for x, y in zip(a["carried_state"], b["carried_state"], strict=True)), path.name
     assert _same_weights(tmp_path / "straight" / "best", tmp_path / "resumed" / "best")
     assert straight.best_val_loss == second.best_val_loss
+
+
+def test_a_time_limit_counts_the_whole_run_when_it_is_resumed(tmp_path):
+    corpus, vocab, model_config = _setup(tmp_path)
+    config = dataclasses.replace(CONFIG, max_steps=3, time_limit=60)
+    train(corpus, vocab, model_config, config, tmp_path / "run")
+    elapsed = load_checkpoint(tmp_path / "run").training["elapsed_seconds"]
+    assert elapsed > 0
+    # Half the time the run has already trained: the resumed run is past its limit before a step.
+    result = resume(tmp_path / "run", {"max_steps": None, "time_limit": elapsed / 2 / 60})
+    assert result.stopped_by == "time_limit"
+    assert load_checkpoint(tmp_path / "run").training["step"] == 3
+    assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["ckpt_1_3"]

@@ -492,7 +492,11 @@ class Trainer:
         self.model.train()
         self._emit("start", s.epoch_loss)
         # A resumed run may already be at its limit: then there is nothing to do.
-        stop = "max_steps" if config.max_steps is not None and s.step >= config.max_steps else None
+        stop = None
+        if config.max_steps is not None and s.step >= config.max_steps:
+            stop = "max_steps"
+        elif config.time_limit is not None and self._run_seconds(self.started) >= config.time_limit * 60:
+            stop = "time_limit"
         first_epoch = s.epoch + 1 if s.epoch_complete else s.epoch
         if stop:
             first_epoch = config.epochs + 1
@@ -591,15 +595,20 @@ class Trainer:
             self._save(f"ckpt_{s.epoch}_{s.step}")
         if config.max_steps is not None and s.step >= config.max_steps:
             return "max_steps"
-        if config.time_limit is not None and now - self.started >= config.time_limit * 60:
+        if config.time_limit is not None and self._run_seconds(now) >= config.time_limit * 60:
             return "time_limit"
         return self.should_stop()
+
+    def _run_seconds(self, now: float) -> float:
+        """Seconds of training in the whole run, earlier invocations included: what `time_limit` counts,
+        as `max_steps` counts all the run's steps, so a resumed run keeps its budget and its cosine."""
+        return self.state.elapsed + now - self.started
 
     def _lr_factor(self) -> float:
         s, config = self.state, self.config
         warmup = min(1.0, (s.step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
         if config.lr_schedule == "cosine":
-            progress = run_progress(s.step, self.total_steps, time.perf_counter() - self.started, config.time_limit)
+            progress = run_progress(s.step, self.total_steps, self._run_seconds(time.perf_counter()), config.time_limit)
             return warmup * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
         if config.lr_schedule == "plateau":
             return warmup * s.lr_factor
@@ -684,7 +693,7 @@ class Trainer:
         rate = chars / elapsed if elapsed > 0 else 0.0
         eta = (self.total_steps - s.step) * elapsed / done if done else None
         if self.config.time_limit is not None:
-            left = max(0.0, self.config.time_limit * 60 - elapsed)
+            left = max(0.0, self.config.time_limit * 60 - s.elapsed - elapsed)
             eta = left if eta is None else min(eta, left)
         event = Event(kind, s.epoch, s.step, self.total_steps, self.batches.steps_per_epoch, loss, val_loss,
                       chars_per_sec=rate, elapsed=s.elapsed + elapsed, eta=eta, **extra)  # fmt: skip
