@@ -48,7 +48,7 @@ HELP = {
     "batch_size": "windows per batch",
     "epochs": "passes over the training text",
     "max_steps": "stop after this many optimizer steps (writes a checkpoint)",
-    "time_limit": "stop after this many minutes (writes a checkpoint)",
+    "time_limit": "stop after this many minutes in all, a resumed run's earlier ones counted (writes a checkpoint)",
     "lr": "Adam learning rate",
     "seed": "random seed for initialisation and data order",
     "device": "where to train: auto picks CUDA when present",
