@@ -491,12 +491,7 @@ class Trainer:
         self.last_log = self.started
         self.model.train()
         self._emit("start", s.epoch_loss)
-        # A resumed run may already be at its limit: then there is nothing to do.
-        stop = None
-        if config.max_steps is not None and s.step >= config.max_steps:
-            stop = "max_steps"
-        elif config.time_limit is not None and self._run_seconds(self.started) >= config.time_limit * 60:
-            stop = "time_limit"
+        stop = self._budget_spent(self.started)  # a resumed run may already be at its limit: nothing to do
         first_epoch = s.epoch + 1 if s.epoch_complete else s.epoch
         if stop:
             first_epoch = config.epochs + 1
@@ -593,11 +588,16 @@ class Trainer:
                 return "patience"
         if config.checkpoint_every and s.step % config.checkpoint_every == 0 and not end_of_epoch:
             self._save(f"ckpt_{s.epoch}_{s.step}")
-        if config.max_steps is not None and s.step >= config.max_steps:
+        return self._budget_spent(now) or self.should_stop()
+
+    def _budget_spent(self, now: float) -> str | None:
+        """Why to stop once the run has used up a budget (`max_steps` or `time_limit`), else None."""
+        config = self.config
+        if config.max_steps is not None and self.state.step >= config.max_steps:
             return "max_steps"
         if config.time_limit is not None and self._run_seconds(now) >= config.time_limit * 60:
             return "time_limit"
-        return self.should_stop()
+        return None
 
     def _run_seconds(self, now: float) -> float:
         """Seconds of training in the whole run, earlier invocations included: what `time_limit` counts,
@@ -687,16 +687,17 @@ class Trainer:
 
     def _emit(self, kind: str, loss: float, val_loss: float | None = None, **extra) -> Event:
         s = self.state
-        elapsed = time.perf_counter() - self.started
+        now = time.perf_counter()
+        elapsed = now - self.started  # this invocation's: the rate and ETA are this machine's now
         done = s.step - self.steps_at_start
         chars = done * self.config.batch_size * self.config.seq_len
         rate = chars / elapsed if elapsed > 0 else 0.0
         eta = (self.total_steps - s.step) * elapsed / done if done else None
         if self.config.time_limit is not None:
-            left = max(0.0, self.config.time_limit * 60 - s.elapsed - elapsed)
+            left = max(0.0, self.config.time_limit * 60 - self._run_seconds(now))
             eta = left if eta is None else min(eta, left)
         event = Event(kind, s.epoch, s.step, self.total_steps, self.batches.steps_per_epoch, loss, val_loss,
-                      chars_per_sec=rate, elapsed=s.elapsed + elapsed, eta=eta, **extra)  # fmt: skip
+                      chars_per_sec=rate, elapsed=self._run_seconds(now), eta=eta, **extra)  # fmt: skip
         self.emit(event)
         return event
 
