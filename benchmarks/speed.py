@@ -46,10 +46,10 @@ SAMPLING = SampleConfig(temperature=0.8)
 class PlainModel(nn.Module):
     """The reference: what one writes first in PyTorch. Same parameter names as CharRNN."""
 
-    def __init__(self, vocab_size: int, embedding_dim: int = 256, hidden_size: int = 1024):
+    def __init__(self, vocab_size: int, embedding_dim: int = 256, hidden_size: int = 1024, num_layers: int = 1):
         super().__init__()
         self.embedding = nn.Embedding(vocab_size, embedding_dim)
-        self.rnn = nn.GRU(embedding_dim, hidden_size, batch_first=True)
+        self.rnn = nn.GRU(embedding_dim, hidden_size, num_layers=num_layers, batch_first=True)
         self.head = nn.Linear(hidden_size, vocab_size)
 
     def forward(self, tokens, state=None):
@@ -85,8 +85,8 @@ def plain_training_rate(model: PlainModel, batches: Batches, steps: int) -> floa
     return steps * BATCH * WINDOW / sum(times[1:])
 
 
-def charnn_training_rate(corpus: Corpus, vocab: Vocabulary, steps: int) -> float:
-    """Characters per second of `train` itself, between its first and its last step event."""
+def charnn_training_rate(corpus: Corpus, vocab: Vocabulary, steps: int, model: ModelConfig | None = None) -> float:
+    """Characters per second of `train` itself, first to last step event; the reference model by default."""
     stamps = []
 
     def on_event(event) -> None:
@@ -95,7 +95,8 @@ def charnn_training_rate(corpus: Corpus, vocab: Vocabulary, steps: int) -> float
 
     config = TrainConfig(max_steps=steps + 1, val_fraction=0.0, log_every_seconds=1e9, precision="auto")
     with tempfile.TemporaryDirectory() as run_dir:
-        train(corpus, vocab, ModelConfig(len(vocab)), config, Path(run_dir) / "run", on_event=on_event)
+        model = model or ModelConfig(len(vocab))
+        train(corpus, vocab, model, config, Path(run_dir) / "run", on_event=on_event)
     return steps * BATCH * WINDOW / (stamps[-1] - stamps[0])
 
 
@@ -251,12 +252,16 @@ def main() -> None:
     rows = []
     if args.only != "generation":
         batches = Batches(tokens, BATCH, WINDOW)
-        train_model = PlainModel(len(vocab))
-        rates = best_of(repeats, {
-            "plain": lambda: plain_training_rate(train_model, batches, train_steps),
-            "charnn": lambda: charnn_training_rate(corpus, vocab, train_steps),
-        })  # fmt: skip
-        rows.append(("training, batch 64 x window 100", rates["plain"], rates["charnn"], "precision auto", 3))
+        # The reference model, and a two-layer one (the recurrence serves stacked GRUs too).
+        for label, layers, hidden, target in (("", 1, 1024, 3), (", 2 x GRU 512", 2, 512, None)):
+            train_model = PlainModel(len(vocab), hidden_size=hidden, num_layers=layers)
+            model_config = ModelConfig(len(vocab), hidden_size=hidden, num_layers=layers)
+            rates = best_of(repeats, {
+                "plain": partial(plain_training_rate, train_model, batches, train_steps),
+                "charnn": partial(charnn_training_rate, corpus, vocab, train_steps, model_config),
+            })  # fmt: skip
+            rows.append((f"training, batch 64 x window 100{label}", rates["plain"], rates["charnn"], "precision auto",
+                         target))  # fmt: skip
     for streams, length, target in ((1, one_length, 4), (64, many_length, 3)) if args.only != "training" else ():
         precisions = ["fp32", "bf16", auto] + (["int8 (PyTorch ops)"] if auto == "int8" else [])
         for precision in ("fp32", "bf16", auto):

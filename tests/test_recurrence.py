@@ -14,9 +14,10 @@ from charnn.train import train
 from charnn.vocab import Vocabulary
 
 
-def make_model(hidden_size=40, vocab_size=23, dropout=0.0) -> CharRNN:
+def make_model(hidden_size=40, vocab_size=23, dropout=0.0, num_layers=1) -> CharRNN:
     torch.manual_seed(0)
-    return CharRNN(ModelConfig(vocab_size, embedding_dim=12, hidden_size=hidden_size, dropout=dropout))
+    config = ModelConfig(vocab_size, embedding_dim=12, hidden_size=hidden_size, dropout=dropout, num_layers=num_layers)
+    return CharRNN(config)
 
 
 def loss_and_grads(model, forward, tokens, targets):
@@ -27,17 +28,22 @@ def loss_and_grads(model, forward, tokens, targets):
     return logits.detach().float(), {name: p.grad.clone() for name, p in model.named_parameters()}
 
 
+@pytest.mark.parametrize("num_layers", [1, 2])
 @pytest.mark.parametrize("hidden_size", [40, 48])  # 48: the compiled gates where they build; 40: PyTorch's
 @pytest.mark.parametrize(("dtype", "tolerance"), [(torch.float32, 1e-5), (torch.bfloat16, 0.03)])
-def test_same_logits_and_gradients_as_the_model(dtype, tolerance, hidden_size):
-    model = make_model(hidden_size)
+def test_same_logits_and_gradients_as_the_model(dtype, tolerance, hidden_size, num_layers):
+    model = make_model(hidden_size, num_layers=num_layers)
     compiled = hidden_size == 48 and build.cpu_supports_training() and not build._switched_off()
     assert (recurrence._kernel(hidden_size) is not None) == compiled
     generator = torch.Generator().manual_seed(1)
     tokens, targets = torch.randint(0, 23, (2, 5, 30), generator=generator)
-    expected_logits, expected = loss_and_grads(model, lambda: model(tokens)[0], tokens, targets)
-    logits, got = loss_and_grads(model, lambda: training_forward(model, tokens, dtype)[0], tokens, targets)
+    state = torch.randn(num_layers, 5, hidden_size, generator=generator)
+    expected_final = model(tokens, state)[1].detach()
+    expected_logits, expected = loss_and_grads(model, lambda: model(tokens, state)[0], tokens, targets)
+    final = training_forward(model, tokens, dtype, state)[1]
+    logits, got = loss_and_grads(model, lambda: training_forward(model, tokens, dtype, state)[0], tokens, targets)
     torch.testing.assert_close(logits, expected_logits, rtol=0, atol=tolerance * 10)
+    torch.testing.assert_close(final, expected_final, rtol=0, atol=tolerance * 10)
     for name, grad in expected.items():
         error = (got[name] - grad).abs().max() / grad.abs().max()
         assert error < tolerance, f"{name}: relative error {error:.2e}"
@@ -48,7 +54,7 @@ def test_used_only_where_it_applies():
     assert supported(make_model(), cpu, torch.bfloat16)
     assert supported(make_model(), cpu, torch.float32)
     assert not supported(CharRNN(ModelConfig(10, cell="lstm", hidden_size=8)), cpu, torch.bfloat16)
-    assert not supported(CharRNN(ModelConfig(10, num_layers=2, hidden_size=8)), cpu, torch.bfloat16)
+    assert supported(make_model(num_layers=3), cpu, torch.bfloat16)
     assert not supported(make_model(), torch.device("cuda"), torch.bfloat16)
 
 
@@ -80,16 +86,17 @@ def test_bf16_training_reaches_the_fp32_loss(tmp_path):
     assert abs(bf16["val_loss"] - fp32["val_loss"]) < 0.02 * fp32["val_loss"]
 
 
-@pytest.mark.parametrize("hidden_size", [40, 48])
-def test_carried_state_and_regularisation_match_the_model(hidden_size):
+@pytest.mark.parametrize("variational_dropout", [True, False])
+@pytest.mark.parametrize(("hidden_size", "num_layers"), [(40, 1), (48, 1), (48, 2)])
+def test_carried_state_and_regularisation_match_the_model(hidden_size, num_layers, variational_dropout):
     # The same masks (same seed, drawn in the same order) and a carried state: the same numbers.
     torch.manual_seed(0)
-    config = ModelConfig(23, embedding_dim=12, hidden_size=hidden_size, dropout=0.3, variational_dropout=True,
-                         weight_drop=0.4, embedding_dropout=0.2)  # fmt: skip
+    config = ModelConfig(23, embedding_dim=12, hidden_size=hidden_size, num_layers=num_layers, dropout=0.3,
+                         variational_dropout=variational_dropout, weight_drop=0.4, embedding_dropout=0.2)  # fmt: skip
     model = CharRNN(config)
     generator = torch.Generator().manual_seed(2)
     tokens, targets = torch.randint(0, 23, (2, 4, 25), generator=generator)
-    state = torch.randn(1, 4, hidden_size, generator=generator)
+    state = torch.randn(num_layers, 4, hidden_size, generator=generator)
 
     def seeded(forward):
         def run():

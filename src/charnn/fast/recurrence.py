@@ -5,7 +5,9 @@ Savings over ``nn.GRU`` under autocast:
 - The embedding and the input projection are folded into one (V, 3H) table per batch, so the
   input side of every character is a row lookup, not a (256 x 3072) matrix product forward
   and two backward. With V = 82 the table costs about as much as one character's worth of
-  the product did for a whole batch.
+  the product did for a whole batch. A stacked layer's input (the states below) is projected
+  in one large product for all time steps, outside the loop, and read as a table with a row
+  per (step, sequence).
 - The recurrence is written by hand as an autograd Function: one bf16 matrix product per time
   step forward and one backward (AMX runs these), the gates in fp32, and the recurrent
   weight's gradient as one large product after the loop instead of one small one per step.
@@ -18,7 +20,7 @@ Savings over ``nn.GRU`` under autocast:
 
 Master weights and the state stay fp32; only the matrix products' inputs are rounded to bf16.
 
-    logits, state = training_forward(model, tokens, torch.bfloat16)  # as model(tokens): (B, T, V), (1, B, H)
+    logits, state = training_forward(model, tokens, torch.bfloat16)  # as model(tokens): (B, T, V), (L, B, H)
 """
 
 import weakref
@@ -31,38 +33,52 @@ from charnn.model import CharRNN
 
 
 def supported(model: CharRNN, device: torch.device, dtype: torch.dtype) -> bool:
-    """True where this forward pays: a one-layer GRU trained on a CPU (cuDNN serves GPUs)."""
-    c = model.config
-    return device.type == "cpu" and c.cell == "gru" and c.num_layers == 1 and dtype in (torch.bfloat16, torch.float32)
+    """True where this forward pays: a GRU (any number of layers) trained on a CPU (cuDNN serves GPUs)."""
+    return device.type == "cpu" and model.config.cell == "gru" and dtype in (torch.bfloat16, torch.float32)
 
 
 def training_forward(
     model: CharRNN, tokens: torch.Tensor, dtype: torch.dtype, state: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(Logits (B, T, V), final state (1, B, H)) for `tokens` (B, T), as ``model(tokens, state)``.
+    """(Logits (B, T, V), final state (L, B, H)) for `tokens` (B, T), as ``model(tokens, state)``.
 
     Gradients reach all parameters; none reach `state` (a carried state is detached). The
     model's regularisation applies as in its own forward, its masks drawn in the same order.
     """
-    rnn = model.rnn
+    config, rnn = model.config, model.rnn
+    steps, batch = tokens.shape[1], tokens.shape[0]
+    workspaces = _WORKSPACES.setdefault(model, {})
+    finals, hs = [], None  # each layer's final state; the states of the layer below
     with torch.autocast("cpu", enabled=False):
-        table = F.linear(model.embedding_weight(), rnn.weight_ih_l0, rnn.bias_ih_l0)  # (V, 3H)
-        workspace = _WORKSPACES.setdefault(model, _Workspace())
-        if workspace.busy:  # a graph that still waits for its backward owns it
-            workspace = _Workspace()
-        h0 = None if state is None else state[0].detach().float()  # (B, H)
-        # Time-major tokens, so each step's slice of every buffer is contiguous.
-        hs = _GRUSequence.apply(
-            tokens.t().contiguous(), table, model.hidden_weight(0), rnn.bias_hh_l0, dtype, workspace, h0
-        )
-        final = workspace.buffers["hs"][-1].clone().unsqueeze(0)  # (1, B, H), fp32: the buffer is reused
-        hs = model.output_dropout(hs, time_dim=0)  # (T, B, H)
+        # The first layer's input: embedding and input projection folded into one (V, 3H) table, a row per character.
+        table = F.linear(model.embedding_weight(), rnn.weight_ih_l0, rnn.bias_ih_l0)
+        rows = tokens.t().contiguous()  # time-major, so each step's slice of every buffer is contiguous
+        for layer in range(config.num_layers):
+            if layer:
+                # A higher layer's input is the states below, dropped out as the model does and projected
+                # in one product for all steps: a (T * B, 3H) table whose row for step t, sequence b is t * B + b.
+                below = model.output_dropout(hs, time_dim=0) if config.variational_dropout else model.dropout(hs)
+                table = _project(below, getattr(rnn, f"weight_ih_l{layer}"), getattr(rnn, f"bias_ih_l{layer}"), dtype)
+                table = table.float().view(steps * batch, -1)
+                rows = torch.arange(steps * batch).view(steps, batch)
+            workspace = workspaces.get(layer)
+            if workspace is None or workspace.busy:  # a graph that still waits for its backward owns a busy one
+                workspace = workspaces[layer] = _Workspace()
+            h0 = None if state is None else state[layer].detach().float()  # (B, H)
+            bias = getattr(rnn, f"bias_hh_l{layer}")
+            hs = _GRUSequence.apply(rows, table, model.hidden_weight(layer), bias, dtype, workspace, h0)  # (T, B, H)
+            finals.append(workspace.buffers["hs"][-1].clone())  # fp32; the buffer is reused by the next batch
+        hs = model.output_dropout(hs, time_dim=0)
+    logits = _project(hs, model.head.weight, model.head.bias, dtype)
+    return logits.transpose(0, 1), torch.stack(finals)  # (B, T, V), (L, B, H)
+
+
+def _project(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """x W^T + b, its product in `dtype` (bf16 under autocast, as the model's own layers run)."""
     if dtype == torch.float32:
-        logits = model.head(hs)
-    else:
-        with torch.autocast("cpu", dtype=dtype):
-            logits = model.head(hs)
-    return logits.transpose(0, 1), final  # (B, T, V)
+        return F.linear(x, weight, bias)
+    with torch.autocast("cpu", dtype=dtype):
+        return F.linear(x, weight, bias)
 
 
 class _Workspace:
@@ -79,7 +95,8 @@ class _Workspace:
         return buffer
 
 
-_WORKSPACES: "weakref.WeakKeyDictionary[CharRNN, _Workspace]" = weakref.WeakKeyDictionary()
+# Each model's workspaces, one per layer.
+_WORKSPACES: "weakref.WeakKeyDictionary[CharRNN, dict[int, _Workspace]]" = weakref.WeakKeyDictionary()
 
 
 def _kernel(hidden: int):
