@@ -253,15 +253,17 @@ def main() -> None:
     if args.only != "generation":
         batches = Batches(tokens, BATCH, WINDOW)
         # The reference model, and a two-layer one (the recurrence serves stacked GRUs too).
-        for label, layers, hidden, target in (("", 1, 1024, 3), (", 2 x GRU 512", 2, 512, None)):
+        for label, layers, hidden, target in (
+            ("batch 64 x window 100", 1, 1024, 3),
+            ("the same, 2 x GRU 512", 2, 512, None),
+        ):
             train_model = PlainModel(len(vocab), hidden_size=hidden, num_layers=layers)
             model_config = ModelConfig(len(vocab), hidden_size=hidden, num_layers=layers)
             rates = best_of(repeats, {
                 "plain": partial(plain_training_rate, train_model, batches, train_steps),
                 "charnn": partial(charnn_training_rate, corpus, vocab, train_steps, model_config),
             })  # fmt: skip
-            rows.append((f"training, batch 64 x window 100{label}", rates["plain"], rates["charnn"], "precision auto",
-                         target))  # fmt: skip
+            rows.append((f"training, {label}", rates["plain"], rates["charnn"], "precision auto", target))
     for streams, length, target in ((1, one_length, 4), (64, many_length, 3)) if args.only != "training" else ():
         precisions = ["fp32", "bf16", auto] + (["int8 (PyTorch ops)"] if auto == "int8" else [])
         for precision in ("fp32", "bf16", auto):

@@ -37,7 +37,7 @@ def test_speed_quick_prints_its_table(tmp_path: Path):
     (tmp_path / "great-expectations.txt").write_text(TINY_TEXT * 1500, encoding="utf-8")
     out = run_benchmark(str(BENCHMARKS / "speed.py"), "--quick", "--threads", "1", CHARNN_CORPUS_DIR=str(tmp_path))
     assert "corpus: great-expectations" in out
-    assert "| training, batch 64 x window 100 " in out and "| training, batch 64 x window 100, 2 x GRU 512" in out
+    assert "| training, batch 64 x window 100 " in out and "| training, the same, 2 x GRU 512" in out
     assert out.count("| generation, 1 stream ") >= 3 and out.count("| generation, 64 streams ") >= 3
 
 
