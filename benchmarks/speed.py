@@ -93,9 +93,9 @@ def charnn_training_rate(corpus: Corpus, vocab: Vocabulary, steps: int, model: M
         if event.kind == "step" or event.kind == "log":
             stamps.append(time.perf_counter())
 
+    model = model or ModelConfig(len(vocab))
     config = TrainConfig(max_steps=steps + 1, val_fraction=0.0, log_every_seconds=1e9, precision="auto")
     with tempfile.TemporaryDirectory() as run_dir:
-        model = model or ModelConfig(len(vocab))
         train(corpus, vocab, model, config, Path(run_dir) / "run", on_event=on_event)
     return steps * BATCH * WINDOW / (stamps[-1] - stamps[0])
 
