@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from charnn.fast import build
+from charnn.hardware import autocast
 from charnn.model import CharRNN
 
 
@@ -46,7 +47,7 @@ def training_forward(
     model's regularisation applies as in its own forward, its masks drawn in the same order.
     """
     config, rnn = model.config, model.rnn
-    steps, batch = tokens.shape[1], tokens.shape[0]
+    batch, steps = tokens.shape
     workspaces = _WORKSPACES.setdefault(model, {})
     finals, hs = [], None  # each layer's final state; the states of the layer below
     with torch.autocast("cpu", enabled=False):
@@ -75,9 +76,7 @@ def training_forward(
 
 def _project(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """x W^T + b, its product in `dtype` (bf16 under autocast, as the model's own layers run)."""
-    if dtype == torch.float32:
-        return F.linear(x, weight, bias)
-    with torch.autocast("cpu", dtype=dtype):
+    with autocast(x.device, dtype):
         return F.linear(x, weight, bias)
 
 
