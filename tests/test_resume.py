@@ -260,6 +260,7 @@ def test_stateful_regularised_run_with_an_average_resumes_bit_identically(tmp_pa
         a = torch.load(path / TRAINER_STATE, weights_only=True)
         b = torch.load(tmp_path / "resumed" / path.name / TRAINER_STATE, weights_only=True)
         assert all(torch.equal(x, y) for x, y in zip(a["ema"], b["ema"], strict=True)), path.name
+        assert all(torch.equal(x, y) for x, y in zip(a["initial"], b["initial"], strict=True)), path.name
         assert all(torch.equal(x, y) for x, y in zip(a["carried_state"], b["carried_state"], strict=True)), path.name
     assert _same_weights(tmp_path / "straight" / "best", tmp_path / "resumed" / "best")
     assert straight.best_val_loss == second.best_val_loss

@@ -8,7 +8,7 @@ from charnn.corpus import Corpus
 from charnn.errors import ConfigError, RunDirError
 from charnn.generation import generate_text
 from charnn.run_folder import METRICS, list_checkpoints, load_checkpoint
-from charnn.train import train
+from charnn.train import averaged_weights, train
 from charnn.vocab import Vocabulary
 from conftest import TINY_TEXT
 
@@ -99,6 +99,8 @@ def test_invalid_training_options():
         TrainConfig(time_limit=-1)
     with pytest.raises(ConfigError, match="`precision`"):
         TrainConfig(precision="fp8")
+    with pytest.raises(ConfigError, match="`ema_init_share`"):
+        TrainConfig(ema_init_share=1.0)
 
 
 def test_the_weight_average_follows_its_formula(tmp_path):
@@ -116,13 +118,26 @@ def test_the_weight_average_follows_its_formula(tmp_path):
     torch.manual_seed(config.seed)  # the run's initial weights, as train() draws them
     average = [p.detach().clone() for p in CharRNN(model_config).parameters()]
     names = [name for name, _ in CharRNN(model_config).named_parameters()]
+    initial = [a.clone() for a in average]
+    since_start = [torch.zeros_like(a) for a in average]  # the same average without the initial weights
     for step in (1, 2, 3):
         path = tmp_path / "run" / f"ckpt_1_{step}"
         raw = load_checkpoint(path).model.state_dict()
         average = [0.7 * a + 0.3 * raw[name] for a, name in zip(average, names, strict=True)]
-        saved = torch.load(path / TRAINER_STATE, weights_only=True)["ema"]
-        for got, expected in zip(saved, average, strict=True):
+        since_start = [0.7 * a + 0.3 * raw[name] for a, name in zip(since_start, names, strict=True)]
+        saved = torch.load(path / TRAINER_STATE, weights_only=True)
+        for got, expected in zip(saved["ema"], average, strict=True):
             torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-7)
+        assert all(torch.equal(got, w) for got, w in zip(saved["initial"], initial, strict=True))
+        # What the run scores: the initial weights' fading share (0.7 ** step) replaced by a fixed one ...
+        scored = averaged_weights(saved["ema"], saved["initial"], 0.7, step, config.ema_init_share)
+        for got, a, w in zip(scored, since_start, initial, strict=True):
+            expected = (1 - config.ema_init_share) * a / (1 - 0.7**step) + config.ema_init_share * w
+            torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+        # ... and with a fixed share equal to the fading one, the plain average.
+        same = averaged_weights(saved["ema"], saved["initial"], 0.7, step, 0.7**step)
+        for got, a in zip(same, saved["ema"], strict=True):
+            torch.testing.assert_close(got, a, rtol=1e-5, atol=1e-6)
 
 
 def test_best_keeps_the_better_of_the_raw_and_averaged_weights(tmp_path):
@@ -147,6 +162,32 @@ def test_best_keeps_the_better_of_the_raw_and_averaged_weights(tmp_path):
     assert model_loss(best.model, held_out, seq_len=20, num_streams=8) == pytest.approx(
         best_record["val_loss"], rel=1e-6
     )
+
+
+def test_patience_waits_while_the_average_is_still_falling(tmp_path):
+    # A small text and a high rate: the raw weights soon memorise, while an average with a long
+    # memory (0.99) keeps improving for many evaluations after them.
+    corpus = Corpus("tiny", TINY_TEXT * 40)
+    vocab = Vocabulary.from_text(corpus.text)
+    config = TrainConfig(seq_len=20, batch_size=8, epochs=200, eval_every=2, lr=1e-2, precision="fp32", ema=0.99,
+                         patience=2)  # fmt: skip
+    result = train(corpus, vocab, _small(vocab), config, tmp_path / "run")
+    records = [json.loads(line) for line in (tmp_path / "run" / METRICS).read_text().splitlines()]
+    evals = [r for r in records if "val_loss" in r]
+    assert result.stopped_by == "patience"
+    # At least once the best did not improve while the average did, and the run went on.
+    waited = [
+        i for i in range(1, len(evals) - 1)
+        if evals[i]["val_loss"] > min(r["val_loss"] for r in evals[:i]) and
+        evals[i]["ema_val_loss"] < evals[i - 1]["ema_val_loss"]
+    ]  # fmt: skip
+    assert waited
+    # It stopped after 2 evaluations with neither a better best nor a falling average.
+    best_at = min(range(len(evals)), key=lambda i: evals[i]["val_loss"])
+    stalled = [
+        i for i in range(best_at + 1, len(evals)) if evals[i]["ema_val_loss"] >= evals[i - 1]["ema_val_loss"]
+    ]  # fmt: skip
+    assert len(stalled) == 2 and stalled[-1] == len(evals) - 1
 
 
 def test_stateful_training_carries_state_and_learns(tmp_path):

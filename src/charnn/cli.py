@@ -57,7 +57,8 @@ HELP = {
     "val_fraction": "share of the text, at its end, held out for validation",
     "log_every_seconds": "seconds between progress lines and metrics records",
     "eval_every": "also evaluate on the held-out text every N steps",
-    "patience": "stop after N evaluations without a better validation loss",
+    "patience": "stop after N evaluations without a better validation loss (with --ema, one at which the "
+    "average is still falling does not count)",
     "checkpoint_every": "also write a checkpoint every N steps",
     "keep_last": "keep only the newest K numbered checkpoints (best is always kept)",
     "grad_clip": "clip gradients to this global norm",
@@ -69,6 +70,8 @@ HELP = {
     "seq_len_jitter": "with --stateful: random window lengths around --seq-len with this spread (AWD-LSTM)",
     "ema": "also keep an exponential moving average of the weights with this decay (e.g. 0.999); "
     "best keeps whichever scores better",
+    "ema_init_share": "with --ema: share of the run's initial weights mixed into the average it scores "
+    "(a pull towards them that regularises; 0 = the plain average)",
     "preset": "start from a named configuration; flags given override it (seed = the reference system)",
     "max_prompt_chars": "longest prompt a request may send",
     "max_new_chars": "most new characters a request may ask for, per sample",

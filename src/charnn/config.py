@@ -104,6 +104,7 @@ class TrainConfig(JsonConfig):
     stateful: bool = False  # each batch row reads its own stream of the text, state carried between windows
     seq_len_jitter: float = 0.0  # stateful only: spread (characters) of a random window length; 0 = fixed
     ema: float | None = None  # decay of an exponential moving average of the weights; None = none
+    ema_init_share: float = 0.1  # the run's initial weights' fixed share in the average it scores (charnn.train)
     preset: str | None = None  # the named preset the options started from (charnn.presets), as a record
 
     def __post_init__(self):
@@ -140,6 +141,7 @@ class TrainConfig(JsonConfig):
             "`seq_len_jitter` needs `stateful` training (independent windows all have length `seq_len`)",
         )
         _check(self.ema is None or 0.0 < self.ema < 1.0, f"`ema` must be in (0, 1), got {self.ema}")
+        _check(0.0 <= self.ema_init_share < 1.0, f"`ema_init_share` must be in [0, 1), got {self.ema_init_share}")
 
 
 @dataclass(frozen=True)

@@ -55,6 +55,7 @@ _SEED_TRAIN = {
     "stateful": False,
     "seq_len_jitter": 0.0,
     "ema": None,
+    "ema_init_share": 0.1,
 }
 
 PRESETS: dict[str, Preset] = {

@@ -16,7 +16,7 @@ then on it is a run like any other; its checkpoints say where it started (`init_
 Everything a run needs to continue is in each numbered checkpoint: weights, optimizer,
 schedule, random states and the position in the data order (which depends only on the seed
 and the epoch); with stateful training the streams' position and the state carried into the
-next window, and with `ema` the averaged weights. So a run interrupted and resumed on a CPU in
+next window, and with `ema` the averaged weights and the initial ones. So a run interrupted and resumed on a CPU in
 fp32 ends with the same weights, bit for bit, as one that never stopped.
 
 The corpus may be prepared data (`charnn.prepare`), read through a memory map. Started by
@@ -52,6 +52,25 @@ from charnn.vocab import Vocabulary
 # Options that may differ when a run is resumed: they say when to stop or how to report,
 # not what is computed.
 RESUMABLE_OPTIONS = ("epochs", "max_steps", "time_limit", "threads", "log_every_seconds", "patience", "keep_last")
+
+
+def averaged_weights(
+    average: list[torch.Tensor], initial: list[torch.Tensor], decay: float, steps: int, init_share: float
+) -> list[torch.Tensor]:
+    """The weights a run's average stands for, with the initial weights' share fixed at `init_share`.
+
+    `average` is updated each step as `decay * average + (1 - decay) * weights`, starting from
+    `initial`, which so keeps a share `decay ** steps` of it: most of the average early on (28% after
+    624 steps at 0.998), little late (5% after 1,500). Here that share is taken out and a fixed
+    `init_share` put back. Some pull towards the initial weights regularises: on runs of 1,000 to 1,500
+    steps the fading share scored better than none, and a fixed 0.1 as well or better on each; on runs
+    that patience ends early the fixed share scored far better (benchmarks/RESULTS.md).
+    """
+    faded = decay**steps
+    if faded >= 1.0:  # no step taken: the average is the initial weights
+        return list(initial)
+    scale = (1 - init_share) / (1 - faded)
+    return [scale * a + (init_share - scale * faded) * w for a, w in zip(average, initial, strict=True)]
 
 
 def run_progress(step: int, total_steps: int, elapsed: float, time_limit: float | None) -> float:
@@ -109,6 +128,7 @@ class RunState:
     evals_since_best: int = 0
     lr_factor: float = 1.0  # the plateau schedule's multiplier
     last_eval: tuple[float, float] | None = None  # (train loss, val loss) at the previous evaluation
+    last_ema_loss: float | None = None  # the averaged weights' val loss at the previous evaluation
     warned_overfitting: bool = False
     elapsed: float = 0.0  # seconds of training before this invocation
     stream_position: int | None = None  # stateful training: where the streams' next window starts
@@ -441,12 +461,17 @@ class Trainer:
         # DDP must see every forward: where it wraps the model (GPUs), PyTorch's own.
         self.fast_forward = self.network is self.model and recurrence.supported(self.model, self.device, self.dtype)
         self.state = state or RunState()
-        # The averaged weights start as the initial ones; fp32 whatever the compute precision.
+        # The averaged weights start as the initial ones, which are kept too (see `averaged_weights`);
+        # fp32 whatever the compute precision.
         self.ema = [p.detach().float().clone() for p in self.model.parameters()] if self.config.ema else None
+        self.initial = [e.clone() for e in self.ema] if self.ema is not None else None
         if trainer_state is not None:
             self._restore_streams(trainer_state)
             if self.ema is not None:
                 self.ema = [e.to(self.device) for e in trainer_state["ema"]]
+                # A run begun before the initial weights were kept scores its average as it always did.
+                initial = trainer_state.get("initial")
+                self.initial = None if initial is None else [e.to(self.device) for e in initial]
             self.optimizer.load_state_dict(trainer_state["optimizer"])
             self.scaler.load_state_dict(trainer_state["scaler"])
             torch.set_rng_state(self._own_rng(trainer_state, "rng_cpu"))
@@ -623,13 +648,15 @@ class Trainer:
         s = self.state
         val_loss = raw_loss = self._val_loss()
         self.val_detail = {}
-        use_ema = False
+        use_ema = average_falling = False
         if self.ema is not None:  # the averaged weights scored beside the raw ones; the better counts
             with self._ema_weights():
                 ema_loss = self._val_loss()
             self.val_detail = {"raw_val_loss": raw_loss, "ema_val_loss": ema_loss}
             use_ema = ema_loss < raw_loss
             val_loss = min(raw_loss, ema_loss)
+            average_falling = s.last_ema_loss is not None and ema_loss < s.last_ema_loss
+            s.last_ema_loss = ema_loss
         train_loss = s.epoch_loss
         if s.last_eval and not s.warned_overfitting:
             last_train, last_val = s.last_eval
@@ -649,7 +676,10 @@ class Trainer:
                 weights = "ema" if use_ema else "raw"
                 self.result.best_checkpoint = self._save(run_folder.BEST, val_loss, resumable=False, weights=weights)
         else:
-            s.evals_since_best += 1
+            # An average still falling is catching up with weights that have begun to memorise (it lags
+            # them by hundreds of steps): patience waits for it.
+            if not average_falling:
+                s.evals_since_best += 1
             if self.config.lr_schedule == "plateau":
                 s.lr_factor = max(s.lr_factor / 2, 1 / 64)
         return val_loss
@@ -659,9 +689,13 @@ class Trainer:
         """The model holds the averaged weights for the block, its own again after it (bit for bit)."""
         parameters = list(self.model.parameters())
         raw = [p.detach().clone() for p in parameters]
+        average = self.ema
+        if self.initial is not None:
+            config = self.config
+            average = averaged_weights(self.ema, self.initial, config.ema, self.state.step, config.ema_init_share)
         with torch.no_grad():
-            for p, average in zip(parameters, self.ema, strict=True):
-                p.copy_(average)
+            for p, weights in zip(parameters, average, strict=True):
+                p.copy_(weights)
         try:
             yield
         finally:
@@ -751,6 +785,8 @@ class Trainer:
             trainer_state["rng_cuda"] = torch.cuda.get_rng_state()
         if self.ema is not None:
             trainer_state["ema"] = [e.cpu() for e in self.ema]
+            if self.initial is not None:
+                trainer_state["initial"] = [e.cpu() for e in self.initial]
         if self.config.stateful:
             trainer_state["carried_state"] = self._gather_carried()
         if self.group.active:  # every process's own, so each resumes exactly
