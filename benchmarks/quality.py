@@ -54,6 +54,7 @@ RECIPE = {k: v for k, v in with_preset("tuned", {}).items() if k not in ("preset
 TRICKS = {
     "dropout": {"dropout": 0.0},
     "weight average (EMA)": {"ema": None},
+    "the initial weights' share in the average": {"ema_init_share": 0.0},
     "gradient clipping": {"grad_clip": None},
     "warm-up": {"warmup_steps": 0},
 }

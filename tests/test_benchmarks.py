@@ -85,7 +85,8 @@ def test_quality_ablation_prints_every_arm(tmp_path: Path):
     out = run_benchmark(str(BENCHMARKS / "quality.py"), "--ablation", "--corpora", "tinyshakespeare", "--max-steps",
                         "4", "--threads", "1", "--window", "16", "--num-windows", "8", *small,
                         CHARNN_CORPUS_DIR=str(tmp_path))  # fmt: skip
-    for arm in ("recipe", "without dropout", "without weight average (EMA)", "with a cosine schedule",
+    for arm in ("recipe", "without dropout", "without weight average (EMA)",
+                "without the initial weights' share in the average", "with a cosine schedule",
                 "with stateful training", "with weight drop 0.2"):  # fmt: skip
         assert f"| {arm} | 4 |" in out
 
