@@ -96,6 +96,42 @@ def test_a_checkpoint_written_in_the_old_layout_resumes_exactly(tmp_path, capsys
         assert _same_weights(path, tmp_path / "resumed" / path.name), path.name
 
 
+def test_a_run_begun_before_the_initial_weights_were_kept_scores_its_average_as_before(tmp_path):
+    import hashlib
+
+    from charnn.evaluate import model_loss
+    from charnn.model import CharRNN
+
+    corpus, vocab, model_config = _setup(tmp_path)
+    config = dataclasses.replace(CONFIG, ema=0.9, epochs=1, max_steps=10)
+    stops = iter([None] * 4 + ["SIGINT"])
+    train(corpus, vocab, model_config, config, tmp_path / "run", should_stop=lambda: next(stops, None))
+    # The trainer state as charnn wrote it before: the running average, no initial weights.
+    path = tmp_path / "run" / "ckpt_1_5"
+    state = torch.load(path / TRAINER_STATE, weights_only=False)
+    del state["initial"]
+    torch.save(state, path / TRAINER_STATE)
+    metadata = json.loads((path / "checkpoint.json").read_text())
+    metadata["trainer_state_sha256"] = hashlib.sha256((path / TRAINER_STATE).read_bytes()).hexdigest()
+    (path / "checkpoint.json").write_text(json.dumps(metadata))
+    resume(tmp_path / "run")
+    last = tmp_path / "run" / "ckpt_1_10"
+    saved = torch.load(last / TRAINER_STATE, weights_only=True)
+    assert "initial" not in saved
+    # Its last evaluation scored the running average itself, initial weights' fading share and all.
+    model = CharRNN(model_config)
+    with torch.no_grad():
+        for p, average in zip(model.parameters(), saved["ema"], strict=True):
+            p.copy_(average)
+    tokens = torch.from_numpy(vocab.encode(corpus.text))
+    held_out = tokens[len(tokens) - int(len(tokens) * config.val_fraction) :]
+    record = load_checkpoint(last).training
+    expected = model_loss(model.eval(), held_out, seq_len=config.seq_len, num_streams=config.batch_size)
+    assert record["step"] == 10 and record["val_loss"] <= expected
+    history = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert history[-1]["step"] == 10 and history[-1]["ema_val_loss"] == pytest.approx(expected, rel=1e-6)
+
+
 def test_resume_can_extend_a_finished_run(tmp_path):
     corpus, vocab, model_config = _setup(tmp_path)
     train(corpus, vocab, model_config, CONFIG, tmp_path / "run")
