@@ -73,6 +73,17 @@ def averaged_weights(
     return [scale * a + (init_share - scale * faded) * w for a, w in zip(average, initial, strict=True)]
 
 
+def catching_up(loss: float, last_loss: float, best: float, evaluations: int) -> bool:
+    """Whether a loss falling at the pace of its last fall reaches `best` within `evaluations` more.
+
+    Patience asks it of the weight average, which lags the raw weights by hundreds of steps: when
+    they begin to memorise, the average may still be on its way below their best (on a 347,000-
+    character novel it fell 1.3219 -> 1.2991 while the best stood at 1.2929, then overtook it).
+    """
+    pace = last_loss - loss
+    return pace > 0 and loss - best <= pace * evaluations
+
+
 def run_progress(step: int, total_steps: int, elapsed: float, time_limit: float | None) -> float:
     """How far through its budget a run is, 0 to 1: steps, or the clock (`time_limit` minutes) when that ends it first.
 
@@ -648,14 +659,15 @@ class Trainer:
         s = self.state
         val_loss = raw_loss = self._val_loss()
         self.val_detail = {}
-        use_ema = average_falling = False
+        use_ema = average_catching_up = False
         if self.ema is not None:  # the averaged weights scored beside the raw ones; the better counts
             with self._ema_weights():
                 ema_loss = self._val_loss()
             self.val_detail = {"raw_val_loss": raw_loss, "ema_val_loss": ema_loss}
             use_ema = ema_loss < raw_loss
             val_loss = min(raw_loss, ema_loss)
-            average_falling = s.last_ema_loss is not None and ema_loss < s.last_ema_loss
+            if s.last_ema_loss is not None and s.best_val_loss is not None:
+                average_catching_up = catching_up(ema_loss, s.last_ema_loss, s.best_val_loss, self.config.patience or 1)
             s.last_ema_loss = ema_loss
         train_loss = s.epoch_loss
         if s.last_eval and not s.warned_overfitting:
@@ -676,9 +688,9 @@ class Trainer:
                 weights = "ema" if use_ema else "raw"
                 self.result.best_checkpoint = self._save(run_folder.BEST, val_loss, resumable=False, weights=weights)
         else:
-            # An average still falling is catching up with weights that have begun to memorise (it lags
-            # them by hundreds of steps): patience waits for it.
-            if not average_falling:
+            # The average lags the raw weights by hundreds of steps: while it is falling fast enough to
+            # overtake the best they reached before they began to memorise, patience waits for it.
+            if not average_catching_up:
                 s.evals_since_best += 1
             if self.config.lr_schedule == "plateau":
                 s.lr_factor = max(s.lr_factor / 2, 1 / 64)
