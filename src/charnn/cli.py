@@ -57,8 +57,8 @@ HELP = {
     "val_fraction": "share of the text, at its end, held out for validation",
     "log_every_seconds": "seconds between progress lines and metrics records",
     "eval_every": "also evaluate on the held-out text every N steps",
-    "patience": "stop after N evaluations without a better validation loss (with --ema, one at which the "
-    "average is still falling does not count)",
+    "patience": "stop after N evaluations without a better validation loss (with --ema, not counting one at "
+    "which the average falls fast enough to reach the best within N more)",
     "checkpoint_every": "also write a checkpoint every N steps",
     "keep_last": "keep only the newest K numbered checkpoints (best is always kept)",
     "grad_clip": "clip gradients to this global norm",
