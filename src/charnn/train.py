@@ -60,8 +60,8 @@ def averaged_weights(
     """The weights a run's average stands for, with the initial weights' share fixed at `init_share`.
 
     `average` is updated each step as `decay * average + (1 - decay) * weights`, starting from
-    `initial`, which so keeps a share `decay ** steps` of it: most of the average early on (29% after
-    624 steps at 0.998), little late (5% after 1,500). Here that share is taken out and a fixed
+    `initial`, so it keeps a share `decay ** steps` of the initial weights: much of it early on (29%
+    after 624 steps at 0.998), little late (5% after 1,500). Here that share is taken out and a fixed
     `init_share` put back. Some pull towards the initial weights regularises: on runs of 1,000 to 1,500
     steps the fading share scored better than none, and a fixed 0.1 as well or better on each; on runs
     that patience ends early the fixed share scored far better (benchmarks/RESULTS.md).
