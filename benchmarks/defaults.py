@@ -20,9 +20,9 @@ from pathlib import Path
 
 import torch
 
-from charnn.dataset import open_corpus
-from charnn.evaluate import evaluate_text
+from charnn.data.dataset import open_corpus
 from charnn.run_folder import METRICS, load_checkpoint
+from charnn.scoring.evaluate import evaluate_text
 
 
 def run(text: str, out: Path, budget: list[str], threads: int, extra: list[str]) -> dict:

@@ -21,11 +21,12 @@ from pathlib import Path
 import torch
 
 from charnn.config import ModelConfig, SampleConfig, TrainConfig
-from charnn.dataset import of_checkpoint, open_corpus
-from charnn.export import OnnxModel, export_onnx, export_web
+from charnn.data.dataset import of_checkpoint, open_corpus
 from charnn.fast.step import Stepper, resolve_step_precision
+from charnn.interop.onnx import OnnxModel, export_onnx
+from charnn.interop.web import export_web
 from charnn.run_folder import load_checkpoint
-from charnn.train import train
+from charnn.training.trainer import train
 
 
 def onnx_rate(model: OnnxModel, prime: str, length: int) -> float:

@@ -4,8 +4,8 @@
    (skipped when --parent names an existing checkpoint or run folder).
 2. The small text: --chars characters of --novel from --offset on (past the title pages),
    written to a file; its last 10% is held out, the same part in both runs.
-3. Fine-tune the parent on it for --minutes (`charnn.train.finetune`), and train the same
-   architecture from random weights on it for --minutes (`charnn.train.train`), with the same
+3. Fine-tune the parent on it for --minutes (`charnn.training.trainer.finetune`), and train the same
+   architecture from random weights on it for --minutes (`charnn.training.trainer.train`), with the same
    training options. Report each run's best held-out loss, and the parent's loss on the
    held-out text before any fine-tuning.
 
@@ -24,11 +24,11 @@ from pathlib import Path
 import torch
 
 from charnn.config import ModelConfig, TrainConfig
-from charnn.corpus import load_corpus
-from charnn.dataset import of_checkpoint, split
-from charnn.evaluate import model_loss
+from charnn.data.corpus import load_corpus
+from charnn.data.dataset import of_checkpoint, split
 from charnn.run_folder import load_checkpoint
-from charnn.train import finetune, initial_model, train
+from charnn.scoring.evaluate import model_loss
+from charnn.training.trainer import finetune, initial_model, train
 
 
 def main() -> None:

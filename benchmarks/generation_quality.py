@@ -14,11 +14,11 @@ import time
 import torch
 import torch.nn.functional as F
 
-from charnn.corpus import load_corpus
-from charnn.data import split
-from charnn.evaluate import model_loss
+from charnn.data.batches import split
+from charnn.data.corpus import load_corpus
 from charnn.fast.step import Stepper, int8_supported
 from charnn.run_folder import load_checkpoint
+from charnn.scoring.evaluate import model_loss
 
 
 def stepped_loss(stepper: Stepper, tokens: torch.Tensor, num_streams: int) -> float:

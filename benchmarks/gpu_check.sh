@@ -34,11 +34,11 @@ if not torch.cuda.is_available():
     sys.exit("gpu_check: PyTorch sees no CUDA GPU here")
 
 from charnn.config import ModelConfig, SampleConfig, TrainConfig
-from charnn.corpus import load_corpus
+from charnn.data.corpus import load_corpus
 from charnn.generation import generate_text
 from charnn.run_folder import load_checkpoint
 from charnn.hardware import resolve_precision
-from charnn.train import train
+from charnn.training.trainer import train
 from charnn.vocab import Vocabulary
 
 corpus_path, run_dir = sys.argv[1], sys.argv[2]

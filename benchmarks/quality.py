@@ -39,13 +39,13 @@ from charnn.config import (
     SampleConfig,
     TrainConfig,
 )
-from charnn.corpus import load_corpus
-from charnn.data import split
-from charnn.evaluate import evaluate_text, invented_words
+from charnn.data.batches import split
+from charnn.data.corpus import load_corpus
 from charnn.generation import generate_text
 from charnn.presets import with_preset
 from charnn.run_folder import load_checkpoint
-from charnn.train import train
+from charnn.scoring.evaluate import evaluate_text, invented_words
+from charnn.training.trainer import train
 from charnn.vocab import Vocabulary
 
 # The recipe: `charnn train`'s defaults (the `tuned` preset), with no epoch limit (the budget stops the run).

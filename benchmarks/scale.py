@@ -41,7 +41,7 @@ FALLBACK = (
 )
 PREPARE_PROBE = """
 import json, sys, time
-from charnn.prepare import prepare
+from charnn.data.prepare import prepare
 corpus, data = sys.argv[1:3]
 wall, cpu = time.perf_counter(), time.process_time()
 result = prepare(corpus, data)
@@ -77,7 +77,7 @@ def _own_seconds() -> float:
 
 
 def generate(path: Path, size_mb: int) -> None:
-    from charnn.corpus import load_corpus
+    from charnn.data.corpus import load_corpus
 
     source = Path(os.environ.get("CHARNN_CORPUS_DIR", "")) / "great-expectations.txt"
     text = load_corpus(str(source)).text if source.is_file() else FALLBACK * 2000
@@ -102,8 +102,8 @@ def data_loading(data: Path, threads: int, batches: int = 300) -> tuple[float, f
     windows touched for the first time (page faults), then the same windows again (mapped)."""
     import torch
 
-    from charnn.data import Batches
-    from charnn.prepare import open_prepared
+    from charnn.data.batches import Batches
+    from charnn.data.prepare import open_prepared
 
     torch.set_num_threads(threads)
     prepared = open_prepared(data)

@@ -3,7 +3,7 @@
 Speed: a model of the reference's size (Embedding 256 -> GRU 1024 -> Linear, freshly initialised:
 speed does not depend on what the weights learned) scores --chars characters of Great Expectations
 with `charnn score CKPT TEXT` in a subprocess, timed from start to exit (start-up and loading
-included), in rounds alternating with `charnn.train.train`'s characters per second
+included), in rounds alternating with `charnn.training.trainer.train`'s characters per second
 (`benchmarks/speed.py`'s measure) on the same threads; each keeps its best round. fp32 (the plain
 model) is timed once, on the same text.
 
@@ -35,13 +35,13 @@ from speed import charnn_training_rate, machine  # noqa: E402
 
 from charnn.checkpoint import save_checkpoint  # noqa: E402
 from charnn.config import ModelConfig, TrainConfig  # noqa: E402
-from charnn.corpus import load_corpus  # noqa: E402
-from charnn.dataset import open_corpus  # noqa: E402
-from charnn.evaluate import evaluate_text  # noqa: E402
+from charnn.data.corpus import load_corpus  # noqa: E402
+from charnn.data.dataset import open_corpus  # noqa: E402
 from charnn.model import CharRNN  # noqa: E402
 from charnn.run_folder import load_checkpoint  # noqa: E402
-from charnn.score import ScoreConfig, ScoreTotals, score  # noqa: E402
-from charnn.train import train  # noqa: E402
+from charnn.scoring.evaluate import evaluate_text  # noqa: E402
+from charnn.scoring.score import ScoreConfig, ScoreTotals, score  # noqa: E402
+from charnn.training.trainer import train  # noqa: E402
 from charnn.vocab import Vocabulary  # noqa: E402
 
 SRC = Path(__file__).resolve().parents[1] / "src"

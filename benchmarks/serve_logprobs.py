@@ -3,7 +3,7 @@
 A model of the reference's size (Embedding 256 -> GRU 1024 -> Linear over Great Expectations'
 characters, freshly initialised: speed does not depend on what the weights learned), one thread.
 Rows: one stream's generation (`charnn.generation.generate_text`, the engine's step, int8 where
-the CPU computes it fast), and `charnn.score.ContinuationScorer` (what the server runs for
+the CPU computes it fast), and `charnn.scoring.score.ContinuationScorer` (what the server runs for
 `logprobs`, the plain model in fp32) fed the same number of characters in pieces of 1 (a stream
 read character by character), 20 (about what one 20 ms delivery holds) and all at once (a
 non-streamed answer). Each row keeps the best of --repeats rounds.
@@ -23,10 +23,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from speed import machine  # noqa: E402
 
 from charnn.config import ModelConfig, SampleConfig  # noqa: E402
-from charnn.corpus import load_corpus  # noqa: E402
+from charnn.data.corpus import load_corpus  # noqa: E402
 from charnn.generation import generate_text  # noqa: E402
 from charnn.model import CharRNN  # noqa: E402
-from charnn.score import ContinuationScorer  # noqa: E402
+from charnn.scoring.score import ContinuationScorer  # noqa: E402
 from charnn.vocab import Vocabulary  # noqa: E402
 
 

@@ -1,6 +1,6 @@
 """Speed of charnn against plain PyTorch loops on this machine: one table, from one run.
 
-Training: charnn's trainer (`charnn.train.train`, precision auto) against a plain fp32
+Training: charnn's trainer (`charnn.training.trainer.train`, precision auto) against a plain fp32
 Embedding -> nn.GRU -> Linear loop written here, at the reference configuration (batch 64,
 window 100, embedding 256, GRU 1024). Generation: `charnn.generation.generate` against the plain
 loop that calls the model once per character, for one stream and for 64 at once. Where auto
@@ -29,14 +29,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from charnn.config import ModelConfig, SampleConfig, TrainConfig
-from charnn.corpus import Corpus, load_corpus
-from charnn.data import Batches
+from charnn.data.batches import Batches
+from charnn.data.corpus import Corpus, load_corpus
 from charnn.errors import CorpusError
 from charnn.fast.step import Stepper, int8_supported, resolve_step_precision
 from charnn.generation import _generate, generate
 from charnn.model import CharRNN
 from charnn.sample import RandomStreams, sample_next
-from charnn.train import train
+from charnn.training.trainer import train
 from charnn.vocab import Vocabulary
 
 BATCH, WINDOW = 64, 100

@@ -38,8 +38,8 @@ def tiny_corpus(tmp_path: Path) -> Path:
 def tiny_run(tmp_path_factory) -> Path:
     """A run folder trained for a few steps on a small text with a small model."""
     from charnn.config import ModelConfig, TrainConfig
-    from charnn.corpus import load_corpus
-    from charnn.train import train
+    from charnn.data.corpus import load_corpus
+    from charnn.training.trainer import train
     from charnn.vocab import Vocabulary
 
     folder = tmp_path_factory.mktemp("run")

@@ -190,7 +190,7 @@ def test_a_plot_that_cannot_be_drawn_is_a_warning_not_a_failure(capsys, tiny_cor
     def broken(run_dir):
         raise RuntimeError("no fonts")
 
-    monkeypatch.setattr("charnn.plot.plot_run", broken)
+    monkeypatch.setattr("charnn.training.plot.plot_run", broken)
     assert main(["train", str(tiny_corpus), "--out", str(tmp_path / "run"), "--max-steps", "2", *SMALL]) == 0
     err = capsys.readouterr().err
     assert "warning: could not draw loss.png: no fonts" in err and "stopped by max_steps" in err

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from charnn.corpus import REGISTERED, load_corpus, normalize
+from charnn.data.corpus import REGISTERED, load_corpus, normalize
 from charnn.errors import CorpusError
 
 

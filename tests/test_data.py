@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from charnn.data import Batches, Streams, minimum_length, split
+from charnn.data.batches import Batches, Streams, minimum_length, split
 from charnn.errors import CorpusError
 
 

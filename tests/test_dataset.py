@@ -2,10 +2,10 @@
 
 import pytest
 
-from charnn.corpus import Corpus
-from charnn.dataset import find_again, open_corpus, split
+from charnn.data.corpus import Corpus
+from charnn.data.dataset import find_again, open_corpus, split
+from charnn.data.prepare import prepare
 from charnn.errors import ConfigError, CorpusError
-from charnn.prepare import prepare
 from charnn.vocab import Vocabulary
 from conftest import TINY_TEXT
 

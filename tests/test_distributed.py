@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from charnn.checkpoint import WEIGHTS
 from charnn.cli import main
-from charnn.prepare import prepare
+from charnn.data.prepare import prepare
 from charnn.run_folder import list_checkpoints, load_checkpoint
 from conftest import SRC, TINY_TEXT, run_cli
 

@@ -13,15 +13,16 @@ import onnx
 import pytest
 import torch
 
-from charnn import export
 from charnn.checkpoint import read_checkpoint
 from charnn.config import ModelConfig, SampleConfig, TrainConfig
-from charnn.corpus import load_corpus
-from charnn.dataset import of_checkpoint
+from charnn.data.corpus import load_corpus
+from charnn.data.dataset import of_checkpoint
 from charnn.errors import CharnnError, CheckpointError, ConfigError
-from charnn.export import OnnxModel, export_onnx, export_web, onnx_loss
 from charnn.generation import generate_text
-from charnn.train import train
+from charnn.interop import web as export
+from charnn.interop.onnx import OnnxModel, export_onnx, onnx_loss
+from charnn.interop.web import export_web
+from charnn.training.trainer import train
 from charnn.vocab import Vocabulary
 from conftest import TINY_TEXT, run_cli
 

@@ -12,11 +12,11 @@ from safetensors.torch import load_file
 from charnn.checkpoint import WEIGHTS
 from charnn.cli import main
 from charnn.config import ModelConfig, TrainConfig
-from charnn.corpus import load_corpus
+from charnn.data.corpus import load_corpus
+from charnn.data.prepare import prepare
 from charnn.errors import CheckpointError, ConfigError, RunDirError
-from charnn.prepare import prepare
 from charnn.run_folder import list_checkpoints, load_checkpoint
-from charnn.train import finetune, initial_model, resume, train
+from charnn.training.trainer import finetune, initial_model, resume, train
 from charnn.vocab import Vocabulary
 from conftest import TINY_TEXT, run_cli
 

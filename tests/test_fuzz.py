@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from charnn.checkpoint import METADATA, WEIGHTS
-from charnn.corpus import load_corpus, normalize
+from charnn.data.corpus import load_corpus, normalize
 from charnn.errors import CharnnError, CorpusError, UnknownCharactersError
 from charnn.run_folder import load_checkpoint, resolve
 from charnn.vocab import Vocabulary

@@ -18,7 +18,7 @@ import torch
 
 from charnn.checkpoint import read_checkpoint
 from charnn.errors import CheckpointError, ConfigError, CorpusError
-from charnn.keras_import import KerasWeights, import_keras, read_keras_weights, read_reference_text, to_charnn
+from charnn.interop.keras import KerasWeights, import_keras, read_keras_weights, read_reference_text, to_charnn
 from conftest import run_cli
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "keras"

@@ -1,5 +1,5 @@
 """Log-probabilities, echo and best_of in `/v1/completions`, through the `openai` client against a
-real server on loopback: the figures are `charnn.score`'s, the ranking is `charnn generate --best-of`'s."""
+real server on loopback: the figures are `charnn.scoring.score`'s, the ranking is `charnn generate --best-of`'s."""
 
 import json
 import math
@@ -15,7 +15,7 @@ import pytest
 from charnn.config import SampleConfig, ScoreConfig, ServeLimits
 from charnn.generation import generate_best_of, generate_text
 from charnn.run_folder import load_checkpoint
-from charnn.score import score
+from charnn.scoring.score import score
 from conftest import SRC, run_cli
 from serving import DEADLINE, gated, running_server
 
@@ -46,7 +46,7 @@ def drawn(ckpt, prompt, length, sampling, num_samples=1, seed=0):
 
 def check_against_score(ckpt, text, logprobs, *, context, top, offset):
     """`logprobs` (the client's object, or a dict of its lists) scores `text` after `context` as
-    `charnn.score` does, with `top` alternatives per character, offsets from `offset`."""
+    `charnn.scoring.score` does, with `top` alternatives per character, offsets from `offset`."""
     get = logprobs.get if isinstance(logprobs, dict) else lambda key: getattr(logprobs, key)
     tokens, token_logprobs, top_logprobs = get("tokens"), get("token_logprobs"), get("top_logprobs")
     assert "".join(tokens) == text and all(len(t) == 1 for t in tokens)

@@ -16,11 +16,11 @@ from hypothesis import strategies as st
 
 from charnn.cli import main
 from charnn.config import ModelConfig, TrainConfig
-from charnn.corpus import load_corpus
-from charnn.data import Batches, split
+from charnn.data.batches import Batches, split
+from charnn.data.corpus import load_corpus
+from charnn.data.prepare import MANIFEST, TRAIN, VAL, open_prepared, prepare
 from charnn.errors import ConfigError, CorpusError, DataDirError
-from charnn.prepare import MANIFEST, TRAIN, VAL, open_prepared, prepare
-from charnn.train import resume, train
+from charnn.training.trainer import resume, train
 from charnn.vocab import Vocabulary
 from conftest import SRC, TINY_TEXT
 
@@ -192,8 +192,8 @@ assert main(["prepare", corpus, "--out", data]) == 0  # unchanged: reused
 reuse, reuse_read = time.perf_counter() - started, bytes_read() - read_before
 
 import torch
-from charnn.data import Batches
-from charnn.prepare import open_prepared
+from charnn.data.batches import Batches
+from charnn.data.prepare import open_prepared
 
 prepared = open_prepared(data)
 batches = Batches(torch.from_numpy(prepared.train), 64, 100, seed=1)
@@ -260,7 +260,7 @@ def test_training_on_prepared_data_equals_training_on_the_text(tmp_path):
     # Resume and evaluate find the prepared data again through the checkpoint.
     resumed = resume(tmp_path / "data-run", {"max_steps": 15})
     assert resumed.last_checkpoint.name == "ckpt_1_15"
-    from charnn.dataset import of_checkpoint
+    from charnn.data.dataset import of_checkpoint
     from charnn.run_folder import load_checkpoint
 
     data_again = of_checkpoint(load_checkpoint(tmp_path / "data-run"))

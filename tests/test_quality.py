@@ -11,9 +11,11 @@ import torch
 import torch.nn.functional as F
 
 from charnn.config import DYNAMIC_EPSILON, ModelConfig, TrainConfig
-from charnn.corpus import Corpus
+from charnn.data.corpus import Corpus
 from charnn.errors import ConfigError, TrainingError
-from charnn.evaluate import (
+from charnn.model import CharRNN
+from charnn.run_folder import METRICS, list_checkpoints, load_checkpoint
+from charnn.scoring.evaluate import (
     dynamic_loss,
     evaluate_text,
     gradient_rms,
@@ -22,11 +24,9 @@ from charnn.evaluate import (
     model_loss,
     window_loss,
 )
-from charnn.model import CharRNN
-from charnn.ngram import KneserNey
-from charnn.plot import plot_run
-from charnn.run_folder import METRICS, list_checkpoints, load_checkpoint
-from charnn.train import run_progress, train
+from charnn.scoring.ngram import KneserNey
+from charnn.training.plot import plot_run
+from charnn.training.trainer import run_progress, train
 from charnn.vocab import Vocabulary
 from conftest import TINY_TEXT
 

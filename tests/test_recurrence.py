@@ -5,12 +5,12 @@ import torch
 import torch.nn.functional as F
 
 from charnn.config import ModelConfig, TrainConfig
-from charnn.corpus import Corpus
+from charnn.data.corpus import Corpus
 from charnn.fast import build, recurrence
 from charnn.fast.recurrence import supported, training_forward
 from charnn.model import CharRNN
 from charnn.run_folder import load_checkpoint
-from charnn.train import train
+from charnn.training.trainer import train
 from charnn.vocab import Vocabulary
 
 

@@ -17,10 +17,10 @@ from safetensors.torch import load_file
 from charnn.checkpoint import TRAINER_STATE, WEIGHTS
 from charnn.cli import main
 from charnn.config import ModelConfig, TrainConfig
-from charnn.corpus import load_corpus
+from charnn.data.corpus import load_corpus
 from charnn.errors import CheckpointError, ConfigError, RunDirError
 from charnn.run_folder import list_checkpoints, load_checkpoint, recover
-from charnn.train import resume, train
+from charnn.training.trainer import resume, train
 from charnn.vocab import Vocabulary
 from conftest import SRC, TINY_TEXT, run_cli
 
@@ -99,8 +99,8 @@ def test_a_checkpoint_written_in_the_old_layout_resumes_exactly(tmp_path, capsys
 def test_a_run_begun_before_the_initial_weights_were_kept_scores_its_average_as_before(tmp_path):
     import hashlib
 
-    from charnn.evaluate import model_loss
     from charnn.model import CharRNN
+    from charnn.scoring.evaluate import model_loss
 
     corpus, vocab, model_config = _setup(tmp_path)
     config = dataclasses.replace(CONFIG, ema=0.9, epochs=1, max_steps=10)

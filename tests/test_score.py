@@ -14,11 +14,11 @@ from charnn.checkpoint import save_checkpoint
 from charnn.cli import main
 from charnn.config import ModelConfig, SampleConfig
 from charnn.errors import ConfigError, UnknownCharactersError
-from charnn.evaluate import evaluate_text
 from charnn.generation import generate_best_of, generate_text, rank_samples
 from charnn.model import CharRNN
 from charnn.run_folder import load_checkpoint
-from charnn.score import (
+from charnn.scoring.evaluate import evaluate_text
+from charnn.scoring.score import (
     ContinuationScorer,
     ScoreConfig,
     line_scores,

@@ -4,11 +4,11 @@ import math
 import pytest
 
 from charnn.config import ModelConfig, SampleConfig, TrainConfig
-from charnn.corpus import Corpus
+from charnn.data.corpus import Corpus
 from charnn.errors import ConfigError, RunDirError
 from charnn.generation import generate_text
 from charnn.run_folder import METRICS, list_checkpoints, load_checkpoint
-from charnn.train import averaged_weights, catching_up, train
+from charnn.training.trainer import averaged_weights, catching_up, train
 from charnn.vocab import Vocabulary
 from conftest import TINY_TEXT
 
@@ -143,7 +143,7 @@ def test_the_weight_average_follows_its_formula(tmp_path):
 def test_best_keeps_the_better_of_the_raw_and_averaged_weights(tmp_path):
     import torch
 
-    from charnn.evaluate import model_loss
+    from charnn.scoring.evaluate import model_loss
 
     corpus = Corpus("tiny", TINY_TEXT * 40)
     vocab = Vocabulary.from_text(corpus.text)

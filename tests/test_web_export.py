@@ -14,11 +14,11 @@ import pytest
 
 from browser import CHROMIUM, FLAGS, playwright_api
 from charnn.config import ModelConfig, SampleConfig, TrainConfig
-from charnn.corpus import load_corpus
-from charnn.export import ORT_WEB_FILES, export_web
+from charnn.data.corpus import load_corpus
 from charnn.generation import generate_text
+from charnn.interop.web import ORT_WEB_FILES, export_web
 from charnn.run_folder import load_checkpoint
-from charnn.train import train
+from charnn.training.trainer import train
 from charnn.vocab import Vocabulary
 from conftest import TINY_TEXT, run_cli
 

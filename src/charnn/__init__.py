@@ -1,7 +1,7 @@
 """charnn: character-level recurrent language models. Train on any text, generate in its style.
 
     import charnn
-    from charnn.train import train  # a module of the same name, so not re-exported here
+    from charnn.training.trainer import train  # a module of the same name, so not re-exported here
 
     data = charnn.open_corpus("great-expectations")
     train(data, data.vocab, charnn.ModelConfig(vocab_size=len(data.vocab)), charnn.TrainConfig(epochs=1), "runs/ge")
@@ -20,10 +20,10 @@ _EXPORTS = {
     "ModelConfig": "charnn.config",
     "TrainConfig": "charnn.config",
     "SampleConfig": "charnn.config",
-    "Corpus": "charnn.corpus",
-    "load_corpus": "charnn.corpus",
-    "Dataset": "charnn.dataset",
-    "open_corpus": "charnn.dataset",
+    "Corpus": "charnn.data.corpus",
+    "load_corpus": "charnn.data.corpus",
+    "Dataset": "charnn.data.dataset",
+    "open_corpus": "charnn.data.dataset",
     "Vocabulary": "charnn.vocab",
     "CharRNN": "charnn.model",
     "Checkpoint": "charnn.checkpoint",

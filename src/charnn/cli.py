@@ -141,9 +141,9 @@ def config_from_args(args: argparse.Namespace, cls, **fixed):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from charnn.dataset import open_corpus
+    from charnn.data.dataset import open_corpus
     from charnn.run_folder import check_new
-    from charnn.train import finetune, resume, train
+    from charnn.training.trainer import finetune, resume, train
 
     if args.nproc is not None and args.nproc < 1:
         raise ConfigError(f"--nproc must be at least 1, got {args.nproc}")
@@ -213,7 +213,7 @@ def _draw_plot(run_dir, progress: "Progress") -> None:
     """RUN_DIR/loss.png when training stops, drawn by rank 0."""
     if not _group().is_main:
         return
-    from charnn.plot import plot_run
+    from charnn.training.plot import plot_run
 
     try:
         plot_run(run_dir)
@@ -223,7 +223,7 @@ def _draw_plot(run_dir, progress: "Progress") -> None:
 
 def _group():
     """This process's place in a distributed run (torchrun's environment); one process without it."""
-    from charnn.distributed import from_env
+    from charnn.training.distributed import from_env
 
     return from_env()
 
@@ -234,7 +234,7 @@ def _fields(cls) -> set[str]:
 
 def _launch(args: argparse.Namespace) -> int:
     """The same command in --nproc processes, started by torchrun."""
-    from charnn.distributed import launch
+    from charnn.training.distributed import launch
 
     argv, skip = [], False
     for token in args.argv:
@@ -377,7 +377,7 @@ def _describe(event) -> str:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from charnn.prepare import prepare
+    from charnn.data.prepare import prepare
 
     result = prepare(
         args.corpus, args.out, encoding=args.encoding, val_fraction=args.val_fraction, overwrite=args.overwrite
@@ -530,9 +530,9 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def cmd_score(args: argparse.Namespace) -> int:
     from charnn.hardware import resolve_device
-    from charnn.highlight import Page
     from charnn.run_folder import load_checkpoint
-    from charnn.score import ScoreConfig, ScoreTotals, line_scores, score
+    from charnn.scoring.highlight import Page
+    from charnn.scoring.score import ScoreConfig, ScoreTotals, line_scores, score
 
     if args.top < 0:  # the library calls it `top_k`: checked here under the flag's name
         raise ConfigError(f"--top must be 0 or more, got {args.top}")
@@ -576,7 +576,7 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 def _read_text(path: str, encoding: str) -> tuple[str, str]:
     """The text to score and what to call it: a file (read as `charnn evaluate` reads one), or - for stdin."""
-    from charnn.corpus import decode, load_corpus, normalize
+    from charnn.data.corpus import decode, load_corpus, normalize
 
     if path != "-":
         return load_corpus(path, encoding=encoding).text, path
@@ -701,10 +701,10 @@ class _PhaseProgress:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from charnn.corpus import load_corpus
-    from charnn.dataset import of_checkpoint
-    from charnn.evaluate import evaluate_text
+    from charnn.data.corpus import load_corpus
+    from charnn.data.dataset import of_checkpoint
     from charnn.run_folder import load_checkpoint
+    from charnn.scoring.evaluate import evaluate_text
 
     # The library names these `window`, `segment`...; checked here first, under the flags' names.
     for name, value in (("--windows", args.windows), ("--num-windows", args.num_windows),
@@ -773,7 +773,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from charnn.plot import plot_run
+    from charnn.training.plot import plot_run
 
     print(plot_run(args.run_dir))
     return 0
@@ -802,7 +802,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from charnn.export import export_onnx, export_web
+    from charnn.interop.onnx import export_onnx
+    from charnn.interop.web import export_web
     from charnn.run_folder import load_checkpoint
 
     if args.quantize and args.format != "onnx":
@@ -835,8 +836,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def _held_out_text(ckpt, args: argparse.Namespace) -> str | None:
-    from charnn.corpus import load_corpus
-    from charnn.dataset import of_checkpoint
+    from charnn.data.corpus import load_corpus
+    from charnn.data.dataset import of_checkpoint
 
     if args.text:
         return load_corpus(args.text, encoding=args.encoding).text
@@ -851,7 +852,7 @@ def _held_out_text(ckpt, args: argparse.Namespace) -> str | None:
 
 
 def cmd_import_keras(args: argparse.Namespace) -> int:
-    from charnn.keras_import import REFERENCE_SKIP, import_keras
+    from charnn.interop.keras import REFERENCE_SKIP, import_keras
 
     raw = args.raw or args.reference
     skip = args.skip_chars if args.skip_chars is not None else (REFERENCE_SKIP if args.reference else 0)
@@ -1044,8 +1045,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     code = _main(argv)
-    if "charnn.distributed" in sys.modules:  # perhaps a rank of a distributed run: see exit_process
-        from charnn.distributed import exit_process
+    if "charnn.training.distributed" in sys.modules:  # perhaps a rank of a distributed run: see exit_process
+        from charnn.training.distributed import exit_process
 
         exit_process(code)
     return code
@@ -1078,7 +1079,7 @@ def _report(error: CharnnError) -> None:
         if not message.startswith(f"rank {rank}:"):
             message = f"rank {rank}: {message}"
         if "TORCHELASTIC_ERROR_FILE" in os.environ:
-            from charnn.distributed import record_error
+            from charnn.training.distributed import record_error
 
             record_error(message, type(error).__name__)
             if os.environ.get("CHARNN_LAUNCHER"):

@@ -17,11 +17,11 @@ DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 LR_SCHEDULES = ("constant", "cosine", "plateau")
 GENERATE_PRECISIONS = ("auto", "fp32", "bf16", "int8")  # weights when generating: see charnn.fast.step
-# nanoGPT's protocol for shakespeare_char (charnn.evaluate.window_loss): eval_iters 200 batches of
+# nanoGPT's protocol for shakespeare_char (charnn.scoring.evaluate.window_loss): eval_iters 200 batches of
 # batch_size 64 windows of block_size 256.
 NANOGPT_WINDOW = 256
 NANOGPT_WINDOWS = 200 * 64
-# Dynamic evaluation (charnn.evaluate.dynamic_loss): segments of 50 characters, in the range
+# Dynamic evaluation (charnn.scoring.evaluate.dynamic_loss): segments of 50 characters, in the range
 # Krause et al. (2018) used, and two update rules with their (learning rate, decay). Chosen on the
 # first 20,000 held-out characters of tinyshakespeare and Great Expectations (benchmarks/RESULTS.md):
 # `rms`, Krause et al.'s, gained 0.077 and 0.044 nats/char there, plain `sgd` 0.051 and 0.028.
@@ -104,7 +104,9 @@ class TrainConfig(JsonConfig):
     stateful: bool = False  # each batch row reads its own stream of the text, state carried between windows
     seq_len_jitter: float = 0.0  # stateful only: spread (characters) of a random window length; 0 = fixed
     ema: float | None = None  # decay of an exponential moving average of the weights; None = none
-    ema_init_share: float = 0.1  # the run's initial weights' fixed share in the average it scores (charnn.train)
+    ema_init_share: float = (
+        0.1  # the run's initial weights' fixed share in the average it scores (charnn.training.trainer)
+    )
     preset: str | None = None  # the named preset the options started from (charnn.presets), as a record
 
     def __post_init__(self):

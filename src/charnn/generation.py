@@ -22,7 +22,7 @@ from charnn.errors import ConfigError
 from charnn.fast.step import Stepper
 from charnn.model import CharRNN
 from charnn.sample import RandomStreams
-from charnn.score import mean_logprob, score_continuations
+from charnn.scoring.score import mean_logprob, score_continuations
 from charnn.vocab import Vocabulary
 
 

@@ -4,7 +4,7 @@
     RUN_DIR/ckpt_{epoch}_{step}    when a run stops mid-epoch, or every --checkpoint-every steps
     RUN_DIR/best                   the lowest validation loss so far (no trainer state)
     RUN_DIR/metrics.jsonl          one JSON record per line
-    RUN_DIR/loss.png               drawn from the metrics by `charnn.plot`
+    RUN_DIR/loss.png               drawn from the metrics by `charnn.training.plot`
 
 A run holds an exclusive lock on its folder for as long as it writes there (`charnn.locks`),
 so a second `charnn train --out` or `--resume` on the same folder stops at once with an

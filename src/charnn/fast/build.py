@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 
 from charnn import atomic
-from charnn.corpus import cache_dir
+from charnn.data.corpus import cache_dir
 from charnn.hardware import cpu_flags
 from charnn.locks import Lock
 

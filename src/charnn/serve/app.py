@@ -44,7 +44,7 @@ from charnn.errors import ConfigError
 from charnn.generation import rank_samples
 from charnn.run_folder import load_checkpoint
 from charnn.sample import new_seed
-from charnn.score import ContinuationScorer, PieceScores
+from charnn.scoring.score import ContinuationScorer, PieceScores
 from charnn.serve.engine import Engine, Job, JobDone, JobEvent, JobFailed, Request, SampleFinished, SampleText
 from charnn.serve.schemas import (
     COMPLETION_EVENTS,

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from charnn import atomic, locks
-from charnn.corpus import invalid_bytes, source_files, source_of, unknown_encoding
+from charnn.data.corpus import invalid_bytes, source_files, source_of, unknown_encoding
 from charnn.errors import ConfigError, CorpusError, DataDirError
 from charnn.vocab import Vocabulary
 

@@ -38,7 +38,7 @@ from charnn.errors import ConfigError
 from charnn.fast import recurrence
 from charnn.hardware import autocast
 from charnn.model import CharRNN
-from charnn.ngram import KneserNey
+from charnn.scoring.ngram import KneserNey
 from charnn.vocab import Vocabulary
 
 NATS_TO_BITS = 1 / math.log(2)

@@ -1,4 +1,4 @@
-"""A model out of charnn: an ONNX file, or a static web folder that generates in the browser.
+"""A model out of charnn as an ONNX file (`charnn.interop.web` builds a browser page on it).
 
 The ONNX graph is PyTorch's own export of `CharRNN.forward`: characters and a recurrent state
 in, logits and the new state out, for any batch and any number of steps, so one graph serves
@@ -18,8 +18,7 @@ The vocabulary, the model configuration and the charnn version are in the file's
     session = OnnxModel("model.onnx")
     logits, state = session.run(session.vocab.encode("Pip")[None])  # (1, 3, V)
 
-onnx, onnxscript and onnxruntime are the optional extra ``charnn[export]``; the web folder
-also needs the files of the npm package onnxruntime-web (`onnxruntime_web_dir`).
+onnx, onnxscript and onnxruntime are the optional extra ``charnn[export]``.
 """
 
 import contextlib
@@ -27,13 +26,10 @@ import io
 import json
 import logging
 import math
-import os
-import shutil
 import tempfile
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -49,9 +45,6 @@ from charnn.vocab import Vocabulary
 FORMATS = ("onnx", "web")
 QUANTIZATIONS = ("int8",)
 OPSET = 17  # GRU, LSTM and RNN as single ops; read by onnxruntime and onnxruntime-web alike
-# The files of the npm package onnxruntime-web that the page loads: the script, and the
-# WebAssembly build (with its loader) that runs the graph on the CPU in one thread.
-ORT_WEB_FILES = ("ort.wasm.min.js", "ort-wasm-simd-threaded.wasm", "ort-wasm-simd-threaded.mjs")
 
 
 def state_names(cell: str) -> tuple[str, ...]:
@@ -300,7 +293,7 @@ def onnx_loss(
     num_streams: int = 64,
     on_progress: Callable[[int], None] | None = None,
 ) -> float:
-    """Mean loss in nats per character over `tokens`, as `charnn.evaluate.model_loss` computes it:
+    """Mean loss in nats per character over `tokens`, as `charnn.scoring.evaluate.model_loss` computes it:
     the text cut into `num_streams` contiguous pieces run side by side, state carried along."""
     num_streams = max(1, min(num_streams, (len(tokens) - 1) // 2))
     piece = len(tokens) // num_streams
@@ -320,51 +313,3 @@ def onnx_loss(
         if on_progress is not None:
             on_progress(count)
     return total / count
-
-
-# --- the web folder ------------------------------------------------------------------------
-
-
-def onnxruntime_web_dir() -> Path:
-    """Where onnxruntime-web's files are: $CHARNN_ONNXRUNTIME_WEB, else node_modules/onnxruntime-web/dist
-    of the charnn source tree (scripts/setup.sh installs it there with npm) or of the current folder."""
-    candidates = []
-    if os.environ.get("CHARNN_ONNXRUNTIME_WEB"):
-        candidates.append(Path(os.environ["CHARNN_ONNXRUNTIME_WEB"]))
-    for root in (Path(__file__).resolve().parents[2], Path.cwd()):
-        candidates.append(root / "node_modules" / "onnxruntime-web" / "dist")
-    for folder in candidates:
-        if all((folder / name).is_file() for name in ORT_WEB_FILES):
-            return folder
-    raise CharnnError(
-        "onnxruntime-web's files were not found (looked in " + ", ".join(str(c) for c in candidates) + "); "
-        "install them with `npm install onnxruntime-web` (scripts/setup.sh does where npm exists) "
-        "or set CHARNN_ONNXRUNTIME_WEB to its dist folder"
-    )
-
-
-def export_web(model: CharRNN, vocab: Vocabulary, out: str | Path, *, overwrite: bool = False) -> Path:
-    """Write a static folder that generates text in the browser: index.html, model.onnx, model.json
-    (vocabulary and configuration) and onnxruntime-web's files. Any static file host serves it.
-
-    The folder is written beside `out` under a temporary name, then renamed into place.
-    """
-    out = Path(out)
-    if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
-        raise ConfigError(f"{out} already exists and is not empty; choose another folder or set `overwrite`")
-    ort_dir = onnxruntime_web_dir()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic.replacing_folder(out) as tmp:
-        (tmp / "model.onnx").write_bytes(onnx_bytes(model, vocab))
-        info = {
-            "charnn_version": charnn.__version__,
-            "vocabulary": vocab.to_json(),
-            "model": model.config.to_dict(),
-            "inputs": ["tokens", *state_names(model.config.cell)],
-        }
-        (tmp / "model.json").write_text(json.dumps(info, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
-        page = resources.files("charnn").joinpath("web", "index.html").read_bytes()
-        (tmp / "index.html").write_bytes(page)
-        for name in ORT_WEB_FILES:
-            shutil.copyfile(ort_dir / name, tmp / name)
-    return out

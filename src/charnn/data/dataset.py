@@ -19,10 +19,10 @@ from typing import Any
 import torch
 
 from charnn.config import TrainConfig
-from charnn.corpus import Corpus, load_corpus, source_of
-from charnn.data import split as split_tokens
+from charnn.data.batches import split as split_tokens
+from charnn.data.corpus import Corpus, load_corpus, source_of
+from charnn.data.prepare import PreparedData, decode, is_prepared, open_prepared
 from charnn.errors import CheckpointError, ConfigError, CorpusError
-from charnn.prepare import PreparedData, decode, is_prepared, open_prepared
 from charnn.vocab import Vocabulary
 
 DEFAULT_VAL_FRACTION = TrainConfig.val_fraction  # the field's default

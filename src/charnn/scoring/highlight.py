@@ -4,7 +4,7 @@ The page is self-contained (no script, no file or network fetched) and written a
 come, into a temporary file renamed into place at the end, so a long text never sits in memory
 twice and a failure leaves no half-written page.
 
-    from charnn.score import score
+    from charnn.scoring.score import score
 
     write_page(score(ckpt.model, ckpt.vocab, text), "scored.html", title="ge on chapter 1")
 """
@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from charnn.errors import OutputError
-from charnn.score import CharacterScore, ScoreTotals
+from charnn.scoring.score import CharacterScore, ScoreTotals
 
 LEVELS = 10  # colour steps, one per bit; 10 bits and more share the darkest
 SHOWN = {" ": "␣", "\n": "↵", "\t": "⇥"}  # characters with no visible shape, in the tooltips

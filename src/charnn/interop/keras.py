@@ -28,7 +28,7 @@ import torch
 
 from charnn.checkpoint import is_checkpoint, save_checkpoint
 from charnn.config import ModelConfig
-from charnn.corpus import decode, load_corpus, source_files, source_of
+from charnn.data.corpus import decode, load_corpus, source_files, source_of
 from charnn.errors import CharnnError, CheckpointError, ConfigError, CorpusError
 from charnn.model import CharRNN
 from charnn.vocab import Vocabulary

@@ -2,7 +2,7 @@
 
 Library code does not print: progress goes to an `on_event` callback (the CLI draws a bar or
 log lines from it), and the history comes back as the return value. Checkpoints and metrics
-go into the run folder through `charnn.run_folder`; `charnn.plot.plot_run` draws the curves.
+go into the run folder through `charnn.run_folder`; `charnn.training.plot.plot_run` draws the curves.
 
     data = open_corpus("great-expectations")
     result = train(data, data.vocab, ModelConfig(vocab_size=len(data.vocab)), TrainConfig(epochs=1), "runs/ge")
@@ -19,8 +19,8 @@ and the epoch); with stateful training the streams' position and the state carri
 next window, and with `ema` the averaged weights and the initial ones. So a run interrupted and
 resumed on a CPU in fp32 ends with the same weights, bit for bit, as one that never stopped.
 
-The corpus may be prepared data (`charnn.prepare`), read through a memory map. Started by
-torchrun, every process runs the same code: `charnn.distributed` wraps the model in DDP, gives
+The corpus may be prepared data (`charnn.data.prepare`), read through a memory map. Started by
+torchrun, every process runs the same code: `charnn.training.distributed` wraps the model in DDP, gives
 each process its share of every batch and keeps the writing to rank 0.
 """
 
@@ -36,17 +36,19 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from charnn import checkpoint, dataset, distributed, run_folder
+from charnn import checkpoint, run_folder
 from charnn.config import ModelConfig, TrainConfig
-from charnn.corpus import Corpus, load_corpus
-from charnn.data import Batches, Streams
-from charnn.dataset import Dataset
+from charnn.data import dataset
+from charnn.data.batches import Batches, Streams
+from charnn.data.corpus import Corpus, load_corpus
+from charnn.data.dataset import Dataset
+from charnn.data.prepare import PreparedData, is_prepared
 from charnn.errors import CheckpointError, ConfigError, RunDirError, TrainingError
-from charnn.evaluate import NATS_TO_BITS, loss_sums, model_loss
 from charnn.fast import recurrence
 from charnn.hardware import autocast, resolve_device, resolve_precision
 from charnn.model import CharRNN, grow_vocabulary
-from charnn.prepare import PreparedData, is_prepared
+from charnn.scoring.evaluate import NATS_TO_BITS, loss_sums, model_loss
+from charnn.training import distributed
 from charnn.vocab import Vocabulary
 
 # Options that may differ when a run is resumed: they say when to stop or how to report,
@@ -216,10 +218,10 @@ def train(
 ) -> TrainResult:
     """Train a new model on `data` and write its checkpoints into `run_dir`.
 
-    `data` is a Dataset (`charnn.dataset.open_corpus`), or a Corpus or PreparedData, split here
-    with `vocab` and `config.val_fraction` (see `charnn.dataset.split`). `should_stop` is polled
+    `data` is a Dataset (`charnn.data.dataset.open_corpus`), or a Corpus or PreparedData, split here
+    with `vocab` and `config.val_fraction` (see `charnn.data.dataset.split`). `should_stop` is polled
     after every step; a reason it returns (say "SIGINT") ends the run with a checkpoint, so it
-    can be resumed. The run's loss curves are drawn by `charnn.plot.plot_run(run_dir)`.
+    can be resumed. The run's loss curves are drawn by `charnn.training.plot.plot_run(run_dir)`.
     """
     group = distributed.from_env()
     with distributed.session(group):
