@@ -20,6 +20,24 @@ DEFAULT_NEW_CHARS = 200  # /v1/generate; /v1/completions keeps OpenAI's default 
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16
 MAX_LOGPROBS = 5  # alternatives per character in /v1/completions' logprobs, as OpenAI's legacy API allowed
 
+# The server limit (a ServeLimits field) each request field is checked against, named in its error.
+LIMITS = {
+    "prompt": "max_prompt_chars",
+    "max_new_chars": "max_new_chars",
+    "max_tokens": "max_new_chars",
+    "num_samples": "max_num_samples",
+    "n": "max_num_samples",
+    "best_of": "max_num_samples",
+}
+
+# OpenAI completions fields this server accepts only with their neutral values.
+UNSUPPORTED = {
+    "frequency_penalty": "leave it out or send 0",
+    "presence_penalty": "leave it out or send 0",
+    "logit_bias": "leave it out or send {}",
+    "suffix": "leave it out or send null",
+}
+
 # --- request and response bodies ---------------------------------------------------------
 
 

@@ -1,0 +1,94 @@
+"""The model as the server holds it: the loaded checkpoint, its engine, the scoring thread and the limits.
+
+`Service.start` is the one way a request becomes an engine job: it checks what the schema
+cannot and takes one of the server's `max_streams` slots; `Service.finish` gives the slot back.
+"""
+
+import asyncio
+import dataclasses
+import functools
+import math
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from charnn.config import SampleConfig, ServeLimits
+from charnn.run_folder import load_checkpoint
+from charnn.serve.engine import Engine, Job, Request
+from charnn.serve.errors import ApiError
+from charnn.serve.schemas import MAX_TEMPERATURE
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no NaN or infinity: a training record that holds one reports null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _model_name(path: Path) -> str:
+    return "/".join(part for part in (path.parent.name, path.name) if part)
+
+
+class Service:
+    """The loaded model, its engine, and the count of generation requests in flight."""
+
+    def __init__(self, checkpoint_path: Path, limits: ServeLimits):
+        self.checkpoint = load_checkpoint(checkpoint_path)
+        self.limits = limits
+        self.name = _model_name(self.checkpoint.path)
+        self.engine = Engine(self.checkpoint.model, self.checkpoint.vocab)
+        self.jobs: set[Job] = set()  # generation requests in flight, each holding a slot
+        # Scoring (logprobs, best_of) runs the plain model in fp32 here, one pass at a time, off the
+        # event loop and beside the engine thread; requests that ask for neither never touch it.
+        self.scoring = ThreadPoolExecutor(max_workers=1, thread_name_prefix="charnn-scoring")
+        model = self.checkpoint.model
+        self.info = _finite(
+            {
+                "name": self.name,
+                "checkpoint": str(self.checkpoint.path),
+                "parameters": model.num_parameters(),
+                "layers": [{"layer": n, "output_shape": s, "parameters": p} for n, s, p in model.summary()],
+                "config": self.checkpoint.config.to_dict(),
+                "vocabulary": self.checkpoint.vocab.to_json(),
+                "training": self.checkpoint.training,
+                "corpus": self.checkpoint.corpus,
+                "limits": dataclasses.asdict(limits),
+                "max_temperature": MAX_TEMPERATURE,
+            }
+        )
+
+    def start(self, prompt: str, max_new_chars: int, sampling: SampleConfig, num_samples: int, seed, stop) -> Job:
+        """Validate what the schema cannot, take a slot, and hand the request to the engine."""
+        # The one check of the prompt's characters (the schema's pattern only documents them):
+        # a 400 that names each one, before a slot is taken; the engine trusts its Request.
+        unknown = self.checkpoint.vocab.unknown(prompt)
+        if unknown:
+            shown = ", ".join(repr(c) for c in unknown)
+            raise ApiError(400, "prompt", f"prompt has characters the model does not know: {shown}")
+        if len(self.jobs) >= self.limits.max_streams:
+            raise ApiError(
+                429,
+                None,
+                f"too many generation requests in flight (the server's max_streams limit is "
+                f"{self.limits.max_streams}); try again shortly",
+                "rate_limit_error",
+            )
+        stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
+        job = self.engine.submit(Request(prompt, max_new_chars, sampling, num_samples, seed, stops))
+        self.jobs.add(job)
+        return job
+
+    async def run_scoring(self, function, *args, **kwargs):
+        """`function(*args, **kwargs)` on the scoring thread."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.scoring, functools.partial(function, *args, **kwargs))
+
+    def finish(self, job: Job) -> None:
+        """Give back a job's slot and stop its rows at the next step (a finished job has none)."""
+        job.cancel()
+        self.jobs.discard(job)
