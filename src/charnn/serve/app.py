@@ -14,9 +14,7 @@ Mistakes come back as a 4xx with `{"error": {"field", "message", "type"}}` (`err
     uvicorn.run(app, host="127.0.0.1", port=8000)
 """
 
-import asyncio
 import sys
-from contextlib import asynccontextmanager
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -48,20 +46,11 @@ def create_app(checkpoint_path: str | Path, *, limits: ServeLimits = ServeLimits
     GenerateRequest, CompletionRequest = request_models(limits, service.checkpoint.vocab.characters)
     page = (files("charnn.serve") / "static" / "index.html").read_text(encoding="utf-8")
 
-    @asynccontextmanager
-    async def lifespan(app: FastAPI):
-        service.engine.start(asyncio.get_running_loop())
-        try:
-            yield
-        finally:
-            service.engine.stop()
-            service.scoring.shutdown(wait=False, cancel_futures=True)
-
     app = FastAPI(
         title="charnn",
         summary="Generate text with a character-level recurrent language model.",
         version="1",
-        lifespan=lifespan,
+        lifespan=lambda app: service.running(),
     )
     app.state.service = service
     add_error_handlers(app)

@@ -60,7 +60,7 @@ class SampleText:
 
     Anything drawn per character belongs here as a sequence beside `text`, one entry per
     character, gathered from per-row arrays as the characters are. (The API's `logprobs` are not:
-    they are the fp32 model's figures, not the sampling step's, and the app computes them from the
+    they are the fp32 model's figures, not the sampling step's, and `completions` computes them from the
     delivered text on its scoring thread, so the engine does the same work with or without them.)
     """
 

@@ -8,7 +8,9 @@ import asyncio
 import dataclasses
 import functools
 import math
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +63,16 @@ class Service:
                 "max_temperature": MAX_TEMPERATURE,
             }
         )
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        """The engine's thread, serving the running event loop, and the scoring thread, while the app runs."""
+        self.engine.start(asyncio.get_running_loop())
+        try:
+            yield
+        finally:
+            self.engine.stop()
+            self.scoring.shutdown(wait=False, cancel_futures=True)
 
     def start(self, prompt: str, max_new_chars: int, sampling: SampleConfig, num_samples: int, seed, stop) -> Job:
         """Validate what the schema cannot, take a slot, and hand the request to the engine."""
