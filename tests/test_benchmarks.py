@@ -1,6 +1,6 @@
 """The speed and generation-quality benchmarks run on the real code paths; here, that they run.
 
-Their figures are for benchmarks/RESULTS.md; these tests only catch a benchmark that no longer
+Their figures are for docs/results.md and docs/log.md; these tests only catch a benchmark that no longer
 starts or whose table lost a row.
 """
 

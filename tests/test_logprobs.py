@@ -220,8 +220,8 @@ def test_schema_describes_the_fields(server):
 
 
 def test_readme_example_runs(server):
-    readme = (SRC.parent / "README.md").read_text(encoding="utf-8")
-    section = readme.split("**Log-probabilities, echo, best of n.**", 1)[1]
+    page = (SRC.parent / "docs" / "serving.md").read_text(encoding="utf-8")
+    section = page.split("### Log-probabilities, echo, best of n", 1)[1]
     code = re.search(r"```python\n(.*?)```", section, re.S)[1]
     assert "http://127.0.0.1:8000/v1" in code
     code = code.replace("http://127.0.0.1:8000/v1", server.url + "/v1")

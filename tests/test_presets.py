@@ -47,5 +47,5 @@ def test_the_default_is_the_tuned_recipe_on_the_reference_model():
     model, train = _configs(with_preset(None, {}))
     assert train.preset == DEFAULT_PRESET == "tuned"
     assert (model.embedding_dim, model.hidden_size, model.cell, model.num_layers) == (256, 1024, "gru", 1)
-    # What the measurements chose (benchmarks/RESULTS.md): regularised, averaged, stopped early.
+    # What the measurements chose (docs/results.md): regularised, averaged, stopped early.
     assert model.dropout > 0 and train.grad_clip and train.ema and train.patience and train.lr_schedule == "constant"

@@ -1,4 +1,4 @@
-"""The README's Python example runs as written (on a small stand-in for the corpus)."""
+"""The README's Python example and docs/export.md's ONNX example run as written (on small stand-ins)."""
 
 import os
 import re
@@ -9,6 +9,7 @@ from pathlib import Path
 from conftest import SRC, TINY_TEXT
 
 README = Path(__file__).resolve().parents[1] / "README.md"
+EXPORT = Path(__file__).resolve().parents[1] / "docs" / "export.md"
 
 
 def test_python_api_example_runs(tmp_path):
@@ -25,7 +26,7 @@ def test_python_api_example_runs(tmp_path):
 
 
 def test_onnx_example_runs(tmp_path, tiny_run):
-    section = README.read_text(encoding="utf-8").split("## Export: ONNX and the browser", 1)[1]
+    section = EXPORT.read_text(encoding="utf-8").split("## Export: ONNX and the browser", 1)[1]
     code = re.search(r"```python\n(.*?)```", section, re.S)[1]
     done = subprocess.run([sys.executable, "-m", "charnn", "export", str(tiny_run), "--out", "ge.onnx"], cwd=tmp_path,
                           env=dict(os.environ, PYTHONPATH=str(SRC)), capture_output=True, text=True)  # fmt: skip
