@@ -49,3 +49,10 @@ def test_the_default_is_the_tuned_recipe_on_the_reference_model():
     assert (model.embedding_dim, model.hidden_size, model.cell, model.num_layers) == (256, 1024, "gru", 1)
     # What the measurements chose (benchmarks/RESULTS.md): regularised, averaged, stopped early.
     assert model.dropout > 0 and train.grad_clip and train.ema and train.patience and train.lr_schedule == "constant"
+
+
+def test_a_preset_names_only_what_it_changes_from_the_dataclass_defaults():
+    defaults = {f.name: f.default for cls in (ModelConfig, TrainConfig) for f in dataclasses.fields(cls)}
+    for name, preset in PRESETS.items():
+        for field, value in {**preset.model, **preset.train}.items():
+            assert defaults[field] != value, f"preset {name} repeats the default of {field}"
