@@ -84,6 +84,9 @@ def config_from_args(args: argparse.Namespace, cls, **fixed):
 
 
 # --- arguments several commands share --------------------------------------------------------------
+# CHECKPOINT, each command's first positional argument, comes from a parent parser (argparse
+# `parents=`). The shared options are added by functions instead: a parent's options would be
+# listed first in --help, ahead of where each command has always listed them.
 
 CHECKPOINT_HELP = "a checkpoint folder, or a run folder"
 CHECKPOINT_HELP_RESOLVED = "a checkpoint folder, or a run folder (its best or newest)"
