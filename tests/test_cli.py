@@ -253,3 +253,41 @@ def test_regularised_stateful_run_and_every_evaluation_end_to_end(tmp_path, caps
     err = fails(capsys, "evaluate", str(run), "--windows", "0")
     assert "window" in err
     assert "--threads" in fails(capsys, "evaluate", str(run), "--threads", "0")
+
+
+def test_configuration_flags_take_their_help_from_the_fields():
+    import dataclasses
+
+    from charnn.cli import build_parser
+    from charnn.cli.reference import commands
+    from charnn.config import ServeLimits, TrainConfig
+
+    for cls in (ModelConfig, TrainConfig, ServeLimits):
+        for field in dataclasses.fields(cls):
+            assert field.name == "vocab_size" or field.metadata["help"], field.name
+    helps = {action.dest: action.help for action in commands(build_parser())["train"]._actions}
+    # Names in backticks in a field's help are shown as flags.
+    assert helps["seq_len_jitter"].startswith("with --stateful: random window lengths around --seq-len")
+    assert helps["ema"].endswith("(default: 0.998; none: off)")  # the default preset's value
+
+
+def test_a_library_parameter_shown_under_another_flag_name(capsys, tiny_run, tmp_path):
+    text = tmp_path / "text.txt"
+    text.write_text(TINY_TEXT, encoding="utf-8")
+    # ScoreConfig's `top_k` is charnn score's --top, so the message names --top.
+    assert fails(capsys, "score", str(tiny_run), str(text), "--top", "-1") == (
+        "charnn: error: --top must be 0 or more, got -1"
+    )
+    assert fails(capsys, "generate", str(tiny_run), "--best-of", "1", "--num-samples", "2") == (
+        "charnn: error: --best-of must be at least --num-samples (2), got 1"
+    )
+
+
+def test_progress_off_a_terminal_passes_records_through_and_draws_nothing(capsys):
+    from charnn.cli.progress import Progress
+
+    with Progress(minimum=0) as progress:
+        assert list(progress.follow(iter(range(5)), 5, "scoring")) == [0, 1, 2, 3, 4]
+        progress("a phase", 3, 10)
+        assert progress.bar is None
+    assert capsys.readouterr().err == ""

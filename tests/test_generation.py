@@ -49,3 +49,18 @@ def test_bad_prime_and_length_fail_before_generation(tiny_run):
     with pytest.raises(ConfigError, match="empty"):
         generate(ckpt.model, ckpt.vocab, "", length=10)
     assert list(generate(ckpt.model, ckpt.vocab, "Pip", length=0)) == []
+
+
+def test_options_are_checked_before_any_work_with_their_parameters_named():
+    from charnn.generation import check_options
+
+    check_options(length=0, num_samples=2, best_of=2)
+    for options, message in (
+        ({"length": -1, "num_samples": 1}, "`length` must be 0 or more, got -1"),
+        ({"length": 5, "num_samples": 0}, "`num_samples` must be at least 1, got 0"),
+        ({"length": 5, "num_samples": 3, "best_of": 2}, "`best_of` must be at least `num_samples` (3), got 2"),
+        ({"length": 5, "num_samples": 1, "best_of": 2, "stream": True}, "`best_of` cannot `stream`"),
+    ):
+        with pytest.raises(ConfigError) as error:
+            check_options(**options)
+        assert str(error.value).startswith(message)

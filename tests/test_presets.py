@@ -29,7 +29,7 @@ def test_seed_is_the_reference_system():
     )
     assert model.dropout == model.weight_drop == model.embedding_dropout == 0 and not model.variational_dropout
     assert not train.stateful and train.ema is None and train.grad_clip is None and train.patience is None
-    # The dataclasses' defaults are the reference's; the preset spells them out value by value.
+    # The dataclasses' defaults are the reference's, and the preset changes none of them.
     assert model == ModelConfig(vocab_size=82)
     assert dataclasses.replace(train, preset=None) == TrainConfig()
     assert train.preset == "seed"
@@ -49,3 +49,10 @@ def test_the_default_is_the_tuned_recipe_on_the_reference_model():
     assert (model.embedding_dim, model.hidden_size, model.cell, model.num_layers) == (256, 1024, "gru", 1)
     # What the measurements chose (docs/results.md): regularised, averaged, stopped early.
     assert model.dropout > 0 and train.grad_clip and train.ema and train.patience and train.lr_schedule == "constant"
+
+
+def test_a_preset_names_only_what_it_changes_from_the_dataclass_defaults():
+    defaults = {f.name: f.default for cls in (ModelConfig, TrainConfig) for f in dataclasses.fields(cls)}
+    for name, preset in PRESETS.items():
+        for field, value in {**preset.model, **preset.train}.items():
+            assert defaults[field] != value, f"preset {name} repeats the default of {field}"

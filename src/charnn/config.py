@@ -34,6 +34,14 @@ DYNAMIC_RMS_BATCHES = 30
 DYNAMIC_EPSILON = 0.01
 
 
+def _option(default, help: str, choices: tuple[str, ...] | None = None):
+    """A field with the help (and the choices) its command-line flag shows (charnn.cli.flags).
+
+    Help names other fields in backticks, as error messages do; the CLI shows them as flags.
+    """
+    return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
+
+
 def _check(condition: bool, message: str) -> None:
     # Messages name fields in backticks; each edge renders them (the CLI as --flags): errors.py.
     if not condition:
@@ -56,14 +64,16 @@ class ModelConfig(JsonConfig):
     """The network's shape: Embedding -> recurrent layers -> Linear to the vocabulary."""
 
     vocab_size: int
-    embedding_dim: int = 256
-    hidden_size: int = 1024
-    cell: str = "gru"
-    num_layers: int = 1
-    dropout: float = 0.0
-    variational_dropout: bool = False  # one dropout mask per sequence, reused at every time step
-    weight_drop: float = 0.0  # DropConnect on the hidden-to-hidden weights, one mask per batch
-    embedding_dropout: float = 0.0  # whole characters' embedding rows, one mask per batch
+    embedding_dim: int = _option(256, "size of each character's embedding")
+    hidden_size: int = _option(1024, "units in each recurrent layer")
+    cell: str = _option("gru", "recurrent cell", CELLS)
+    num_layers: int = _option(1, "stacked recurrent layers")
+    dropout: float = _option(0.0, "dropout between layers and before the output")
+    variational_dropout: bool = _option(False, "`dropout` with one mask per sequence, the same at every time step")
+    weight_drop: float = _option(
+        0.0, "DropConnect on the recurrent (hidden-to-hidden) weights: share of them dropped, one mask per batch"
+    )
+    embedding_dropout: float = _option(0.0, "share of characters whose whole embedding is dropped, one mask per batch")
 
     def __post_init__(self):
         _check(self.vocab_size >= 1, f"vocab_size must be at least 1, got {self.vocab_size}")
@@ -81,33 +91,59 @@ class ModelConfig(JsonConfig):
 class TrainConfig(JsonConfig):
     """How to train. Defaults are the reference system's: windows of 100, batch 64, Adam 1e-3."""
 
-    seq_len: int = 100
-    batch_size: int = 64
-    epochs: int = 45
-    max_steps: int | None = None
-    time_limit: float | None = None  # minutes
-    lr: float = 1e-3
-    seed: int = 0
-    device: str = "auto"
-    precision: str = "auto"
-    threads: int | None = None
-    val_fraction: float = 0.1
-    eval_every: int | None = None  # steps; None = once per epoch only
-    patience: int | None = None  # evaluations without improvement before stopping
-    checkpoint_every: int | None = None  # steps; None = once per epoch only
-    keep_last: int | None = None  # numbered checkpoints kept; None = all
-    grad_clip: float | None = None  # maximum global gradient norm
-    lr_schedule: str = "constant"
-    warmup_steps: int = 0
-    weight_decay: float = 0.0
-    log_every_seconds: float = 30.0
-    stateful: bool = False  # each batch row reads its own stream of the text, state carried between windows
-    seq_len_jitter: float = 0.0  # stateful only: spread (characters) of a random window length; 0 = fixed
-    ema: float | None = None  # decay of an exponential moving average of the weights; None = none
-    ema_init_share: float = (
-        0.1  # the run's initial weights' fixed share in the average it scores (charnn.training.trainer)
+    seq_len: int = _option(100, "characters per training window")
+    batch_size: int = _option(64, "windows per batch")
+    epochs: int = _option(45, "passes over the training text")
+    max_steps: int | None = _option(None, "stop after this many optimizer steps (writes a checkpoint)")
+    time_limit: float | None = _option(
+        None, "stop after this many minutes in all, a resumed run's earlier ones counted (writes a checkpoint)"
     )
-    preset: str | None = None  # the named preset the options started from (charnn.presets), as a record
+    lr: float = _option(1e-3, "Adam learning rate")
+    seed: int = _option(0, "random seed for initialisation and data order")
+    device: str = _option("auto", "where to train: auto picks CUDA when present", DEVICES)
+    precision: str = _option("auto", "compute precision: auto picks bf16 where the hardware has it", PRECISIONS)
+    threads: int | None = _option(None, "CPU threads for PyTorch (default: all cores)")
+    val_fraction: float = _option(0.1, "share of the text, at its end, held out for validation")
+    eval_every: int | None = _option(None, "also evaluate on the held-out text every N steps")
+    patience: int | None = _option(
+        None,
+        "stop after N evaluations without a better validation loss (with `ema`, not counting one at "
+        "which the average falls fast enough to reach the best within N more)",
+    )
+    checkpoint_every: int | None = _option(None, "also write a checkpoint every N steps")
+    keep_last: int | None = _option(None, "keep only the newest K numbered checkpoints (best is always kept)")
+    grad_clip: float | None = _option(None, "clip gradients to this global norm")
+    lr_schedule: str = _option(
+        "constant",
+        "learning-rate schedule after warm-up: cosine falls to a tenth by the end of the run (its epochs, "
+        "`max_steps` or `time_limit`, whichever ends it first); plateau halves it at each evaluation that is no "
+        "better",
+        LR_SCHEDULES,
+    )
+    warmup_steps: int = _option(0, "steps of linear learning-rate warm-up")
+    weight_decay: float = _option(0.0, "decoupled weight decay (AdamW)")
+    log_every_seconds: float = _option(30.0, "seconds between progress lines and metrics records")
+    stateful: bool = _option(
+        False, "truncated BPTT: each batch row reads its own stretch of the text, state carried between windows"
+    )
+    seq_len_jitter: float = _option(
+        0.0, "with `stateful`: random window lengths around `seq_len` with this spread (AWD-LSTM)"
+    )
+    ema: float | None = _option(
+        None,
+        "also keep an exponential moving average of the weights with this decay (e.g. 0.999); "
+        "best keeps whichever scores better",
+    )
+    # The share the average the run scores keeps of its initial weights (charnn.training.trainer).
+    ema_init_share: float = _option(
+        0.1,
+        "with `ema`: share of the run's initial weights mixed into the average it scores "
+        "(a pull towards them that regularises; 0 = the plain average)",
+    )
+    # The named preset the options started from (charnn.presets), kept as a record.
+    preset: str | None = _option(
+        None, "start from a named configuration; flags given override it (seed = the reference system)"
+    )
 
     def __post_init__(self):
         _check(self.seq_len >= 1, f"`seq_len` must be at least 1, got {self.seq_len}")
@@ -200,10 +236,10 @@ class ScoreConfig:
 class ServeLimits:
     """What one request, and the server as a whole, may ask for (`charnn serve` flags)."""
 
-    max_prompt_chars: int = 4000
-    max_new_chars: int = 2000
-    max_num_samples: int = 8
-    max_streams: int = 64  # generation requests in flight at once, streaming or not
+    max_prompt_chars: int = _option(4000, "longest prompt a request may send")
+    max_new_chars: int = _option(2000, "most new characters a request may ask for, per sample")
+    max_num_samples: int = _option(8, "most samples one request may ask for")
+    max_streams: int = _option(64, "generation requests in flight at once (streaming or not); more get HTTP 429")
 
     def __post_init__(self):
         for f in dataclasses.fields(self):

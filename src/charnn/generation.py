@@ -49,15 +49,28 @@ def generate(
     Mistakes (an empty prime, characters the model does not know, a negative length) raise
     here, before the first character, not when iteration begins.
     """
-    if length < 0:
-        raise ConfigError(f"`length` must be 0 or more, got {length}")
-    if num_samples < 1:
-        raise ConfigError(f"`num_samples` must be at least 1, got {num_samples}")
+    check_options(length=length, num_samples=num_samples)
     if not prime:
         raise ConfigError("the prime is empty; give at least one character to start from")
     tokens = torch.from_numpy(vocab.encode(prime))
     stepper = Stepper(model, precision)
     return _generate(stepper, vocab, tokens, length, sampling, RandomStreams(seed, num_samples, first_sample))
+
+
+def check_options(*, length: int, num_samples: int, best_of: int | None = None, stream: bool = False) -> None:
+    """Refuse what `generate` (or `generate_best_of`, keeping `num_samples` of `best_of`) cannot do.
+
+    Cheap, so a caller can check before loading a model.
+    """
+    if length < 0:
+        raise ConfigError(f"`length` must be 0 or more, got {length}")
+    if num_samples < 1:
+        raise ConfigError(f"`num_samples` must be at least 1, got {num_samples}")
+    if best_of is not None:
+        if best_of < num_samples:
+            raise ConfigError(f"`best_of` must be at least `num_samples` ({num_samples}), got {best_of}")
+        if stream:
+            raise ConfigError("`best_of` cannot `stream`: the best sample is known only when all are drawn")
 
 
 def _generate(stepper, vocab, tokens, length, sampling, streams) -> Iterator[list[str]]:

@@ -1,0 +1,112 @@
+"""charnn generate: samples from a checkpoint, printed whole, streamed, as JSON, or the best of N."""
+
+import argparse
+import json
+import math
+
+from charnn.cli.flags import add_device, add_precision, checkpoint
+from charnn.config import SampleConfig
+from charnn.errors import ConfigError
+
+
+def add_parser(commands) -> None:
+    p = commands.add_parser("generate", help="generate text from a checkpoint", parents=[checkpoint()],
+                            description="Generate text: the prime followed by --length new characters.")  # fmt: skip
+    p.add_argument("--prime", default=None, help="text to start from (default: a newline)")
+    p.add_argument("--length", type=int, default=1000, help="new characters per sample (default: 1000)")
+    p.add_argument("--temperature", default="0.8", help="0 = greedy; higher = more random; a comma-separated "
+                   "list gives one labelled sample each (default: 0.8)")  # fmt: skip
+    p.add_argument("--top-k", type=int, default=None, help="draw only from the K most likely characters")
+    p.add_argument("--top-p", type=float, default=None, help="draw only from the most likely characters "
+                   "whose probabilities sum to P")  # fmt: skip
+    p.add_argument("--seed", type=int, default=None, help="random seed; the same seed gives the same text")
+    p.add_argument("--num-samples", type=int, default=1, help="samples to draw (default: 1)")
+    p.add_argument("--best-of", type=int, metavar="N", help="draw N samples and print the --num-samples of them "
+                   "with the highest mean log-probability per character (scored by the model at temperature 1, "
+                   "whatever --temperature drew them; best first)")  # fmt: skip
+    p.add_argument("--stream", action="store_true", help="print characters as they are produced")
+    p.add_argument("--json", action="store_true", help="print {samples, seed, checkpoint} as JSON (no prime)")
+    add_device(p)
+    add_precision(p, "weights after the prime: fp32 gives the exact model; auto picks int8 where the CPU computes "
+                  "it fast (default: auto)")  # fmt: skip
+    p.set_defaults(run=run)
+
+
+def _temperatures(text: str) -> list[float]:
+    try:
+        return [float(t) for t in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"`temperature` takes a number or a comma-separated list, got {text!r}") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    from charnn.generation import check_options
+    from charnn.hardware import resolve_device
+    from charnn.run_folder import load_checkpoint
+    from charnn.sample import new_seed
+
+    samplings = [SampleConfig(t, args.top_k, args.top_p) for t in _temperatures(args.temperature)]
+    check_options(length=args.length, num_samples=args.num_samples, best_of=args.best_of, stream=args.stream)
+    ckpt = load_checkpoint(args.checkpoint, resolve_device(args.device))
+    prime = args.prime if args.prime is not None else _default_prime(ckpt.vocab)
+    seed = args.seed if args.seed is not None else new_seed()
+    labelled = len(samplings) > 1
+    results = []  # (temperature, sample)
+    means = []  # with --best-of: each printed sample's mean log-probability per character
+    for sampling in samplings:
+        if args.best_of is not None:
+            ranked = _best_of(args, ckpt, prime, sampling, seed)
+            results += [(sampling.temperature, sample) for sample, _ in ranked]
+            means += [mean for _, mean in ranked]
+        elif args.stream and not args.json:
+            _stream(args, ckpt, prime, sampling, seed, labelled)
+        else:
+            results += [(sampling.temperature, s) for s in _samples(args, ckpt, prime, sampling, seed)]
+    if args.json:
+        out = {"samples": [s for _, s in results], "seed": seed, "checkpoint": str(ckpt.path)}
+        out["temperatures"] = [t for t, _ in results]
+        if args.best_of is not None:
+            out["best_of"] = args.best_of
+            out["mean_logprobs"] = [m if math.isfinite(m) else None for m in means]
+        print(json.dumps(out, ensure_ascii=False))
+    elif not args.stream:
+        blocks = [(f"--- temperature {t} ---\n" if labelled else "") + prime + s for t, s in results]
+        print("\n\n".join(blocks))
+    return 0
+
+
+def _samples(args, ckpt, prime: str, sampling: SampleConfig, seed: int) -> list[str]:
+    from charnn.generation import generate_text
+
+    return generate_text(ckpt.model, ckpt.vocab, prime, length=args.length, sampling=sampling,
+                         num_samples=args.num_samples, seed=seed, precision=args.precision)  # fmt: skip
+
+
+def _best_of(args, ckpt, prime: str, sampling: SampleConfig, seed: int) -> list[tuple[str, float]]:
+    """The --num-samples best of --best-of samples, best first, each with its mean log-probability."""
+    from charnn.generation import generate_best_of
+
+    ranked = generate_best_of(ckpt.model, ckpt.vocab, prime, args.length, sampling, best_of=args.best_of,
+                              seed=seed, precision=args.precision)  # fmt: skip
+    return [(ranked.samples[i], ranked.mean_logprobs[i]) for i in ranked.order[: args.num_samples]]
+
+
+def _stream(args, ckpt, prime: str, sampling: SampleConfig, seed: int, labelled: bool) -> None:
+    """Each sample printed a character at a time, one after another."""
+    from charnn.generation import generate
+
+    for i in range(args.num_samples):
+        if labelled or i:
+            print()
+        if labelled:
+            print(f"--- temperature {sampling.temperature} ---")
+        print(prime, end="", flush=True)
+        steps = generate(ckpt.model, ckpt.vocab, prime, length=args.length, sampling=sampling, num_samples=1,
+                         seed=seed, first_sample=i, precision=args.precision)  # fmt: skip
+        for step in steps:
+            print(step[0], end="", flush=True)
+        print()
+
+
+def _default_prime(vocab) -> str:
+    return "\n" if "\n" in vocab else vocab.characters[0]
