@@ -23,8 +23,7 @@ NANOGPT_WINDOW = 256
 NANOGPT_WINDOWS = 200 * 64
 # Dynamic evaluation (charnn.scoring.evaluate.dynamic_loss): segments of 50 characters, in the range
 # Krause et al. (2018) used, and two update rules with their (learning rate, decay). Chosen on the
-# first 20,000 held-out characters of tinyshakespeare and Great Expectations (benchmarks/RESULTS.md):
-# `rms`, Krause et al.'s, gained 0.077 and 0.044 nats/char there, plain `sgd` 0.051 and 0.028.
+# first 20,000 held-out characters of two texts; the figures are in docs/results.md.
 DYNAMIC_SEGMENT = 50
 DYNAMIC_UPDATES = {"rms": (3e-5, 0.01), "sgd": (0.03, 0.0)}
 DYNAMIC_UPDATE = "rms"
@@ -207,7 +206,7 @@ class ScoreConfig:
     block of `streams` x `span` characters is cut into `streams` pieces scored side by side; the
     first continues from the state where the previous block ended, the others start from a zero
     state fed the `warmup` characters before them (an RNN's memory fades within a few hundred
-    characters, so this changes the total by little: see benchmarks/RESULTS.md). A text no longer
+    characters, so this changes the total by little: see docs/results.md). A text no longer
     than `span` is one piece, scored exactly, whatever `streams`.
     """
 

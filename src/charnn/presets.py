@@ -7,7 +7,7 @@ epochs, no dropout, no held-out-driven stopping), so `seed` changes nothing, and
 who build a TrainConfig themselves get exactly what they ask for.
 
 `tuned` is the best recipe measured on this project's machine (the ablation in
-benchmarks/RESULTS.md says what each of its options earns). `charnn train` without --preset uses
+docs/results.md says what each of its options earns). `charnn train` without --preset uses
 DEFAULT_PRESET (`tuned`): to change the command's defaults, add a preset here and point
 DEFAULT_PRESET at it.
 
@@ -30,11 +30,11 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     "seed": Preset("the reference system: GRU 1024, Adam 1e-3, windows of 100 from zero state, no regularisation"),
     "tuned": Preset(
-        "the best recipe measured here (benchmarks/RESULTS.md, issue 13): the reference model with dropout, "
+        "the best recipe measured here (docs/results.md): the reference model with dropout, "
         "a higher constant rate with an average of the weights, clipping and early stopping",
         # The reference model, regularised.
         model={"dropout": 0.15},
-        # The rate stays constant: the weight average anneals (benchmarks/RESULTS.md).
+        # The rate stays constant: the weight average anneals (docs/results.md).
         train={"lr": 2e-3, "warmup_steps": 100, "grad_clip": 1.0, "patience": 3, "ema": 0.998},
     ),
 }

@@ -38,7 +38,7 @@ def add_score_parser(commands) -> None:
                    "side, each after a 256-character warm-up (faster); 1 scores every character after the "
                    "whole text before it (default: 64; a text under 4,096 characters is one piece)")  # fmt: skip
     add_precision(p, "fp32: the plain model, the figures of charnn evaluate; auto: the generation step, int8 where "
-                  "the CPU computes it fast (several times faster; totals within 0.1%%, see benchmarks/RESULTS.md), "
+                  "the CPU computes it fast (several times faster; totals within 0.1%%, see docs/results.md), "
                   "else fp32 (default: auto)")  # fmt: skip
     add_encoding(p)
     add_device(p)

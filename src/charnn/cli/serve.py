@@ -14,7 +14,7 @@ def add_parser(commands) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port to listen on (default: 8000)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for the model (default: every core; the web "
-                   "server's own work is small, see benchmarks/RESULTS.md)")  # fmt: skip
+                   "server's own work is small, see docs/results.md)")  # fmt: skip
     add_config_flags(p, ServeLimits)
     p.set_defaults(run=run)
 
