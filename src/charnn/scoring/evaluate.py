@@ -188,14 +188,7 @@ def evaluate_text(
     report["loss"] = loss
     report["bpc"] = loss * NATS_TO_BITS
     if window is not None:
-        mean, per_position = window_loss(model, tokens, window, num_windows=num_windows, seed=window_seed,
-                                         progress=follow("windows"))  # fmt: skip
-        head = min(8, window)
-        report.update(window=window, num_windows=num_windows, window_seed=window_seed, window_loss=mean)
-        report["window_bpc"] = mean * NATS_TO_BITS
-        report["window_loss_first_8"] = float(per_position[:head].mean())
-        if window > head:
-            report["window_loss_after_8"] = float(per_position[head:].mean())
+        report |= _window_figures(model, tokens, window, num_windows, window_seed, follow("windows"))
     if dynamic:
         rms = None
         if dynamic_update == "rms":
@@ -205,7 +198,24 @@ def evaluate_text(
                               progress=follow("dynamic evaluation"))  # fmt: skip
         report.update(dynamic_loss=figure, dynamic_bpc=figure * NATS_TO_BITS, dynamic_segment=dynamic_segment,
                       dynamic_update=dynamic_update, dynamic_lr=dynamic_lr, dynamic_decay=dynamic_decay)  # fmt: skip
-    report["gzip_loss"] = gzip_loss(kept)
+    return report | _baseline_figures(kept, training_text)
+
+
+def _window_figures(model: CharRNN, tokens: torch.Tensor, window: int, num_windows: int, seed: int, progress) -> dict:
+    """`window_loss` in the report, with its mean over the first 8 positions of a window and over the rest."""
+    mean, per_position = window_loss(model, tokens, window, num_windows=num_windows, seed=seed, progress=progress)
+    head = min(8, window)
+    report = {"window": window, "num_windows": num_windows, "window_seed": seed, "window_loss": mean}
+    report["window_bpc"] = mean * NATS_TO_BITS
+    report["window_loss_first_8"] = float(per_position[:head].mean())
+    if window > head:
+        report["window_loss_after_8"] = float(per_position[head:].mean())
+    return report
+
+
+def _baseline_figures(kept: str, training_text: str | None) -> dict:
+    """gzip's loss on the text; with the training text, the 5-gram's and the share of invented words."""
+    report = {"gzip_loss": gzip_loss(kept)}
     report["gzip_bpc"] = report["gzip_loss"] * NATS_TO_BITS
     if training_text is not None:
         ngram = KneserNey(training_text, order=5, discount=0.75).loss(kept)
