@@ -1,7 +1,9 @@
 """The character-level recurrent network: Embedding -> GRU/LSTM/RNN layers -> Linear.
 
 State is explicit: ``forward(tokens, state) -> (logits, state)``; the module keeps no
-per-caller state, so one loaded model can serve many callers at once.
+per-caller state, so one loaded model can serve many callers at once. A state is a tensor (GRU,
+RNN) or a tuple (LSTM); the helpers below (`select_rows`, `concat_rows`, `detach_state`, ...)
+treat both alike, and `eval_mode` switches the regularisation off for a block.
 
 Regularisation, all of it in training mode only (evaluation and generation see the plain
 network): `dropout` between layers and before the output (with `variational_dropout`, one
@@ -124,8 +126,7 @@ class CharRNN(nn.Module):
 
 # A character the model never saw gets an output bias this many times (in odds) below the lowest
 # old one: absent from its text, it is rarer than anything it counted. The old characters' logits
-# also move with the context, so this sets a scale, not a rank: in a model trained on Great
-# Expectations (benchmarks/finetune.py) each new character started at about 1e-5 on average.
+# also move with the context, so this sets a scale, not a rank.
 NEW_CHARACTER_ODDS = 10.0
 
 
