@@ -6,7 +6,17 @@ import torch.nn.functional as F
 
 from charnn.config import ModelConfig
 from charnn.errors import ConfigError
-from charnn.model import CharRNN
+from charnn.model import (
+    CharRNN,
+    concat_rows,
+    detach_state,
+    eval_mode,
+    expand_rows,
+    map_state,
+    select_rows,
+    state_from_tensors,
+    state_tensors,
+)
 
 
 def test_reference_shapes_and_parameter_counts():
@@ -121,3 +131,35 @@ def test_variational_dropout_keeps_one_mask_across_time():
 def test_regularisation_options_are_checked(name):
     with pytest.raises(ConfigError, match=name):
         ModelConfig(vocab_size=5, **{name: 1.0})
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_state_helpers_treat_a_tensor_and_a_tuple_alike(cell):
+    model = CharRNN(ModelConfig(vocab_size=7, embedding_dim=4, hidden_size=8, num_layers=2, cell=cell))
+    _, state = model(torch.randint(0, 7, (3, 5)))  # (2, 3, 8) each
+    tensors = state_tensors(state)
+    assert len(tensors) == (2 if cell == "lstm" else 1)
+    assert type(state_from_tensors(tensors)) is type(state)
+    picked = select_rows(state, torch.tensor([2, 0]))
+    assert all(torch.equal(p, t[:, [2, 0]]) for p, t in zip(state_tensors(picked), tensors, strict=True))
+    joined = concat_rows([state, picked])
+    assert all(j.shape == (2, 5, 8) for j in state_tensors(joined))
+    grown = expand_rows(select_rows(state, torch.tensor([1])), 4)
+    assert all(torch.equal(g, t[:, 1:2].expand(-1, 4, -1)) for g, t in zip(state_tensors(grown), tensors, strict=True))
+    assert all(t.requires_grad for t in tensors)
+    assert not any(t.requires_grad for t in state_tensors(detach_state(state)))
+    doubled = map_state(torch.add, state, state)
+    assert all(torch.equal(d, 2 * t) for d, t in zip(state_tensors(doubled), tensors, strict=True))
+
+
+def test_eval_mode_restores_the_previous_mode_even_on_an_error():
+    model = CharRNN(ModelConfig(vocab_size=5, embedding_dim=4, hidden_size=8))
+    model.train()
+    with pytest.raises(RuntimeError), eval_mode(model) as inside:
+        assert inside is model and not model.training
+        raise RuntimeError("boom")
+    assert model.training
+    model.eval()
+    with eval_mode(model):
+        pass
+    assert not model.training

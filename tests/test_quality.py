@@ -15,15 +15,8 @@ from charnn.data.corpus import Corpus
 from charnn.errors import ConfigError, TrainingError
 from charnn.model import CharRNN
 from charnn.run_folder import METRICS, list_checkpoints, load_checkpoint
-from charnn.scoring.evaluate import (
-    dynamic_loss,
-    evaluate_text,
-    gradient_rms,
-    gzip_loss,
-    invented_words,
-    model_loss,
-    window_loss,
-)
+from charnn.scoring.dynamic import dynamic_loss, gradient_rms
+from charnn.scoring.evaluate import evaluate_text, gzip_loss, invented_words, model_loss, window_loss
 from charnn.scoring.ngram import KneserNey
 from charnn.training.plot import plot_run
 from charnn.training.trainer import run_progress, train

@@ -148,6 +148,10 @@ def test_context_is_fed_not_reported_and_continuations_agree():
     # The prompt's characters count: scoring the whole text gives the continuation's characters the same bits.
     whole = score_text(model, VOCAB, prompt + continuations[0]).records[len(prompt) :]
     assert [r.bits for r in whole] == pytest.approx([r.bits for r in batch[0]], abs=1e-5)
+    # Without a prompt, each continuation's first character is not scored; an empty one has no records.
+    unprompted = score_continuations(model, VOCAB, "", ["Pip", "P", ""])
+    assert [[r.bits is None for r in records] for records in unprompted] == [[True, False, False], [True], []]
+    assert [r.bits for r in unprompted[0]] == pytest.approx([r.bits for r in score_text(model, VOCAB, "Pip").records])
     with pytest.raises(UnknownCharactersError, match="'Q'"):
         score(model, VOCAB, "Pip", context="Q")
     with pytest.raises(ConfigError, match="top_k"):

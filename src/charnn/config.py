@@ -21,7 +21,7 @@ GENERATE_PRECISIONS = ("auto", "fp32", "bf16", "int8")  # weights when generatin
 # batch_size 64 windows of block_size 256.
 NANOGPT_WINDOW = 256
 NANOGPT_WINDOWS = 200 * 64
-# Dynamic evaluation (charnn.scoring.evaluate.dynamic_loss): segments of 50 characters, in the range
+# Dynamic evaluation (charnn.scoring.dynamic.dynamic_loss): segments of 50 characters, in the range
 # Krause et al. (2018) used, and two update rules with their (learning rate, decay). Chosen on the
 # first 20,000 held-out characters of two texts; the figures are in docs/results.md.
 DYNAMIC_SEGMENT = 50

@@ -1,7 +1,9 @@
 """The character-level recurrent network: Embedding -> GRU/LSTM/RNN layers -> Linear.
 
 State is explicit: ``forward(tokens, state) -> (logits, state)``; the module keeps no
-per-caller state, so one loaded model can serve many callers at once.
+per-caller state, so one loaded model can serve many callers at once. A state is a tensor (GRU,
+RNN) or a tuple (LSTM); the helpers below (`select_rows`, `concat_rows`, `detach_state`, ...)
+treat both alike, and `eval_mode` switches the regularisation off for a block.
 
 Regularisation, all of it in training mode only (evaluation and generation see the plain
 network): `dropout` between layers and before the output (with `variational_dropout`, one
@@ -15,8 +17,10 @@ mask per sequence reused at every time step instead of a fresh one per character
 (2, 5, 10)
 """
 
+import contextlib
 import dataclasses
 import math
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -86,7 +90,6 @@ class CharRNN(nn.Module):
         c = self.config
         if state is None:
             state = self.init_state(x.shape[0], device=x.device, dtype=x.dtype)
-        lstm = c.cell == "lstm"
         run = _LAYER_FUNCTIONS[c.cell]
         finals = []
         for layer in range(c.num_layers):
@@ -94,12 +97,10 @@ class CharRNN(nn.Module):
                 x = self.output_dropout(x, time_dim=1) if c.variational_dropout else self.dropout(x)
             weights = [getattr(self.rnn, f"weight_ih_l{layer}"), self.hidden_weight(layer),
                        getattr(self.rnn, f"bias_ih_l{layer}"), getattr(self.rnn, f"bias_hh_l{layer}")]  # fmt: skip
-            h = (state[0][layer : layer + 1], state[1][layer : layer + 1]) if lstm else state[layer : layer + 1]
+            h = map_state(lambda t, i=layer: t[i : i + 1], state)  # this layer's (1, B, hidden)
             x, *final = run(x, h, weights, True, 1, 0.0, True, False, True)
-            finals.append(final)
-        if lstm:
-            return x, (torch.cat([f[0] for f in finals]), torch.cat([f[1] for f in finals]))
-        return x, torch.cat([f[0] for f in finals])
+            finals.append(state_from_tensors(final))
+        return x, map_state(lambda *layers: torch.cat(layers), *finals)
 
     # --- state and description ------------------------------------------------------------
 
@@ -125,8 +126,7 @@ class CharRNN(nn.Module):
 
 # A character the model never saw gets an output bias this many times (in odds) below the lowest
 # old one: absent from its text, it is rarer than anything it counted. The old characters' logits
-# also move with the context, so this sets a scale, not a rank: in a model trained on Great
-# Expectations (benchmarks/finetune.py) each new character started at about 1e-5 on average.
+# also move with the context, so this sets a scale, not a rank.
 NEW_CHARACTER_ODDS = 10.0
 
 
@@ -162,6 +162,56 @@ def grow_vocabulary(model: CharRNN, vocab_size: int, *, generator: torch.Generat
             grown.head.weight[old:] = 0.1 * weight.std() * noise
             grown.head.bias[old:] = bias.min() - math.log(NEW_CHARACTER_ODDS)
     return grown.to(weight.device)
+
+
+# --- a recurrent state, a tensor (GRU, RNN) or a tuple (LSTM): one helper set for both --------------
+
+
+def state_tensors(state: State) -> tuple[torch.Tensor, ...]:
+    """The state's tensors as a tuple: (h, c) for an LSTM, (h,) otherwise."""
+    return state if isinstance(state, tuple) else (state,)
+
+
+def state_from_tensors(tensors: Sequence[torch.Tensor]) -> State:
+    """The state whose `state_tensors` are `tensors`: (h, c) an LSTM's tuple, (h,) the tensor h."""
+    return tuple(tensors) if len(tensors) == 2 else tensors[0]
+
+
+def map_state(function: Callable[..., torch.Tensor], *states: State) -> State:
+    """`function` applied to each tensor of the states (h with h, c with c), as a state of the same form."""
+    results = [function(*parts) for parts in zip(*map(state_tensors, states), strict=True)]
+    return state_from_tensors(results)
+
+
+def detach_state(state: State) -> State:
+    """The state cut from the graph that computed it (between chunks of truncated backpropagation)."""
+    return map_state(torch.Tensor.detach, state)
+
+
+def select_rows(state: State, index: torch.Tensor) -> State:
+    """The batch rows `index` of the state, as new tensors (num_layers, len(index), hidden)."""
+    return map_state(lambda t: t.index_select(1, index.to(t.device)), state)
+
+
+def concat_rows(states: Sequence[State]) -> State:
+    """The states' batch rows one after another, in order."""
+    return map_state(lambda *parts: torch.cat(parts, dim=1), *states)
+
+
+def expand_rows(state: State, rows: int) -> State:
+    """A one-row state repeated to `rows` rows, as new tensors."""
+    return map_state(lambda t: t.expand(-1, rows, -1).contiguous(), state)
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Evaluation mode (no dropout) for the block; the model's mode as it was after, even on an error."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 def _locked_dropout(x: torch.Tensor, p: float, time_dim: int) -> torch.Tensor:

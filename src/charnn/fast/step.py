@@ -43,7 +43,7 @@ from charnn.config import SampleConfig
 from charnn.errors import ConfigError
 from charnn.fast import build
 from charnn.hardware import cpu_flags
-from charnn.model import CharRNN, State
+from charnn.model import CharRNN, State, expand_rows, state_tensors
 from charnn.sample import sample_next
 
 # h of a GRU is a convex mix of tanh outputs and the previous h, so it stays in [-1, 1]:
@@ -275,7 +275,7 @@ class Stepper:
         for t in range(rows.shape[1]):
             self.fused.step(rows[:, t].contiguous(), state, gi, xq, logits)
         batch = tokens.shape[0]
-        return logits.expand(batch, -1).clone(), state.expand(-1, batch, -1).contiguous()
+        return logits.expand(batch, -1).clone(), expand_rows(state, batch)
 
     def step(self, tokens: torch.Tensor, state: State) -> torch.Tensor:
         """Feed one token per row, (B,); update `state` in place; return the logits (B, V).
@@ -310,7 +310,7 @@ class Stepper:
     def _torch_step(self, tokens: torch.Tensor, state: State) -> torch.Tensor:
         if not self.fast:
             logits, new_state = self.model(tokens.to(self.device).unsqueeze(1), state)
-            for old, new in zip(_tensors(state), _tensors(new_state), strict=True):
+            for old, new in zip(state_tensors(state), state_tensors(new_state), strict=True):
                 old.copy_(new)
             return logits[:, -1]
         h = state  # (L, B, H)
@@ -343,7 +343,3 @@ class Stepper:
         self._logits = new(batch, c.vocab_size)
         self._xq = torch.empty(batch, c.hidden_size, dtype=torch.uint8, device=self.device)
         self._batch = batch
-
-
-def _tensors(state: State) -> tuple[torch.Tensor, ...]:
-    return state if isinstance(state, tuple) else (state,)

@@ -39,7 +39,8 @@ from torch import nn
 import charnn
 from charnn import atomic
 from charnn.errors import CharnnError, CheckpointError, ConfigError, UnknownCharactersError
-from charnn.model import CharRNN
+from charnn.model import CharRNN, eval_mode, state_from_tensors, state_tensors
+from charnn.scoring.loop import Reader, cut_streams, summed_loss
 from charnn.vocab import Vocabulary
 
 FORMATS = ("onnx", "web")
@@ -59,9 +60,8 @@ class _Graph(nn.Module):
         self.model = model
 
     def forward(self, tokens: torch.Tensor, *state: torch.Tensor):
-        lstm = self.model.config.cell == "lstm"
-        logits, new = self.model(tokens, tuple(state) if lstm else state[0])
-        return (logits, *new) if lstm else (logits, new)
+        logits, new = self.model(tokens, state_from_tensors(state))
+        return logits, *state_tensors(new)
 
 
 def _need(module: str):
@@ -88,8 +88,6 @@ def onnx_bytes(model: CharRNN, vocab: Vocabulary) -> bytes:
     onnx = _need("onnx")
     config = model.config
     names = state_names(config.cell)
-    was_training = model.training
-    model.eval()  # dropout off
     tokens = torch.zeros(1, 2, dtype=torch.long)
     state = tuple(torch.zeros(config.num_layers, 1, config.hidden_size) for _ in names)
     axes = {"tokens": {0: "batch", 1: "steps"}, "logits": {0: "batch", 1: "steps"}}
@@ -98,21 +96,18 @@ def onnx_bytes(model: CharRNN, vocab: Vocabulary) -> bytes:
     # The TorchScript-based exporter writes the cells as ONNX's own GRU, LSTM and RNN ops, with
     # the number of steps left free; torch.export (dynamo=True), when tried (PyTorch 2.13), fixed
     # the number of steps to the example's for stacked cells and for plain RNNs.
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                _Graph(model),
-                (tokens, *state),
-                buffer,
-                input_names=["tokens", *names],
-                output_names=["logits", *(f"new_{n}" for n in names)],
-                dynamic_axes=axes,
-                opset_version=OPSET,
-                dynamo=False,
-            )
-    finally:
-        model.train(was_training)
+    with eval_mode(model), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):  # dropout off
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            _Graph(model),
+            (tokens, *state),
+            buffer,
+            input_names=["tokens", *names],
+            output_names=["logits", *(f"new_{n}" for n in names)],
+            dynamic_axes=axes,
+            opset_version=OPSET,
+            dynamo=False,
+        )
     proto = onnx.load_from_string(buffer.getvalue())
     for key, value in metadata(model, vocab).items():
         proto.metadata_props.add(key=key, value=value)
@@ -295,21 +290,13 @@ def onnx_loss(
 ) -> float:
     """Mean loss in nats per character over `tokens`, as `charnn.scoring.evaluate.model_loss` computes it:
     the text cut into `num_streams` contiguous pieces run side by side, state carried along."""
-    num_streams = max(1, min(num_streams, (len(tokens) - 1) // 2))
-    piece = len(tokens) // num_streams
-    if piece < 2:
+    streams = cut_streams(torch.from_numpy(np.asarray(tokens, dtype=np.int64)), num_streams)  # (S, L)
+    if streams is None:
         return math.nan
-    streams = np.asarray(tokens[: piece * num_streams], dtype=np.int64).reshape(num_streams, piece)  # (S, L)
-    state, total, count = None, 0.0, 0
-    for start in range(0, piece - 1, seq_len):
-        inputs = streams[:, start : min(start + seq_len, piece - 1)]  # (S, T)
-        targets = streams[:, start + 1 : start + 1 + inputs.shape[1]]
-        logits, state = model.run(inputs, state)  # (S, T, V)
-        logits = logits.astype(np.float64)
-        peak = logits.max(axis=-1, keepdims=True)
-        log_z = np.log(np.exp(logits - peak).sum(axis=-1)) + peak[..., 0]
-        total += float((log_z - np.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]).sum())
-        count += targets.size
-        if on_progress is not None:
-            on_progress(count)
+
+    def run(inputs: torch.Tensor, state: tuple[np.ndarray, ...] | None):
+        logits, state = model.run(inputs.numpy(), state)  # (S, T, V)
+        return torch.from_numpy(logits).double(), state  # the loss summed in fp64
+
+    total, count = summed_loss(Reader(run, chunk_size=seq_len), streams, on_progress)
     return total / count

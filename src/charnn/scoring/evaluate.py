@@ -13,10 +13,10 @@ Three ways to score a model, each another tool's yardstick:
 - `dynamic_loss`: Krause et al. (2018)'s dynamic evaluation: the text read straight through,
   each segment scored before the model takes a gradient step on it.
 
-The slow ones take `progress(done, total)`, called as characters are scored.
+The slow ones take `progress(done, total)`, called as characters are scored. The first two read
+the text with `charnn.scoring.loop`; dynamic evaluation is in `charnn.scoring.dynamic`.
 """
 
-import copy
 import gzip
 import math
 import re
@@ -25,19 +25,12 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from charnn.config import (
-    DYNAMIC_EPSILON,
-    DYNAMIC_RMS_BATCHES,
-    DYNAMIC_SEGMENT,
-    DYNAMIC_UPDATE,
-    DYNAMIC_UPDATES,
-    NANOGPT_WINDOW,
-    NANOGPT_WINDOWS,
-)
+from charnn.config import DYNAMIC_SEGMENT, DYNAMIC_UPDATE, DYNAMIC_UPDATES, NANOGPT_WINDOW, NANOGPT_WINDOWS
 from charnn.errors import ConfigError
-from charnn.fast import recurrence
 from charnn.hardware import autocast
-from charnn.model import CharRNN
+from charnn.model import CharRNN, eval_mode
+from charnn.scoring.dynamic import dynamic_loss, gradient_rms
+from charnn.scoring.loop import Reader, cut_streams, summed_loss
 from charnn.scoring.ngram import KneserNey
 from charnn.vocab import Vocabulary
 
@@ -75,27 +68,11 @@ def loss_sums(
     """(Summed loss, characters predicted) of `model_loss`, for the streams r, r + world_size, ...
     of process `rank`: the processes of a distributed run score one text together."""
     device = next(model.parameters()).device
-    num_streams = max(1, min(num_streams, (len(tokens) - 1) // 2))
-    piece = len(tokens) // num_streams
-    if piece < 2:
+    streams = cut_streams(tokens, num_streams)
+    if streams is None or len(streams[rank::world_size]) == 0:
         return 0.0, 0
-    # Converted to long chunk by chunk: a memory-mapped held-out text is never loaded whole.
-    streams = tokens[: piece * num_streams].view(num_streams, piece)[rank::world_size]  # (S, L)
-    if len(streams) == 0:
-        return 0.0, 0
-    was_training = model.training
-    model.eval()
-    total, count, state = 0.0, 0, None
-    with torch.inference_mode(), autocast(device, dtype):
-        for start in range(0, piece - 1, seq_len):
-            chunk = streams[:, start : start + seq_len + 1].long().to(device)
-            targets = chunk[:, 1:]
-            inputs = chunk[:, : targets.shape[1]]
-            logits, state = model(inputs, state)
-            total += F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="sum").item()
-            count += targets.numel()
-    model.train(was_training)
-    return total, count
+    with eval_mode(model), torch.inference_mode(), autocast(device, dtype):
+        return summed_loss(Reader(model, chunk_size=seq_len, device=device), streams[rank::world_size])  # (S, L)
 
 
 def window_loss(
@@ -123,139 +100,18 @@ def window_loss(
     generator = torch.Generator().manual_seed(seed)
     starts = torch.randint(len(tokens) - window, (num_windows,), generator=generator)
     offsets = torch.arange(window + 1)
-    was_training = model.training
-    model.eval()
     per_position = torch.zeros(window, dtype=torch.float64)
-    with torch.inference_mode(), autocast(device, dtype):
+    with eval_mode(model), torch.inference_mode(), autocast(device, dtype):
         for first in range(0, num_windows, batch_size):
             rows = tokens[(starts[first : first + batch_size, None] + offsets).flatten()].view(-1, window + 1)
-            rows = rows.long().to(device)  # (B, window + 1)
-            logits, _ = model(rows[:, :-1])
-            losses = F.cross_entropy(logits.float().transpose(1, 2), rows[:, 1:], reduction="none")  # (B, window)
-            per_position += losses.double().sum(0).cpu()
+            # Each batch of windows from a zero state, in one chunk.
+            for _, logits, targets in Reader(model, chunk_size=window, device=device).predict(rows):
+                losses = F.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none")  # (B, window)
+                per_position += losses.double().sum(0).cpu()
             if progress is not None:
                 progress(min(first + batch_size, num_windows) * window, num_windows * window)
-    model.train(was_training)
     per_position /= num_windows
     return float(per_position.mean()), per_position.float()
-
-
-def dynamic_loss(
-    model: CharRNN,
-    tokens: torch.Tensor,
-    *,
-    segment: int = DYNAMIC_SEGMENT,
-    lr: float = DYNAMIC_UPDATES["sgd"][0],
-    decay: float = 0.0,
-    rms: list[torch.Tensor] | None = None,
-    progress: Callable[[int, int], None] | None = None,
-) -> float:
-    """Mean loss in nats per character of `tokens` under dynamic evaluation (Krause et al., 2018).
-
-    The text is read as one stream, state carried; each segment of `segment` characters is
-    scored first, then the model takes a step on it. Plain SGD: w <- w - lr grad + decay
-    (w_trained - w), `decay` pulling the weights back towards the trained ones. With `rms`
-    (`gradient_rms` of the training text, one tensor per parameter) Krause's update instead:
-    each weight's step divided by its gradient's RMS in training, and each weight pulled back
-    in proportion to that RMS (relative to the mean), so the weights training moved most adapt
-    and recover most. `model` itself is left unchanged (a copy adapts), and its regularisation
-    is off (evaluation mode).
-    """
-    if segment < 1:
-        raise ConfigError(f"`segment` must be at least 1, got {segment}")
-    if lr <= 0 or not 0.0 <= decay < 1.0:
-        raise ConfigError(f"`lr` must be positive and `decay` in [0, 1), got {lr} and {decay}")
-    if len(tokens) < 2:
-        return math.nan
-    adapted = copy.deepcopy(model).eval()
-    parameters = list(adapted.parameters())
-    trained = [p.detach().clone() for p in parameters]
-    if rms is None:
-        steps, pulls = [lr] * len(parameters), [decay] * len(parameters)
-    else:
-        steps, pulls = _rms_rates(rms, lr, decay)
-    device = parameters[0].device
-    total, count, state = 0.0, 0, None
-    # cuDNN's recurrent backward runs in training mode only; the plain kernels run in either.
-    with torch.backends.cudnn.flags(enabled=False), torch.enable_grad():
-        for start in range(0, len(tokens) - 1, segment):
-            chunk = tokens[start : start + segment + 1].long().to(device)
-            inputs, targets = chunk[:-1].unsqueeze(0), chunk[1:].unsqueeze(0)  # (1, n)
-            logits, state = _forward(adapted, inputs, state)
-            loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
-            total += loss.item() * targets.numel()
-            count += targets.numel()
-            if progress is not None:
-                progress(count, len(tokens) - 1)
-            adapted.zero_grad(set_to_none=True)
-            loss.backward()
-            with torch.no_grad():
-                for p, origin, step, pull in zip(parameters, trained, steps, pulls, strict=True):
-                    if p.grad is not None:
-                        p.sub_(p.grad * step) if torch.is_tensor(step) else p.sub_(p.grad, alpha=step)
-                    if decay:
-                        p.add_((origin - p) * pull) if torch.is_tensor(pull) else p.lerp_(origin, pull)
-            state = tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
-    return total / count
-
-
-def gradient_rms(
-    model: CharRNN,
-    tokens: torch.Tensor,
-    *,
-    segment: int = DYNAMIC_SEGMENT,
-    batch_size: int = 64,
-    max_batches: int = DYNAMIC_RMS_BATCHES,
-    progress: Callable[[int, int], None] | None = None,
-) -> list[torch.Tensor]:
-    """Each parameter's root-mean-square loss gradient over batches of `tokens` (a training text).
-
-    Krause et al.'s statistics for dynamic evaluation: `batch_size` streams read side by side,
-    state carried, one gradient per `segment`-character step, at most `max_batches` of them.
-    """
-    device = next(model.parameters()).device
-    streams = max(1, min(batch_size, (len(tokens) - 1) // (segment + 1)))
-    piece = len(tokens) // streams
-    rows = tokens[: piece * streams].view(streams, piece)
-    measured = copy.deepcopy(model).eval()
-    parameters = list(measured.parameters())
-    sums = [torch.zeros_like(p) for p in parameters]
-    batches, state = 0, None
-    planned = min(max_batches, len(range(0, piece - 1, segment)))
-    with torch.backends.cudnn.flags(enabled=False), torch.enable_grad():
-        for start in range(0, piece - 1, segment):
-            if batches == max_batches:
-                break
-            chunk = rows[:, start : start + segment + 1].long().to(device)
-            logits, state = _forward(measured, chunk[:, :-1], state)
-            measured.zero_grad(set_to_none=True)
-            F.cross_entropy(logits.flatten(0, 1), chunk[:, 1:].flatten()).backward()
-            for total, p in zip(sums, parameters, strict=True):
-                if p.grad is not None:
-                    total.add_(p.grad.square())
-            state = tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
-            batches += 1
-            if progress is not None:
-                progress(batches * streams * segment, planned * streams * segment)
-    return [(total / max(1, batches)).sqrt() for total in sums]
-
-
-def _rms_rates(rms: list[torch.Tensor], lr: float, decay: float) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Per-weight step sizes and pull-back shares of Krause et al.'s RMS update, from `gradient_rms`."""
-    mean = sum(r.mean() for r in rms) / len(rms)  # the average weight's RMS: the scale of both
-    epsilon = DYNAMIC_EPSILON * mean  # weights training never moved (unseen characters) step at most lr / epsilon
-    steps = [lr / (r + epsilon) for r in rms]
-    # Weights that moved twice the average in training are pulled back twice as hard, at most all the way.
-    pulls = [(decay * r / mean).clamp(max=1.0) for r in rms]
-    return steps, pulls
-
-
-def _forward(model: CharRNN, inputs: torch.Tensor, state):
-    """The model's forward; on a CPU GRU the hand-written recurrence, whose backward takes one weight-gradient
-    product per segment where PyTorch's takes one per character (dynamic evaluation: 2.2x faster, measured)."""
-    if recurrence.supported(model, inputs.device, torch.float32):
-        return recurrence.training_forward(model, inputs, torch.float32, state)
-    return model(inputs, state)
 
 
 def _known_only(text: str, unknown: list[str]) -> str:
@@ -332,14 +188,7 @@ def evaluate_text(
     report["loss"] = loss
     report["bpc"] = loss * NATS_TO_BITS
     if window is not None:
-        mean, per_position = window_loss(model, tokens, window, num_windows=num_windows, seed=window_seed,
-                                         progress=follow("windows"))  # fmt: skip
-        head = min(8, window)
-        report.update(window=window, num_windows=num_windows, window_seed=window_seed, window_loss=mean)
-        report["window_bpc"] = mean * NATS_TO_BITS
-        report["window_loss_first_8"] = float(per_position[:head].mean())
-        if window > head:
-            report["window_loss_after_8"] = float(per_position[head:].mean())
+        report |= _window_figures(model, tokens, window, num_windows, window_seed, follow("windows"))
     if dynamic:
         rms = None
         if dynamic_update == "rms":
@@ -349,7 +198,24 @@ def evaluate_text(
                               progress=follow("dynamic evaluation"))  # fmt: skip
         report.update(dynamic_loss=figure, dynamic_bpc=figure * NATS_TO_BITS, dynamic_segment=dynamic_segment,
                       dynamic_update=dynamic_update, dynamic_lr=dynamic_lr, dynamic_decay=dynamic_decay)  # fmt: skip
-    report["gzip_loss"] = gzip_loss(kept)
+    return report | _baseline_figures(kept, training_text)
+
+
+def _window_figures(model: CharRNN, tokens: torch.Tensor, window: int, num_windows: int, seed: int, progress) -> dict:
+    """`window_loss` in the report, with its mean over the first 8 positions of a window and over the rest."""
+    mean, per_position = window_loss(model, tokens, window, num_windows=num_windows, seed=seed, progress=progress)
+    head = min(8, window)
+    report = {"window": window, "num_windows": num_windows, "window_seed": seed, "window_loss": mean}
+    report["window_bpc"] = mean * NATS_TO_BITS
+    report["window_loss_first_8"] = float(per_position[:head].mean())
+    if window > head:
+        report["window_loss_after_8"] = float(per_position[head:].mean())
+    return report
+
+
+def _baseline_figures(kept: str, training_text: str | None) -> dict:
+    """gzip's loss on the text; with the training text, the 5-gram's and the share of invented words."""
+    report = {"gzip_loss": gzip_loss(kept)}
     report["gzip_bpc"] = report["gzip_loss"] * NATS_TO_BITS
     if training_text is not None:
         ngram = KneserNey(training_text, order=5, discount=0.75).loss(kept)

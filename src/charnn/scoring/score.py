@@ -35,8 +35,8 @@ import torch
 
 from charnn.config import ScoreConfig, _check
 from charnn.errors import ConfigError
-from charnn.fast.step import Stepper
-from charnn.model import CharRNN, State
+from charnn.model import CharRNN, State, concat_rows, eval_mode, expand_rows, select_rows
+from charnn.scoring.loop import ChunkLogprobs, Reader, log_probabilities, runner
 from charnn.vocab import Vocabulary
 
 LN2 = math.log(2)
@@ -141,24 +141,20 @@ def score_continuations(
     """
     _check(top_k >= 0, f"`top_k` must be 0 or more, got {top_k}")
     prompt_ids = torch.from_numpy(vocab.encode(prompt))
-    rows = [torch.from_numpy(vocab.encode(c)) for c in continuations]
-    if not rows:
+    # The prompt's last character, which reads a continuation's first, then the continuation.
+    sequences = [torch.cat([prompt_ids[-1:], torch.from_numpy(vocab.encode(c))]) for c in continuations]
+    if not sequences:
         return []
     first = 1 if len(prompt_ids) == 0 else 0  # the first scored position in each continuation
-    length = max(0, max(len(r) for r in rows) - first)
-    inputs = torch.zeros(len(rows), length, dtype=torch.long)
-    targets = torch.zeros_like(inputs)
-    for i, row in enumerate(rows):
-        sequence = torch.cat([prompt_ids[-1:], row])  # the prompt's last character reads the first
-        inputs[i, : len(sequence) - 1] = sequence[:-1]
-        targets[i, : len(sequence) - 1] = sequence[1:]
-    device = next(model.parameters()).device
+    rows = torch.zeros(len(sequences), max(1, *(len(s) for s in sequences)), dtype=torch.long)  # (N, T + 1)
+    for i, sequence in enumerate(sequences):
+        rows[i, : len(sequence)] = sequence
+    reader = Reader(model, chunk_size=256, device=next(model.parameters()).device)
     with _evaluating(model):
-        state = None
         if len(prompt_ids) > 1:
-            _, state = _feed(model, prompt_ids[:-1].unsqueeze(0).to(device), None, 4096)
-            state = _expand(state, len(rows))
-        bits, alt_ids, alt_probs, _ = _forward_scores(model, inputs.to(device), targets.to(device), state, 256, top_k)
+            reader.feed(prompt_ids[:-1].unsqueeze(0), chunk_size=4096)
+            reader.state = expand_rows(reader.state, len(rows))
+        bits, alt_ids, alt_probs = _bits(log_probabilities(reader, rows, top_k), rows, top_k)
     characters = vocab.characters
     results = []
     for i, text in enumerate(continuations):
@@ -240,8 +236,10 @@ class ContinuationScorer:
         self._last = ids[-1:]  # (1,) the character that reads the next one fed
         self._state: State | None = None
         if len(ids) > 1:
+            reader = Reader(model, chunk_size=4096, device=self._device)
             with _evaluating(model):
-                _, self._state = _feed(model, ids[:-1].unsqueeze(0).to(self._device), None, 4096)
+                reader.feed(ids[:-1].unsqueeze(0))
+            self._state = reader.state
 
     def fork(self) -> "ContinuationScorer":
         # The model returns a new state each pass and never writes into the old one: sharing it is safe.
@@ -251,24 +249,17 @@ class ContinuationScorer:
         if not text:
             return PieceScores([], [])
         ids = torch.from_numpy(self.vocab.encode(text))
-        inputs = torch.cat([self._last, ids[:-1]]).unsqueeze(0).to(self._device)  # (1, T)
-        targets = ids.unsqueeze(0).to(self._device)
-        chosen, top_values, top_ids = [], [], []
+        rows = torch.cat([self._last, ids]).unsqueeze(0)  # (1, T + 1): the last character fed reads the first
+        reader = Reader(self.model, chunk_size=256, device=self._device, state=self._state)  # bounded memory
         with _evaluating(self.model):
-            for start in range(0, len(ids), 256):  # bounded memory for long pieces
-                logits, self._state = self.model(inputs[:, start : start + 256], self._state)  # (1, C, V)
-                logp = torch.log_softmax(logits.float(), dim=-1)[0]  # (C, V)
-                chosen.append(logp.gather(-1, targets[0, start : start + 256].unsqueeze(-1)).squeeze(-1))
-                if self.top_k:
-                    values, indices = torch.topk(logp, min(self.top_k, logp.shape[-1]), dim=-1)
-                    top_values.append(values)
-                    top_ids.append(indices)
-        self._last = ids[-1:]
-        logprobs = torch.cat(chosen).double().tolist()
+            chunks = list(log_probabilities(reader, rows, self.top_k))
+        self._state, self._last = reader.state, ids[-1:]
+        logprobs = torch.cat([c.chosen[0] for c in chunks]).double().tolist()
         if not self.top_k:
             return PieceScores(logprobs, [[] for _ in logprobs])
         characters = self.vocab.characters
-        values, indices = torch.cat(top_values).double().tolist(), torch.cat(top_ids).tolist()
+        values = torch.cat([c.top_values[0] for c in chunks]).double().tolist()
+        indices = torch.cat([c.top_ids[0] for c in chunks]).tolist()
         alternatives = [
             [(characters[i], v) for i, v in zip(row_ids, row_values, strict=True)]
             for row_ids, row_values in zip(indices, values, strict=True)
@@ -322,86 +313,50 @@ def _blocks(model, sequence: torch.Tensor, first: int, config: ScoreConfig):
     device = next(model.parameters()).device
     total = len(sequence)
     span, streams = config.span, config.streams
-    run = _runner(model, config.precision)
-    state = None
+    run = runner(model, config.precision)
+    reader = Reader(run, chunk_size=config.chunk_size, device=device)
     with _evaluating(model):
         if first > 1:  # the context before its last character: the state the first scored one is read after
-            _, state = _feed(run, sequence[: first - 1].unsqueeze(0).to(device), None, config.chunk_size)
+            reader.feed(sequence[: first - 1].unsqueeze(0))
     block = first
     while block < total:
         pieces = min(streams, -(-(total - block) // span))  # ceil
         starts = [block + i * span for i in range(pieces)]
         ends = [min(s + span, total) for s in starts]
-        inputs = torch.zeros(pieces, ends[0] - starts[0], dtype=torch.long)
-        targets = torch.zeros_like(inputs)
+        rows = torch.zeros(pieces, ends[0] - starts[0] + 1, dtype=torch.long)  # (P, T + 1)
         for i, (s, e) in enumerate(zip(starts, ends, strict=True)):
-            inputs[i, : e - s] = sequence[s - 1 : e - 1]
-            targets[i, : e - s] = sequence[s:e]
+            rows[i, : e - s + 1] = sequence[s - 1 : e]  # the character before the piece reads its first
         with _evaluating(model):
             if pieces > 1:
                 warmup = min(config.warmup, starts[1] - 1)  # near the start, what there is before the second piece
-                warm = torch.stack([sequence[s - 1 - warmup : s - 1] for s in starts[1:]])  # (P-1, W)
-                _, warmed = _feed(run, warm.to(device), None, config.chunk_size)
-                state = _concat(state, warmed, model, pieces - 1)
-            bits, alt_ids, alt_probs, state = _forward_scores(
-                run, inputs.to(device), targets.to(device), state, config.chunk_size, config.top_k
-            )
-            state = _select(state, pieces - 1)  # the next block goes on from where this one ends
+                warm = Reader(run, chunk_size=config.chunk_size, device=device)
+                warm.feed(torch.stack([sequence[s - 1 - warmup : s - 1] for s in starts[1:]]))  # (P-1, W)
+                reader.state = _join(reader.state, warm.state, model, pieces - 1)
+            bits, alt_ids, alt_probs = _bits(log_probabilities(reader, rows, config.top_k), rows, config.top_k)
+            reader.state = select_rows(reader.state, torch.tensor([pieces - 1]))  # the next block goes on from here
         # Piece by piece: only one piece's records are ever Python objects at a time.
         for i, (s, e) in enumerate(zip(starts, ends, strict=True)):
             piece_ids = alt_ids[i, : e - s].tolist() if config.top_k else None
             piece_probs = alt_probs[i, : e - s].tolist() if config.top_k else None
             yield e, bits[i, : e - s].tolist(), piece_ids, piece_probs, s
-        end = ends[-1]
-        block = end
+        block = ends[-1]
 
 
-def _forward_scores(run, inputs, targets, state, chunk_size, top_k):
-    """Bits of each target, (B, T), and the top_k alternatives, fed `chunk_size` characters at a time."""
-    batch, length = inputs.shape
+def _bits(chunks: Iterator[ChunkLogprobs], rows: torch.Tensor, top_k: int):
+    """Bits of each target of `rows` (B, T), and the top_k alternatives' ids and probabilities (B, T, k)."""
+    batch, length = rows.shape[0], rows.shape[1] - 1
     bits = np.zeros((batch, length), dtype=np.float64)
     alt_ids = np.zeros((batch, length, top_k), dtype=np.int64)
     alt_probs = np.zeros((batch, length, top_k), dtype=np.float64)
-    for start in range(0, length, chunk_size):
-        stop = start + chunk_size
-        logits, state = run(inputs[:, start:stop], state)  # (B, C, V)
-        logp = torch.log_softmax(logits.float(), dim=-1)
-        chosen = logp.gather(-1, targets[:, start:stop].unsqueeze(-1)).squeeze(-1)  # (B, C)
-        bits[:, start:stop] = (-chosen / LN2).double().cpu().numpy()
+    found = top_k  # fewer characters than asked for: report those there are
+    for chunk in chunks:
+        start, stop = chunk.start, chunk.start + chunk.chosen.shape[1]
+        bits[:, start:stop] = (-chunk.chosen / LN2).double().cpu().numpy()
         if top_k:
-            values, indices = torch.topk(logp, min(top_k, logp.shape[-1]), dim=-1)
-            alt_ids[:, start:stop, : values.shape[-1]] = indices.cpu().numpy()
-            alt_probs[:, start:stop, : values.shape[-1]] = values.exp().double().cpu().numpy()
-    vocab_size = logits.shape[-1] if length else top_k
-    if top_k > vocab_size:  # fewer characters than asked for: report those there are
-        alt_ids, alt_probs = alt_ids[..., :vocab_size], alt_probs[..., :vocab_size]
-    return bits, alt_ids, alt_probs, state
-
-
-def _feed(run, tokens, state, chunk_size):
-    """Feed (B, T) tokens, `chunk_size` at a time; the last logits and the state."""
-    logits = None
-    for start in range(0, tokens.shape[1], chunk_size):
-        logits, state = run(tokens[:, start : start + chunk_size], state)
-    return logits, state
-
-
-def _runner(model: CharRNN, precision: str):
-    """run(tokens (B, C), state) -> (logits (B, C, V), state): the plain model in fp32, else the fast step."""
-    if precision == "fp32":
-        return model
-    stepper = Stepper(model, precision)
-
-    def run(tokens: torch.Tensor, state: State | None) -> tuple[torch.Tensor, State]:
-        # One character per call, as generation feeds them: the step updates `state` in place.
-        batch, length = tokens.shape
-        state = stepper.init_state(batch) if state is None else state
-        logits = torch.empty(batch, length, stepper.model.config.vocab_size, device=tokens.device)
-        for t in range(length):
-            logits[:, t] = stepper.step(tokens[:, t].contiguous(), state)
-        return logits, state
-
-    return run
+            found = chunk.top_values.shape[-1]
+            alt_ids[:, start:stop, :found] = chunk.top_ids.cpu().numpy()
+            alt_probs[:, start:stop, :found] = chunk.top_values.exp().double().cpu().numpy()
+    return bits, alt_ids[..., :found], alt_probs[..., :found]
 
 
 @contextlib.contextmanager
@@ -411,35 +366,13 @@ def _evaluating(model: CharRNN):
     Entered around each pass, never across a `yield`: the caller's code between two records
     runs with the model as the caller left it.
     """
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            yield
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.inference_mode():
+        yield
 
 
-def _as_tuple(state: State) -> tuple[torch.Tensor, ...]:
-    return state if isinstance(state, tuple) else (state,)
-
-
-def _concat(first: State | None, rest: State | None, model: CharRNN, rest_rows: int = 0) -> State:
-    """State rows (layers, B, hidden) of the first piece followed by those of the others."""
+def _join(first: State | None, rest: State | None, model: CharRNN, rest_rows: int) -> State:
+    """State rows (layers, B, hidden) of the first piece followed by those of the others (zero where None)."""
     device = next(model.parameters()).device
-    if first is None:
-        first = model.init_state(1, device, torch.float32)
-    if rest is None:  # no warm-up
-        rest = model.init_state(rest_rows, device, torch.float32)
-    joined = tuple(torch.cat([a, b], dim=1) for a, b in zip(_as_tuple(first), _as_tuple(rest), strict=True))
-    return joined if isinstance(first, tuple) else joined[0]
-
-
-def _select(state: State, row: int) -> State:
-    picked = tuple(t[:, row : row + 1].clone() for t in _as_tuple(state))
-    return picked if isinstance(state, tuple) else picked[0]
-
-
-def _expand(state: State, rows: int) -> State:
-    grown = tuple(t.expand(-1, rows, -1).contiguous() for t in _as_tuple(state))
-    return grown if isinstance(state, tuple) else grown[0]
+    first = model.init_state(1, device, torch.float32) if first is None else first
+    rest = model.init_state(rest_rows, device, torch.float32) if rest is None else rest  # no warm-up
+    return concat_rows([first, rest])
