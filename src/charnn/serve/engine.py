@@ -34,7 +34,7 @@ import torch
 
 from charnn.config import SampleConfig
 from charnn.fast.step import Stepper
-from charnn.model import CharRNN, State
+from charnn.model import CharRNN, State, concat_rows, select_rows
 from charnn.sample import BLOCK, RandomStreams
 from charnn.vocab import Vocabulary
 
@@ -129,18 +129,6 @@ def _held_back(text: str, stops: tuple[str, ...]) -> int:
                 held = k
                 break
     return held
-
-
-def _select(state: State, index: torch.Tensor) -> State:
-    if isinstance(state, tuple):
-        return tuple(s.index_select(1, index) for s in state)
-    return state.index_select(1, index)
-
-
-def _concat(states: list[State]) -> State:
-    if isinstance(states[0], tuple):
-        return tuple(torch.cat(parts, dim=1) for parts in zip(*states, strict=True))
-    return torch.cat(states, dim=1)
 
 
 # How long drawn text may wait in the engine before it goes to the event loop, in seconds. One
@@ -301,7 +289,7 @@ class Engine:
         self._rows = [self._rows[i] for i in keep]
         if self._logits is not None:
             self._logits = self._logits.index_select(0, index)
-        self._state = _select(self._state, index)
+        self._state = select_rows(self._state, index)
         self._rebuild()
 
     def _admit(self, jobs: list[Job], events: list[tuple[Job, JobEvent]]) -> None:
@@ -326,7 +314,7 @@ class Engine:
                 self._logits, self._state = logits, state
             else:
                 self._logits = torch.cat([self._logits, logits])
-                self._state = _concat([self._state, state])
+                self._state = concat_rows([self._state, state])
         if jobs:
             self._rebuild()
 
