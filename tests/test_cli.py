@@ -253,6 +253,11 @@ def test_regularised_stateful_run_and_every_evaluation_end_to_end(tmp_path, caps
     err = fails(capsys, "evaluate", str(run), "--windows", "0")
     assert "window" in err
     assert "--threads" in fails(capsys, "evaluate", str(run), "--threads", "0")
+    # The library's checks (charnn.scoring.evaluate.check_options), under the flags' names.
+    for flag, value, rule in (("--windows", "0", "at least 1"), ("--num-windows", "0", "at least 1"),
+                              ("--dynamic-segment", "0", "at least 1"), ("--dynamic-lr", "0", "positive"),
+                              ("--dynamic-decay", "1", "in [0, 1)")):  # fmt: skip
+        assert f"charnn: error: {flag} must be {rule}, got {value}" in fails(capsys, "evaluate", str(run), flag, value)
 
 
 def test_configuration_flags_take_their_help_from_the_fields():

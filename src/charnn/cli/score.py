@@ -153,27 +153,20 @@ def add_evaluate_parser(commands) -> None:
     p.add_argument("--dynamic-lr", type=float, help=f"learning rate of dynamic evaluation (default: {lrs})")
     p.add_argument("--dynamic-decay", type=float, help="pull towards the trained weights after each step of dynamic "
                    f"evaluation, a share in [0, 1) (default: {decays})")  # fmt: skip
-    p.set_defaults(run=run_evaluate)
-
-
-def _check_evaluate(args: argparse.Namespace) -> None:
-    """What evaluate_text checks only once its slow figures begin (and under other names): checked first."""
-    for name in ("windows", "num_windows", "dynamic_segment", "threads"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise ConfigError(f"`{name}` must be at least 1, got {value}")
-    if args.dynamic_lr is not None and args.dynamic_lr <= 0:
-        raise ConfigError(f"`dynamic_lr` must be positive, got {args.dynamic_lr}")
-    if args.dynamic_decay is not None and not 0.0 <= args.dynamic_decay < 1.0:
-        raise ConfigError(f"`dynamic_decay` must be in [0, 1), got {args.dynamic_decay}")
+    p.set_defaults(run=run_evaluate, renames={"window": "windows"})
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
     from charnn.run_folder import load_checkpoint
-    from charnn.scoring.evaluate import evaluate_text
+    from charnn.scoring.evaluate import check_options, evaluate_text
 
-    _check_evaluate(args)
+    # Checked before the model and the texts are read, which takes a while.
+    check_options(window=args.windows, num_windows=args.num_windows, dynamic_segment=args.dynamic_segment,
+                  dynamic_update=args.dynamic_update, dynamic_lr=args.dynamic_lr,
+                  dynamic_decay=args.dynamic_decay)  # fmt: skip
     if args.threads is not None:
+        if args.threads < 1:
+            raise ConfigError(f"`threads` must be at least 1, got {args.threads}")
         import torch
 
         torch.set_num_threads(args.threads)

@@ -139,6 +139,27 @@ def invented_words(sample: str, training_text: str) -> tuple[float, list[str]]:
     return (len(invented) / len(found) if found else 0.0), invented
 
 
+def check_options(
+    *,
+    window: int | None = None,
+    num_windows: int = NANOGPT_WINDOWS,
+    dynamic_segment: int = DYNAMIC_SEGMENT,
+    dynamic_update: str = DYNAMIC_UPDATE,
+    dynamic_lr: float | None = None,
+    dynamic_decay: float | None = None,
+) -> None:
+    """Refuse options `evaluate_text` cannot use; cheap, so a caller may check before loading anything."""
+    for name, value in (("window", window), ("num_windows", num_windows), ("dynamic_segment", dynamic_segment)):
+        if value is not None and value < 1:
+            raise ConfigError(f"`{name}` must be at least 1, got {value}")
+    if dynamic_update not in DYNAMIC_UPDATES:
+        raise ConfigError(f"`dynamic_update` must be one of {', '.join(DYNAMIC_UPDATES)}, got {dynamic_update!r}")
+    if dynamic_lr is not None and dynamic_lr <= 0:
+        raise ConfigError(f"`dynamic_lr` must be positive, got {dynamic_lr}")
+    if dynamic_decay is not None and not 0.0 <= dynamic_decay < 1.0:
+        raise ConfigError(f"`dynamic_decay` must be in [0, 1), got {dynamic_decay}")
+
+
 def evaluate_text(
     model: CharRNN,
     vocab: Vocabulary,
@@ -165,8 +186,8 @@ def evaluate_text(
     the training text) or `sgd`; a learning rate or decay left None is the update's default
     (DYNAMIC_UPDATES). `progress(what, done, total)` follows the slow figures.
     """
-    if dynamic_update not in DYNAMIC_UPDATES:
-        raise ConfigError(f"`dynamic_update` must be one of {', '.join(DYNAMIC_UPDATES)}, got {dynamic_update!r}")
+    check_options(window=window, num_windows=num_windows, dynamic_segment=dynamic_segment,
+                  dynamic_update=dynamic_update, dynamic_lr=dynamic_lr, dynamic_decay=dynamic_decay)  # fmt: skip
     if dynamic and dynamic_update == "rms" and training_text is None:
         raise ConfigError("the RMS update of dynamic evaluation needs the training text; give it, or use sgd")
     default_lr, default_decay = DYNAMIC_UPDATES[dynamic_update]
