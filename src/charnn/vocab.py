@@ -66,15 +66,21 @@ class Vocabulary:
 
     def _indices(self, text: str) -> np.ndarray:
         """The index of each character, len(self) for an unknown one."""
-        if text.isascii() and self._table.dtype == np.uint8:
-            # bytes.translate looks an ASCII text up several times faster than array indexing.
+        # bytes.translate looks characters below 256 up several times faster than array indexing.
+        table, small = self._table, self._table.dtype == np.uint8
+        if text.isascii() and small:
             return np.frombuffer(text.encode("ascii").translate(self._byte_table), dtype=np.uint8)
         units = text.encode("utf-16-le", "surrogatepass")
-        if len(units) == 2 * len(text):  # all within the Basic Multilingual Plane
-            points = np.frombuffer(units, dtype=np.uint16)
-        else:
-            points = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
-        return self._table[points]
+        if len(units) != 2 * len(text):  # characters beyond the Basic Multilingual Plane
+            return table[np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)]
+        points = np.frombuffer(units, dtype=np.uint16)
+        wide = np.flatnonzero(points >= 256) if small else None
+        if wide is None or len(wide) > len(points) // 4:
+            return table[points]
+        # Mostly Latin-1: translate the low bytes, then patch the few wider characters.
+        indices = np.frombuffer(bytearray(points.astype(np.uint8)).translate(self._byte_table), dtype=np.uint8)
+        indices[wide] = table[points[wide]]
+        return indices
 
     @cached_property
     def _table(self) -> np.ndarray:
