@@ -1,11 +1,12 @@
-"""A corpus file's text, normalised as it is read in chunks, so memory stays bounded.
+"""A corpus file's text, decoded and normalised, in one go or in chunks of bounded size.
 
 Normalising drops a byte-order mark, turns CRLF into LF, and cuts a Project Gutenberg header
 and licence: what is kept follows the first line that starts ``*** START OF`` (or ``***START
 OF``) and stops at the first line after it that starts ``*** END OF`` (with no START line, at
-the first END line), stripped of newlines at both ends and ended by one. A text in memory and
-a file of any size go through the same two steps: `read_pieces` (decoding, line ends) and
-`Scanner` (where the text is cut).
+the first END line), stripped of newlines at both ends and ended by one. A text in memory
+(`normalize`, `read_text`) and a file read in chunks (`read_pieces`, `scan`, `read_range`, for
+`charnn prepare`) go through the same two steps: `_LineEnds` cleans the line ends across piece
+borders, and `Scanner` finds where the text is cut.
 
 >>> normalize("\\ufeffa\\r\\nb")
 'a\\nb'
@@ -55,8 +56,13 @@ def check_encoding(encoding: str) -> None:
 
 
 def read_text(path: Path, encoding: str = "utf-8") -> str:
-    """A whole file's normalised text."""
-    return cut_text("".join(piece.text for piece in read_pieces(path, encoding)))
+    """A whole file's normalised text, decoded in one go: as `bytes.decode` reads it (which, unlike
+    the incremental decoder, takes UTF-16 without a byte-order mark as little-endian)."""
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise CorpusError(f"cannot read {path}: {error.strerror}") from None
+    return normalize(decode_bytes(data, encoding, str(path)))
 
 
 def cut_text(text: str) -> str:
@@ -84,7 +90,7 @@ class Piece:
 def read_pieces(path: Path, encoding: str = "utf-8", chunk_bytes: int = CHUNK_BYTES) -> Iterator[Piece]:
     """A file's text, decoded and its line ends cleaned, in pieces of about `chunk_bytes`."""
     decoder = _decoder(encoding)
-    utf8 = codecs.lookup(encoding).name == "utf-8"
+    utf8 = codecs.lookup(encoding).name == "utf-8"  # then the bytes read are the text's UTF-8
     line_ends = _LineEnds()
     offset = 0  # bytes read so far
     try:
@@ -118,9 +124,12 @@ def read_pieces(path: Path, encoding: str = "utf-8", chunk_bytes: int = CHUNK_BY
 
 def _decoder(encoding: str):
     try:
-        return codecs.getincrementaldecoder(encoding)()
+        codec = codecs.lookup(encoding)
     except LookupError:
         raise unknown_encoding(encoding) from None
+    if not codec._is_text_encoding:  # base64, rot13...: bytes.decode refuses them too
+        raise unknown_encoding(encoding)
+    return codec.incrementaldecoder()
 
 
 class _LineEnds:
