@@ -16,6 +16,8 @@ import numpy as np
 from charnn.errors import UnknownCharactersError
 
 CODE_POINTS = 0x110000
+HEAD = 1 << 16  # characters: fewer are looked at one by one (a set), more through a table
+SLICE = 1 << 22  # characters of a large text learned at a time
 
 
 @dataclass(frozen=True)
@@ -135,6 +137,15 @@ class CharacterSet:
 
     def add(self, text: str, utf8: bytes | None = None) -> None:
         """Add the characters of `text`; `utf8`, when given, is its UTF-8 form already at hand."""
+        if utf8 is None and len(text) > SLICE:  # a large text in one piece: bounded memory
+            for start in range(0, len(text), SLICE):
+                self.add(text[start : start + SLICE])
+            return
+        if not self.characters and len(text) > HEAD:
+            self._learn(text[:HEAD], None)  # most characters show up early: then little is left to decode
+        self._learn(text, utf8)
+
+    def _learn(self, text: str, utf8: bytes | None) -> None:
         data = text.encode("utf-8", "surrogatepass") if utf8 is None else utf8
         rest = data.translate(None, self._ascii_seen)
         if rest and len(self._wide_seen) <= 16:  # a few curly quotes and dashes: cheaper to delete too
@@ -143,7 +154,7 @@ class CharacterSet:
         if not rest:
             return
         remaining = rest.decode("utf-8", "surrogatepass")
-        if len(remaining) < 1 << 16:
+        if len(remaining) < HEAD:
             self._add(set(remaining) - self.characters)
             return
         if self._seen_points is None:

@@ -24,6 +24,7 @@ CHUNK_BYTES = 4 << 20  # bytes read at a time: memory stays a small multiple of 
 START_MARKERS = ("*** START OF", "***START OF")
 END_MARKERS = ("*** END OF", "***END OF")
 MARKERS = START_MARKERS + END_MARKERS
+LONGEST_MARKER = max(len(m) for m in MARKERS)
 
 
 def normalize(text: str) -> str:
@@ -225,7 +226,8 @@ class Scanner:
         window = self.held + piece.text
         utf8 = None if self.held else piece.utf8
         line_start = window.rfind("\n") + 1
-        fragment = window[line_start:] if line_start or self.at_line_start else ""
+        at_a_line = (line_start or self.at_line_start) and len(window) - line_start < LONGEST_MARKER
+        fragment = window[line_start:] if at_a_line else ""  # longer than any marker: nothing to hold
         hold = len(fragment) if any(m.startswith(fragment) and m != fragment for m in MARKERS) else 0
         processed = len(window) - hold
         cursor = 0
