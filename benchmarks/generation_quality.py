@@ -14,8 +14,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from charnn.data.batches import split
-from charnn.data.corpus import load_corpus
+from charnn.data.corpus import load_corpus, train_length
 from charnn.fast.step import Stepper, int8_supported
 from charnn.run_folder import load_checkpoint
 from charnn.scoring.evaluate import model_loss
@@ -42,7 +41,7 @@ def main() -> None:
 
     ckpt = load_checkpoint(args.checkpoint)
     text = load_corpus(args.corpus).text
-    _, held_out = split(torch.from_numpy(ckpt.vocab.encode(text)), args.val_fraction)
+    held_out = torch.from_numpy(ckpt.vocab.encode(text))[train_length(len(text), args.val_fraction) :]
     print(f"checkpoint {ckpt.path}, held-out {len(held_out):,} characters of {args.corpus}")
     plain = model_loss(ckpt.model, held_out, seq_len=100, num_streams=args.streams)
     print(f"{'model.forward, fp32':<28}{plain:>10.5f} nats/char")

@@ -39,8 +39,7 @@ from charnn.config import (
     SampleConfig,
     TrainConfig,
 )
-from charnn.data.batches import split
-from charnn.data.corpus import load_corpus
+from charnn.data.corpus import load_corpus, train_length
 from charnn.generation import generate_text
 from charnn.presets import with_preset
 from charnn.run_folder import load_checkpoint
@@ -81,10 +80,9 @@ def run(name: str, minutes: float | None, threads: int, options: dict, out: Path
     result = train(corpus, vocab, model_config, config, out, overwrite=True)
     seconds = time.perf_counter() - started
     best = load_checkpoint(out / "best")
-    tokens = torch.from_numpy(vocab.encode(corpus.text))
-    train_part, _ = split(tokens, config.val_fraction)
-    train_text = corpus.text[: len(train_part)]
-    held_out = corpus.text[len(train_part) :]
+    cut = train_length(len(corpus.text), config.val_fraction)
+    train_text = corpus.text[:cut]
+    held_out = corpus.text[cut:]
     started = time.perf_counter()
     report = evaluate_text(
         best.model, best.vocab, held_out, training_text=train_text, seq_len=config.seq_len, **evaluation

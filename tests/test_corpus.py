@@ -1,10 +1,14 @@
 import http.server
+import re
 import threading
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from charnn.data.corpus import REGISTERED, load_corpus, normalize
+from charnn.data.reading import Scanner, _LineEnds, cut_text, read_pieces
 from charnn.errors import CorpusError
 
 
@@ -121,3 +125,56 @@ def test_failed_download_leaves_nothing(http_server, tmp_path, monkeypatch):
     with pytest.raises(CorpusError, match="cannot download"):
         load_corpus(f"{base}/missing.txt")
     assert not any((tmp_path / "cache").iterdir())
+
+
+# The rule `normalize` follows, as it was first written: kept here as the reference that the
+# streaming normaliser (charnn.data.reading, fed in any chunks) must agree with.
+_START = re.compile(r"^\*\*\* ?START OF.*$", re.MULTILINE)
+_END = re.compile(r"^\*\*\* ?END OF.*$", re.MULTILINE)
+
+
+def reference_normalize(text: str) -> str:
+    text = text.removeprefix("\ufeff").replace("\r\n", "\n")
+    start = _START.search(text)
+    if start:
+        text = text[start.end() :]
+    end = _END.search(text)
+    if end:
+        text = text[: end.start()]
+    if start or end:
+        text = text.strip("\n") + "\n"
+    return text
+
+
+ATOMS = ["a", " ", "\n", "\r", "\r\n", "*", "**", "***", " START OF", "START OF", " END OF", "END OF", "*** START OF X",
+         "***START OF", "*** END OF Y", "***END OF", "\n*** START OF IT ***\n", "\n*** END OF IT ***\n", "é", "你好",
+         "🙂", "\ufeff", "\n\n"]  # fmt: skip
+
+
+@settings(max_examples=400, deadline=None, database=None)
+@given(st.lists(st.sampled_from(ATOMS), max_size=30).map("".join), st.sampled_from([1, 2, 3, 5, 13, 1 << 20]))
+def test_the_streaming_normaliser_equals_the_reference_in_any_chunks(text, chunk):
+    assert normalize(text) == reference_normalize(text)
+    pieces = [text[i : i + chunk] for i in range(0, len(text), chunk)]
+    line_ends, scanner = _LineEnds(), Scanner()
+    clean = []
+    for i, piece in enumerate(pieces):
+        cleaned = line_ends.clean(piece, None, final=i == len(pieces) - 1)
+        clean.append(cleaned.text)
+        scanner.feed(cleaned)
+    if not pieces:
+        clean.append(line_ends.clean("", None, final=True).text)
+    cut = scanner.finish()
+    whole = "".join(clean)
+    start, stop = cut.kept(strip=cut.markers)
+    assert whole[start:stop] + ("\n" if cut.markers else "") == reference_normalize(text)
+
+
+def test_a_file_read_in_small_chunks_is_normalised_alike(tmp_path):
+    text = "\ufeffhead\r\n*** START OF X ***\r\n\r\nbody “quoted” 你好 🙂\r\n\r\n*** END OF X ***\r\nlicence\r\n"
+    path = tmp_path / "book.txt"
+    path.write_bytes(text.encode("utf-8"))
+    for chunk in (1, 2, 3, 7, 1 << 20):
+        pieces = list(read_pieces(path, "utf-8", chunk))
+        assert all(p.utf8 is None or p.utf8 == p.text.encode("utf-8") for p in pieces)
+        assert cut_text("".join(p.text for p in pieces)) == reference_normalize(text) == "body “quoted” 你好 🙂\n"

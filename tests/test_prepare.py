@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 
 from charnn.cli import main
 from charnn.config import ModelConfig, TrainConfig
-from charnn.data.batches import Batches, split
-from charnn.data.corpus import load_corpus
+from charnn.data.batches import Batches
+from charnn.data.corpus import load_corpus, train_length
 from charnn.data.prepare import MANIFEST, TRAIN, VAL, open_prepared, prepare
 from charnn.errors import ConfigError, CorpusError, DataDirError
 from charnn.training.trainer import resume, train
@@ -35,12 +35,13 @@ def assert_same_as_load_corpus(spec: str, data_dir: Path, val_fraction: float = 
     """The prepared folder holds exactly what the in-memory path would train on."""
     corpus = load_corpus(spec)
     vocab = Vocabulary.from_text(corpus.text)
-    expected_train, expected_val = split(torch.from_numpy(vocab.encode(corpus.text)), val_fraction)
+    tokens = torch.from_numpy(vocab.encode(corpus.text))
+    cut = train_length(len(tokens), val_fraction)
     data = open_prepared(data_dir)
     assert data.vocab == vocab
-    assert torch.equal(torch.from_numpy(data.train).long(), expected_train)
-    assert torch.equal(torch.from_numpy(data.val).long(), expected_val)
-    assert data.decode(data.train) + data.decode(data.val) == corpus.text  # the memory map decodes back
+    assert torch.equal(torch.from_numpy(data.train).long(), tokens[:cut])
+    assert torch.equal(torch.from_numpy(data.val).long(), tokens[cut:])
+    assert data.vocab.decode(data.train) + data.vocab.decode(data.val) == corpus.text  # the memory map decodes back
     assert data.sha256 == corpus.sha256
     assert data.characters == len(corpus.text)
 
@@ -69,7 +70,8 @@ def test_a_folder_and_another_encoding(tmp_path):
     latin = tmp_path / "latin.txt"
     latin.write_bytes("café crème\r\n".encode("latin-1") * 50)
     prepare(str(latin), tmp_path / "latin", encoding="latin-1", chunk_bytes=7)
-    assert open_prepared(tmp_path / "latin").decode(open_prepared(tmp_path / "latin").train).startswith("café crème\n")
+    latin_data = open_prepared(tmp_path / "latin")
+    assert latin_data.vocab.decode(latin_data.train).startswith("café crème\n")
 
 
 def test_smallest_dtype_that_fits(tmp_path):

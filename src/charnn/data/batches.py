@@ -25,12 +25,6 @@ import torch
 from charnn.errors import CorpusError
 
 
-def split(tokens: torch.Tensor, val_fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Hold out the last `val_fraction` of the text, contiguous, so no window straddles both."""
-    val_len = int(len(tokens) * val_fraction)
-    return tokens[: len(tokens) - val_len], tokens[len(tokens) - val_len :]
-
-
 def minimum_length(batch_size: int, seq_len: int) -> int:
     return batch_size * (seq_len + 1)
 

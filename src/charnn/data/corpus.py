@@ -1,4 +1,4 @@
-"""Find, fetch, read and normalise a corpus.
+"""Find, fetch and read a corpus, its text normalised as `charnn.data.reading` says.
 
 A corpus is named by a path to a text file, a folder (every ``*.txt`` inside, sorted, joined
 by a blank line), an ``http(s)://`` URL (downloaded once into the cache), or a registered name
@@ -11,22 +11,22 @@ the cache, then downloaded).
 
 import hashlib
 import os
-import re
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 from charnn import atomic
+from charnn.data.reading import decode_bytes, normalize, read_text
 from charnn.errors import CorpusError
+
+__all__ = ["Corpus", "REGISTERED", "cache_dir", "decode_bytes", "load_corpus", "normalize", "source_files",
+           "source_of", "train_length"]  # fmt: skip
 
 REGISTERED = {
     "great-expectations": "https://www.gutenberg.org/files/1400/1400-0.txt",
     "tinyshakespeare": "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt",
 }
-
-_GUTENBERG_START = re.compile(r"^\*\*\* ?START OF.*$", re.MULTILINE)
-_GUTENBERG_END = re.compile(r"^\*\*\* ?END OF.*$", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -50,45 +50,9 @@ def cache_dir() -> Path:
     return Path(os.environ.get("CHARNN_CACHE") or Path.home() / ".cache" / "charnn")
 
 
-def normalize(text: str) -> str:
-    """Drop a byte-order mark, turn CRLF into LF, cut a Project Gutenberg header and licence."""
-    text = text.removeprefix("\ufeff").replace("\r\n", "\n")
-    start = _GUTENBERG_START.search(text)
-    if start:
-        text = text[start.end() :]
-    end = _GUTENBERG_END.search(text)
-    if end:
-        text = text[: end.start()]
-    if start or end:
-        text = text.strip("\n") + "\n"
-    return text
-
-
-def decode(data: bytes, encoding: str = "utf-8", source: str = "corpus") -> str:
-    try:
-        return data.decode(encoding)
-    except LookupError:
-        raise unknown_encoding(encoding) from None
-    except UnicodeDecodeError as error:
-        raise invalid_bytes(source, error.start, encoding, error.reason) from None
-
-
-def unknown_encoding(encoding: str) -> CorpusError:
-    return CorpusError(f"unknown encoding {encoding!r}; pass a Python codec name as `encoding`")
-
-
-def invalid_bytes(source: str, offset: int, encoding: str, reason: str) -> CorpusError:
-    return CorpusError(
-        f"{source}: byte {offset} is not valid {encoding} ({reason}); pass the right `encoding` (for example latin-1)"
-    )
-
-
-def read_text_file(path: Path, encoding: str = "utf-8") -> str:
-    try:
-        data = path.read_bytes()
-    except OSError as error:
-        raise CorpusError(f"cannot read {path}: {error.strerror}") from None
-    return normalize(decode(data, encoding, str(path)))
+def train_length(characters: int, val_fraction: float) -> int:
+    """How much of a text of `characters` is for training: the last `val_fraction` is held out."""
+    return characters - int(characters * val_fraction)
 
 
 def load_corpus(spec: str, *, encoding: str = "utf-8") -> Corpus:
@@ -102,8 +66,8 @@ def load_corpus(spec: str, *, encoding: str = "utf-8") -> Corpus:
 def _resolve(spec: str, encoding: str) -> str:
     files, folder = source_files(spec)
     if folder:
-        return "\n\n".join(read_text_file(p, encoding).strip("\n") for p in files) + "\n"
-    return read_text_file(files[0], encoding)
+        return "\n\n".join(read_text(p, encoding).strip("\n") for p in files) + "\n"
+    return read_text(files[0], encoding)
 
 
 def source_files(spec: str) -> tuple[list[Path], bool]:

@@ -19,9 +19,8 @@ from typing import Any
 import torch
 
 from charnn.config import TrainConfig
-from charnn.data.batches import split as split_tokens
-from charnn.data.corpus import Corpus, load_corpus, source_of
-from charnn.data.prepare import PreparedData, decode, is_prepared, open_prepared
+from charnn.data.corpus import Corpus, load_corpus, source_of, train_length
+from charnn.data.prepare import PreparedData, is_prepared, open_prepared
 from charnn.errors import CheckpointError, ConfigError, CorpusError
 from charnn.vocab import Vocabulary
 
@@ -52,10 +51,10 @@ class Dataset:
         return f"corpus {self.label}: {self.characters:,} characters, {len(self.vocab)} distinct"
 
     def training_text(self) -> str:
-        return decode(self.vocab, self.train_tokens)
+        return self.vocab.decode(self.train_tokens)
 
     def held_out_text(self) -> str:
-        return decode(self.vocab, self.val_tokens)
+        return self.vocab.decode(self.val_tokens)
 
 
 def open_corpus(
@@ -86,7 +85,9 @@ def split(
     if isinstance(corpus, Corpus):
         vocab = Vocabulary.from_text(corpus.text) if vocab is None else vocab
         val_fraction = DEFAULT_VAL_FRACTION if val_fraction is None else val_fraction
-        train_tokens, val_tokens = split_tokens(torch.from_numpy(vocab.encode(corpus.text)), val_fraction)
+        tokens = torch.from_numpy(vocab.encode(corpus.text))
+        cut = train_length(len(tokens), val_fraction)  # the held-out part last, contiguous: no window straddles both
+        train_tokens, val_tokens = tokens[:cut], tokens[cut:]
         reference = {
             "name": corpus.name,
             "source": source_of(corpus.name),

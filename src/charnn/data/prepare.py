@@ -20,40 +20,30 @@ times, the same options) reuses DATA_DIR at once.
 >>> data.vocab.decode(data.val[:20])  # doctest: +SKIP
 """
 
-import codecs
 import contextlib
 import hashlib
 import json
-import re
 import shutil
 import time
 from collections import deque
-from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from charnn import atomic, locks
-from charnn.data.corpus import invalid_bytes, source_files, source_of, unknown_encoding
-from charnn.errors import ConfigError, CorpusError, DataDirError
-from charnn.vocab import Vocabulary
+from charnn.data.corpus import source_files, source_of, train_length
+from charnn.data.reading import CHUNK_BYTES, Cut, Piece, check_encoding, read_range, scan
+from charnn.errors import ConfigError, CorpusError, DataDirError, UnknownCharactersError
+from charnn.vocab import CharacterSet, Vocabulary
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 TRAIN = "train.bin"
 VAL = "val.bin"
-CHUNK_BYTES = 4 << 20  # bytes read at a time: memory stays a small multiple of this
 DTYPES = {"uint8": "<u1", "uint16": "<u2", "uint32": "<u4"}
-
-# A Gutenberg marker line starts with one of these; `corpus.normalize` cuts at the first START
-# line and the first END line after it.
-_MARKER_PREFIXES = ("*** START OF", "***START OF", "*** END OF", "***END OF")
-_MARKER_AT_START = {str: re.compile(r"\*\*\* ?(START|END) OF"), bytes: re.compile(rb"\*\*\* ?(START|END) OF")}
-
-Piece = str | bytes  # normalised text; bytes when a chunk is pure ASCII (then one byte = one character)
 
 
 @dataclass(frozen=True)
@@ -81,15 +71,6 @@ class PreparedData:
     @property
     def val_fraction(self) -> float:
         return self.manifest["val_fraction"]
-
-    def decode(self, tokens: np.ndarray) -> str:
-        return decode(self.vocab, tokens)
-
-
-def decode(vocab: Vocabulary, tokens: np.ndarray) -> str:
-    """Indices -> text, vectorised (Vocabulary.decode goes character by character)."""
-    points = np.array([ord(c) for c in vocab.characters], dtype=np.uint32)
-    return points[np.asarray(tokens)].astype("<u4").tobytes().decode("utf-32-le", "surrogatepass")
 
 
 @dataclass
@@ -150,47 +131,24 @@ def _prepare(corpus, files, folder, data_dir, encoding, val_fraction, overwrite,
     previous = _check_data_dir(data_dir, source, overwrite)
     if previous is not None and not overwrite and _up_to_date(data_dir, previous, options, stats):
         return PrepareResult(data_dir, previous, reused=True)
-    _decoder(encoding)  # an unknown encoding is refused before anything is read
+    check_encoding(encoding)
+    _keep_buffers_in_the_heap(chunk_bytes)
 
-    scans = [_scan(path, encoding, chunk_bytes) for path in files]
-    layout = _layout(scans, folder)
-    characters = sum(len(item) if isinstance(item, str) else item[2] - item[1] for item in layout)
-    if characters == 0:
+    plan = _Plan([scan(path, encoding, chunk_bytes) for path in files], folder)  # pass 1
+    if plan.characters == 0:
         raise CorpusError(f"corpus {corpus!r} is empty; give a text file with some content")
-    kept = set().union(*(s.characters for s in scans), *(item for item in layout if isinstance(item, str)))
-    vocab = Vocabulary(tuple(sorted(kept)))
-    dtype = "uint8" if len(vocab) <= 1 << 8 else "uint16" if len(vocab) <= 1 << 16 else "uint32"
-    train_tokens = characters - int(characters * val_fraction)  # the same cut as data.split
-
-    try:
-        data_dir.mkdir(parents=True, exist_ok=True)
-        lock.take()
-        if overwrite:
-            for child in data_dir.iterdir():
-                shutil.rmtree(child) if child.is_dir() else child.unlink()
-        (data_dir / MANIFEST).unlink(missing_ok=True)  # a crash from here on leaves no valid manifest
-        atomic.tidy(data_dir)  # what a preparation that was killed left
-        output = _Output(data_dir, train_tokens, DTYPES[dtype])
-    except OSError as error:
-        raise DataDirError(f"cannot write {data_dir}: {error.strerror or error}") from None
-    encoder = _Encoder(vocab, DTYPES[dtype])
-    try:
-        for item in layout:
-            if isinstance(item, str):
-                output.write(item, encoder(item))
-                continue
-            index, lo, hi = item
-            position = 0
-            for piece in _pieces(files[index], encoding, chunk_bytes):
-                end = position + len(piece)
-                if end > lo:
-                    part = piece[max(lo - position, 0) : hi - position]
-                    output.write(part, encoder(part))
-                position = end
-                if position >= hi:
-                    break
+    dtype = "uint8" if len(plan.vocab) <= 1 << 8 else "uint16" if len(plan.vocab) <= 1 << 16 else "uint32"
+    train_tokens = train_length(plan.characters, val_fraction)
+    output = _open_output(data_dir, train_tokens, DTYPES[dtype], overwrite, lock)
+    try:  # pass 2
+        for piece in plan.pieces(files, encoding, chunk_bytes):
+            try:
+                tokens = plan.vocab.encode(piece.text, DTYPES[dtype])
+            except UnknownCharactersError:
+                raise CorpusError(f"corpus {corpus!r} changed while it was being prepared; prepare it again") from None
+            output.write(piece, tokens)
         output.close()
-        if output.written != characters:
+        if output.written != plan.characters:
             raise CorpusError(f"corpus {corpus!r} changed while it was being prepared; prepare it again")
     except OSError as error:
         output.discard()
@@ -203,15 +161,15 @@ def _prepare(corpus, files, folder, data_dir, encoding, val_fraction, overwrite,
         "corpus": {
             **{k: options[k] for k in ("name", "source", "encoding")},
             "sha256": output.sha256.hexdigest(),
-            "characters": characters,
+            "characters": plan.characters,
         },
         "files": stats,
-        "vocabulary": vocab.to_json(),
+        "vocabulary": plan.vocab.to_json(),
         "dtype": dtype,
         "byte_order": "little",
         "val_fraction": val_fraction,
         "train_tokens": train_tokens,
-        "val_tokens": characters - train_tokens,
+        "val_tokens": plan.characters - train_tokens,
         "bytes_read": sum(s["size"] for s in stats),
     }
     try:
@@ -219,6 +177,58 @@ def _prepare(corpus, files, folder, data_dir, encoding, val_fraction, overwrite,
     except OSError as error:
         raise DataDirError(f"cannot write {data_dir / MANIFEST}: {error.strerror or error}") from None
     return PrepareResult(data_dir, manifest, reused=False)
+
+
+def _keep_buffers_in_the_heap(chunk_bytes: int) -> None:
+    """Each chunk allocates and frees buffers of a few times its size. glibc maps a block larger
+    than its threshold afresh (faulting its pages in one by one) and unmaps it when freed, but
+    raises that threshold to the largest mapped block freed so far: freeing one such block first
+    keeps the chunks' buffers in the heap, reused, and spares the page faults."""
+    bytes(4 * chunk_bytes)  # calloc'ed, so mapped but never touched; freed at once
+
+
+def _open_output(data_dir: Path, train_tokens: int, dtype: str, overwrite: bool, lock: _DataDirLock) -> "_Output":
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        lock.take()
+        if overwrite:
+            for child in data_dir.iterdir():
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
+        (data_dir / MANIFEST).unlink(missing_ok=True)  # a crash from here on leaves no valid manifest
+        atomic.tidy(data_dir)  # what a preparation that was killed left
+        return _Output(data_dir, train_tokens, dtype)
+    except OSError as error:
+        raise DataDirError(f"cannot write {data_dir}: {error.strerror or error}") from None
+
+
+class _Plan:
+    """What pass one learned: the text as ranges of the files' clean texts and literal newlines
+    between them, its length and its vocabulary."""
+
+    def __init__(self, cuts: list[Cut], folder: bool):
+        self.layout: list[tuple[int, int, int] | str] = []  # (file index, start, stop) or newlines
+        for index, cut in enumerate(cuts):
+            if folder and index:
+                self.layout.append("\n\n")
+            start, stop = cut.kept(strip=folder or cut.markers)  # as normalize and the folder join strip
+            if stop > start or not (folder or cut.markers):
+                self.layout.append((index, start, stop))
+        if folder or cuts[0].markers:
+            self.layout.append("\n")
+        self.characters = sum(len(item) if isinstance(item, str) else item[2] - item[1] for item in self.layout)
+        characters = CharacterSet("".join(item for item in self.layout if isinstance(item, str)))
+        for cut in cuts:
+            characters.update(cut.characters)
+        self.vocab = characters.vocabulary()
+
+    def pieces(self, files: list[Path], encoding: str, chunk_bytes: int):
+        """Pass two: the text in pieces."""
+        for item in self.layout:
+            if isinstance(item, str):
+                yield Piece(item)
+            else:
+                index, start, stop = item
+                yield from read_range(files[index], encoding, start, stop, chunk_bytes)
 
 
 def open_prepared(data_dir: str | Path) -> PreparedData:
@@ -338,9 +348,9 @@ class _Output:
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="charnn-prepare")
         self._pending: deque[Future] = deque()
 
-    def write(self, text: Piece, tokens: np.ndarray) -> None:
-        data = text if isinstance(text, bytes) else text.encode("utf-8", "surrogatepass")
-        tokens = np.ascontiguousarray(tokens.astype(self.dtype, copy=False))
+    def write(self, piece: Piece, tokens: np.ndarray) -> None:
+        data = piece.encoded()
+        tokens = np.ascontiguousarray(tokens)
         while len(self._pending) >= 2:
             self._pending.popleft().result()  # raises what the writer raised
         self._pending.append(self._worker.submit(self._write, data, tokens))
@@ -367,348 +377,3 @@ class _Output:
         for f, tmp in zip(self.files, self.tmp, strict=True):
             f.close()
             tmp.unlink(missing_ok=True)
-
-
-# --- reading: decoding and normalising in chunks --------------------------------------------
-
-
-def _decoder(encoding: str):
-    try:
-        return codecs.getincrementaldecoder(encoding)()
-    except LookupError:
-        raise unknown_encoding(encoding) from None
-
-
-def _ascii_transparent(encoding: str) -> bool:
-    """True when ASCII bytes decode to themselves, one character each (UTF-8, Latin-1, cp1252...)."""
-    ascii_bytes = bytes(range(128))
-    try:
-        return ascii_bytes.decode(encoding) == ascii_bytes.decode("ascii")
-    except (UnicodeDecodeError, LookupError):
-        return False
-
-
-def _pieces(path: Path, encoding: str, chunk_bytes: int) -> Iterator[Piece]:
-    """One file's normalised text (as `corpus.read_text_file` gives it, before the Gutenberg cuts)
-    in pieces: bytes for a pure-ASCII chunk (no decoding needed), str otherwise."""
-    for piece, _ in _pieces_and_bytes(path, encoding, chunk_bytes):
-        yield piece
-
-
-def _pieces_and_bytes(path: Path, encoding: str, chunk_bytes: int) -> Iterator[tuple[Piece, bytes | None]]:
-    """`_pieces`, each with the UTF-8 bytes it was decoded from when the corpus is UTF-8 (None
-    otherwise): the same characters, but for CRs of CRLFs, a byte-order mark and a CR moved
-    across the chunk border."""
-    decoder = _decoder(encoding)
-    transparent = _ascii_transparent(encoding)
-    utf8 = codecs.lookup(encoding).name == "utf-8"
-    offset = 0  # bytes read so far
-    first, pending_cr = True, False
-    try:
-        f = open(path, "rb")
-    except OSError as error:
-        raise CorpusError(f"cannot read {path}: {error.strerror}") from None
-    with f:
-        while True:
-            try:
-                data = f.read(chunk_bytes)
-            except OSError as error:
-                raise CorpusError(f"cannot read {path}: {error.strerror}") from None
-            final = not data
-            buffered = decoder.getstate()[0]
-            source = None
-            if transparent and data.isascii() and not final and decoder.getstate() == (b"", 0):
-                piece: Piece = data
-            else:
-                try:
-                    piece = decoder.decode(data, final)
-                except UnicodeDecodeError as error:
-                    raise invalid_bytes(
-                        str(path), offset - len(buffered) + error.start, encoding, error.reason
-                    ) from None
-                if utf8:
-                    consumed = buffered + data if buffered else data
-                    left = len(decoder.getstate()[0])
-                    source = consumed[: len(consumed) - left] if left else consumed
-            offset += len(data)
-            if first and piece:
-                first = False
-                if isinstance(piece, str):
-                    piece = piece.removeprefix("\ufeff")
-            cr = b"\r" if isinstance(piece, bytes) else "\r"
-            if pending_cr:
-                piece = cr + piece
-            # A CR at the end of a chunk may be the first half of a CRLF: keep it for the next.
-            pending_cr = not final and piece.endswith(cr)
-            if pending_cr:
-                piece = piece[:-1]
-            if isinstance(piece, bytes) and b"\r" in piece:
-                piece = piece.replace(b"\r\n", b"\n")
-            elif isinstance(piece, str) and "\r" in piece:
-                piece = piece.replace("\r\n", "\n")
-            if piece:
-                yield piece, source
-            if final:
-                return
-
-
-# --- pass 1: the Gutenberg cuts, the vocabulary and the length ---------------------------
-
-
-@dataclass
-class _Scan:
-    """What the first pass learns about one file, in positions of its normalised text.
-
-    The kept part is [start, stop); `lead` and `trail` count the newlines at its two ends
-    (stripped when markers cut the text, and for every file of a folder).
-    """
-
-    start: int = 0
-    stop: int = 0
-    lead: int = 0
-    trail: int = 0
-    markers: bool = False
-    characters: set[str] = field(default_factory=set)
-
-
-class _Region:
-    """Characters and newline runs of the part of the text being kept, fed in pieces."""
-
-    def __init__(self, start: int):
-        self.start = start
-        self.characters: set[str] = set()
-        self.lead, self.lead_open, self.trail = 0, True, 0
-        self._ascii_seen = b""  # deleted by bytes.translate: what is left is new
-        self._wide_seen: list[bytes] = []  # the UTF-8 of each non-ASCII character seen
-        self._seen_points: np.ndarray | None = None  # (0x110000,) bool, for text rich in non-ASCII
-
-    def snapshot(self, stop: int) -> _Scan:
-        return _Scan(self.start, stop, self.lead, self.trail, True, set(self.characters))
-
-    def feed(self, text: Piece, source: bytes | None = None) -> None:
-        if not text:
-            return
-        newline = b"\n" if isinstance(text, bytes) else "\n"
-        if self.lead_open:
-            run = len(text) - len(text.lstrip(newline))
-            self.lead += run
-            self.lead_open = run == len(text)
-        run = len(text) - len(text.rstrip(newline))
-        self.trail = self.trail + run if run == len(text) else run
-        self._learn(text, source)
-
-    def _learn(self, text: Piece, source: bytes | None = None) -> None:
-        """Add the characters of `text`; `source`, when given, is UTF-8 holding the same ones
-        (apart from CR and the byte-order mark, looked for in `text` itself)."""
-        if isinstance(text, bytes) or text.isascii():
-            rest = (text if isinstance(text, bytes) else text.encode("ascii")).translate(None, self._ascii_seen)
-            if rest:
-                self._add(set(rest.decode("ascii")))
-            return
-        # Seen ASCII bytes are deleted from the UTF-8 form; what remains (new ASCII characters and
-        # every non-ASCII one) is usually a small share of the text.
-        if source is None:
-            rest = text.encode("utf-8", "surrogatepass").translate(None, self._ascii_seen)
-        else:
-            rest = source.translate(None, self._ascii_seen + b"\r")
-            if "\r" not in self.characters and "\r" in text:
-                self._add({"\r"})
-        if len(self._wide_seen) <= 16:  # a few curly quotes and dashes: cheaper to delete them too
-            for character in self._wide_seen:
-                rest = rest.replace(character, b"")
-        if not rest:
-            return
-        remaining = rest.decode("utf-8", "surrogatepass")
-        if len(remaining) < 1 << 16:
-            new = set(remaining) - self.characters
-        else:
-            if self._seen_points is None:
-                self._seen_points = np.zeros(0x110000, dtype=bool)
-                self._seen_points[[ord(c) for c in self.characters]] = True
-            points = np.frombuffer(remaining.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
-            new = {chr(p) for p in np.unique(points[~self._seen_points[points]]).tolist()}
-        if source is not None and "\ufeff" in new and "\ufeff" not in text:
-            new.discard("\ufeff")  # the byte-order mark dropped from the start
-        self._add(new)
-
-    def _add(self, characters: set[str]) -> None:
-        if not characters:
-            return
-        self.characters |= characters
-        self._ascii_seen = bytes(sorted(ord(c) for c in self.characters if ord(c) < 128))
-        self._wide_seen += [c.encode("utf-8", "surrogatepass") for c in characters if ord(c) >= 128]
-        if self._seen_points is not None:
-            self._seen_points[[ord(c) for c in characters]] = True
-
-
-class _Scanner:
-    """Pass 1 over one file: finds the kept part exactly as `corpus.normalize` cuts it.
-
-    normalize() cuts after the first START marker line and before the first END marker line
-    after it (or the first END line at all, when there is no START). Marker lines are found
-    across chunk boundaries by holding back the last line's beginning while it could still
-    become a marker.
-    """
-
-    def __init__(self):
-        self.position = 0  # characters counted so far; the carry starts here
-        self.carry = ""  # held back: a line's beginning that may be a marker's
-        self.at_line_start = True
-        self.start_found = False
-        self.in_start_line = False  # inside the START marker line: not kept
-        self.done = False  # the END marker after START was found: the rest is not kept
-        self.first_end: _Scan | None = None  # the kept part if no START ever comes
-        self.region = _Region(0)
-
-    def feed(self, piece: Piece, source: bytes | None = None) -> None:
-        if not (self.carry or self.in_start_line or self.done) and isinstance(piece, str) and source is not None:
-            # The common case, a piece wholly inside the kept text: its characters can be read
-            # from the UTF-8 it came from, with no encoding back.
-            markers = _markers(piece, self.at_line_start)
-            line_start = piece.rfind("\n") + 1
-            fragment = piece[line_start:] if line_start or self.at_line_start else ""
-            if not markers and not any(p.startswith(fragment) and p != fragment for p in _MARKER_PREFIXES):
-                self.region.feed(piece, source)
-                self.at_line_start = piece.endswith("\n")
-                self.position += len(piece)
-                return
-        kind = type(piece)
-        window = (self.carry.encode("ascii") if kind is bytes else self.carry) + piece
-        markers = _markers(window, self.at_line_start)
-        # Hold back the last line's beginning if it could still grow into a marker.
-        newline = b"\n" if kind is bytes else "\n"
-        line_start = window.rfind(newline) + 1
-        fragment = window[line_start:]
-        if line_start == 0 and not self.at_line_start:
-            fragment = window[:0]
-        if isinstance(fragment, bytes):
-            fragment = fragment.decode("ascii")
-        held = len(fragment) if any(p.startswith(fragment) and p != fragment for p in _MARKER_PREFIXES) else 0
-        processed = len(window) - held
-        cursor = 0
-        for at in markers:
-            if at >= processed:
-                break
-            self._take(window, cursor, at)
-            cursor = at
-            self._marker(window, at)
-        self._take(window, cursor, processed)
-        if held:
-            self.at_line_start = True
-        elif processed:
-            self.at_line_start = window[processed - 1 : processed] == newline
-        self.carry = fragment if held else ""
-        self.position += processed
-
-    def finish(self) -> _Scan:
-        if self.carry:
-            self._take(self.carry, 0, len(self.carry))
-            self.position += len(self.carry)
-            self.carry = ""
-        if self.start_found:
-            if self.in_start_line:  # the START line runs to the end: nothing is kept
-                return _Scan(self.position, self.position, 0, 0, True, set())
-            return self.region.snapshot(self.stop if self.done else self.position)
-        if self.first_end is not None:
-            return self.first_end
-        scan = self.region.snapshot(self.position)
-        scan.markers = False
-        return scan
-
-    def _marker(self, window: Piece, at: int) -> None:
-        is_start = _MARKER_AT_START[type(window)].match(window, at)[1] in ("START", b"START")
-        if is_start and not self.start_found:
-            self.start_found, self.in_start_line, self.first_end = True, True, None
-        elif not is_start and self.start_found and not self.done and not self.in_start_line:
-            self.done, self.stop = True, self.position + at
-        elif not is_start and not self.start_found and self.first_end is None:
-            self.first_end = self.region.snapshot(self.position + at)
-
-    def _take(self, window: Piece, begin: int, end: int) -> None:
-        """Count window[begin:end] into the kept part, according to where the text is."""
-        if begin >= end or self.done:
-            return
-        if self.in_start_line:
-            newline = window.find(b"\n" if isinstance(window, bytes) else "\n", begin, end)
-            if newline < 0:
-                return
-            self.in_start_line = False
-            self.region = _Region(self.position + newline)  # the kept text begins at the START line's end
-            begin = newline
-        self.region.feed(window[begin:end] if (begin, end) != (0, len(window)) else window)
-
-
-def _markers(window: Piece, at_line_start: bool) -> list[int]:
-    """Where marker lines start in `window`; str.find is several times faster than a regex here."""
-    pattern = _MARKER_AT_START[type(window)]
-    newline_stars = b"\n***" if isinstance(window, bytes) else "\n***"
-    found = [0] if at_line_start and pattern.match(window) else []
-    at = window.find(newline_stars)
-    while at >= 0:
-        if pattern.match(window, at + 1):
-            found.append(at + 1)
-        at = window.find(newline_stars, at + 1)
-    return found
-
-
-def _scan(path: Path, encoding: str, chunk_bytes: int) -> _Scan:
-    scanner = _Scanner()
-    for piece, source in _pieces_and_bytes(path, encoding, chunk_bytes):
-        scanner.feed(piece, source)
-    return scanner.finish()
-
-
-def _layout(scans: list[_Scan], folder: bool) -> list[tuple[int, int, int] | str]:
-    """The output as (file index, first, end) ranges of normalised text and literal newlines."""
-    layout: list[tuple[int, int, int] | str] = []
-    for index, scan in enumerate(scans):
-        if folder and index:
-            layout.append("\n\n")
-        if not folder and not scan.markers:
-            layout.append((index, scan.start, scan.stop))
-            continue
-        if scan.lead < scan.stop - scan.start:  # strip("\n"), as normalize and the folder join do
-            layout.append((index, scan.start + scan.lead, scan.stop - scan.trail))
-    if folder or scans[0].markers:
-        layout.append("\n")
-    return layout
-
-
-# --- pass 2: encoding ----------------------------------------------------------------------
-
-
-class _Encoder:
-    """Text -> indices with table look-ups; bytes.translate does the ASCII and Latin-1 share."""
-
-    def __init__(self, vocab: Vocabulary, dtype: str):
-        self.dtype = np.dtype(dtype)
-        points = np.array([ord(c) for c in vocab.characters], dtype=np.int64)
-        # Sorted by code point, so a character below 256 always has an index below 256.
-        low = points < 256
-        table = np.zeros(256, dtype=np.uint8)
-        table[points[low]] = np.flatnonzero(low)
-        self.byte_table = table.tobytes()
-        self.bmp = np.zeros(1 << 16, dtype=self.dtype)
-        self.bmp[points[points < 1 << 16]] = np.flatnonzero(points < 1 << 16)
-        self.points, self._all = points, None
-
-    def __call__(self, text: Piece) -> np.ndarray:
-        if isinstance(text, str) and text.isascii():
-            text = text.encode("ascii")
-        if isinstance(text, bytes):
-            return np.frombuffer(text.translate(self.byte_table), dtype=np.uint8).astype(self.dtype, copy=False)
-        units = text.encode("utf-16-le", "surrogatepass")
-        if len(units) != 2 * len(text):  # characters beyond the BMP: one full-range table
-            if self._all is None:
-                self._all = np.zeros(0x110000, dtype=self.dtype)
-                self._all[self.points] = np.arange(len(self.points))
-            return self._all[np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)]
-        points = np.frombuffer(units, dtype=np.uint16)
-        wide = np.flatnonzero(points >= 256)
-        if len(wide) > len(points) // 4:
-            return self.bmp[points]
-        # Mostly Latin-1: translate the low bytes, then patch the few wider characters.
-        tokens = np.frombuffer(points.astype(np.uint8).tobytes().translate(self.byte_table), dtype=np.uint8)
-        tokens = tokens.astype(self.dtype)
-        tokens[wide] = self.bmp[points[wide]]
-        return tokens

@@ -28,7 +28,7 @@ import torch
 
 from charnn.checkpoint import is_checkpoint, save_checkpoint
 from charnn.config import ModelConfig
-from charnn.data.corpus import decode, load_corpus, source_files, source_of
+from charnn.data.corpus import decode_bytes, load_corpus, source_files, source_of
 from charnn.errors import CharnnError, CheckpointError, ConfigError, CorpusError
 from charnn.model import CharRNN
 from charnn.vocab import Vocabulary
@@ -202,7 +202,7 @@ def read_reference_text(corpus: str, *, raw: bool = False, skip_chars: int = 0, 
         if folder:
             raise ConfigError("`raw` reading takes one file, as the reference read it; `corpus` names a folder")
         try:
-            text = decode(files[0].read_bytes(), encoding, str(files[0]))
+            text = decode_bytes(files[0].read_bytes(), encoding, str(files[0]))
         except OSError as error:
             raise CorpusError(f"cannot read {files[0]}: {error.strerror}") from None
     else:

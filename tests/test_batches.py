@@ -1,15 +1,19 @@
 import pytest
 import torch
 
-from charnn.data.batches import Batches, Streams, minimum_length, split
+from charnn.data.batches import Batches, Streams, minimum_length
+from charnn.data.corpus import Corpus, train_length
+from charnn.data.dataset import split
 from charnn.errors import CorpusError
 
 
 def test_split_is_contiguous_and_disjoint():
-    tokens = torch.arange(1000)
-    train, val = split(tokens, 0.1)
+    assert train_length(1000, 0.1) == 900
+    text = "".join(chr(0x4E00 + i) for i in range(1000))  # every character distinct: its index is its position
+    data = split(Corpus("distinct", text), val_fraction=0.1)
+    train, val = data.train_tokens, data.val_tokens
     assert len(train) == 900 and len(val) == 100
-    assert torch.equal(torch.cat([train, val]), tokens)
+    assert torch.equal(torch.cat([train, val]), torch.arange(1000))
 
 
 def test_targets_are_inputs_shifted_by_one():
