@@ -82,8 +82,8 @@ def test_the_manifest_holds_none_of_the_shared_corpora():
     shared = os.environ.get("CHARNN_CORPUS_DIR")
     if not shared:
         pytest.skip("CHARNN_CORPUS_DIR is not set (scripts/test.sh sets it where ../shared/corpora exists)")
-    from charnn.data.corpus import read_text_file
+    from charnn.data.corpus import load_corpus
 
-    digests = {hashlib.sha256(read_text_file(p).encode()).hexdigest() for p in Path(shared).rglob("*.txt")}
+    digests = {hashlib.sha256(load_corpus(str(p)).text.encode()).hexdigest() for p in Path(shared).rglob("*.txt")}
     assert digests
     assert not digests & {row["sha256"] for row in rows("manifest.tsv")}

@@ -99,11 +99,11 @@ def _print_lines(records, min_chars: int, as_json: bool) -> None:
 
 def _read_text(path: str, encoding: str) -> tuple[str, str]:
     """The text to score and what to call it: a file (read as `charnn evaluate` reads one), or - for stdin."""
-    from charnn.data.corpus import decode, load_corpus, normalize
+    from charnn.data.corpus import decode_bytes, load_corpus, normalize
 
     if path != "-":
         return load_corpus(path, encoding=encoding).text, path
-    text = normalize(decode(sys.stdin.buffer.read(), encoding, "standard input"))
+    text = normalize(decode_bytes(sys.stdin.buffer.read(), encoding, "standard input"))
     if not text:
         raise CorpusError("standard input is empty; give some text to score")
     return text, "standard input"
