@@ -111,8 +111,8 @@ class _Int8:
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor):
         q, self.scale = _quantize_rows(weight)
-        # A batch-shape hint, any: without one, a one-row product took 161 us instead of 74
-        # (same results); at 64 rows all hints measured alike.
+        # A batch-shape hint, any: without one, a one-row product takes about twice as long (the
+        # same results); at 64 rows every hint does alike.
         self.packed = torch.ops.onednn.qlinear_prepack(q, [1, weight.shape[1]])
         self.zero = torch.zeros(len(self.scale), dtype=torch.long)
         self.bias = bias.detach().float().clone()
@@ -263,10 +263,9 @@ class Stepper:
         return logits[:, -1].float(), state
 
     def _fused_prefill(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # A 40-character prompt of the reference model took 23 ms in PyTorch's fp32 pass on one
-        # thread (a tenth to a sixth of a busy server's engine time, and every new request waited
-        # for it), against 2 ms here (benchmarks/RESULTS.md). Scratch buffers of its own: the step's logits buffer
-        # may still be in use by the caller's batch.
+        # PyTorch's fp32 pass over a prompt is a large share of a busy server's engine time, and every
+        # new request waits for it; this one is about ten times faster (docs/results.md). Scratch
+        # buffers of its own: the step's logits buffer may still be in use by the caller's batch.
         rows = tokens[:1] if bool((tokens == tokens[:1]).all()) else tokens  # (n, T)
         n, c = rows.shape[0], self.model.config
         state = self.init_state(n).contiguous()  # (L, n, H)
