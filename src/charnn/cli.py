@@ -143,7 +143,7 @@ def config_from_args(args: argparse.Namespace, cls, **fixed):
 def cmd_train(args: argparse.Namespace) -> int:
     from charnn.data.dataset import open_corpus
     from charnn.run_folder import check_new
-    from charnn.training.trainer import finetune, resume, train
+    from charnn.training import finetune, resume, train
 
     if args.nproc is not None and args.nproc < 1:
         raise ConfigError(f"--nproc must be at least 1, got {args.nproc}")
@@ -184,7 +184,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     train_config = dataclasses.replace(train_config, val_fraction=data.val_fraction)
     model_config = config_from_args(options, ModelConfig, vocab_size=len(data.vocab))
     with Progress(data.describe()) as progress, interrupts:
-        result = train(data, data.vocab, model_config, train_config, args.out, on_event=progress.on_event,
+        result = train(data, model_config, train_config, args.out, on_event=progress.on_event,
                        overwrite=args.overwrite, should_stop=interrupts.reason)  # fmt: skip
         _draw_plot(args.out, progress)
     return _finish(result, args.out)

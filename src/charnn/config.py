@@ -105,7 +105,7 @@ class TrainConfig(JsonConfig):
     seq_len_jitter: float = 0.0  # stateful only: spread (characters) of a random window length; 0 = fixed
     ema: float | None = None  # decay of an exponential moving average of the weights; None = none
     ema_init_share: float = (
-        0.1  # the run's initial weights' fixed share in the average it scores (charnn.training.trainer)
+        0.1  # the run's initial weights' fixed share in the average it scores (charnn.training.average)
     )
     preset: str | None = None  # the named preset the options started from (charnn.presets), as a record
 
