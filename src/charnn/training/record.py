@@ -3,6 +3,7 @@ the training record each checkpoint keeps of them, from which a resumed run read
 
 import dataclasses
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -145,3 +146,39 @@ def metrics_entry(
         entry["val_bpc"] = event.val_loss * NATS_TO_BITS
         entry.update(val_detail)
     return entry
+
+
+class Clock:
+    """A run's time: this invocation's, for the rate and the ETA (this machine's, now), and the whole
+    run's, earlier invocations included, which `time_limit` counts, as `max_steps` counts all the run's
+    steps, so a resumed run keeps its budget and its cosine. It starts when it is made."""
+
+    def __init__(self, state: RunState, config: TrainConfig, total_steps: int, steps_per_epoch: int) -> None:
+        self.state, self.config, self.total_steps, self.steps_per_epoch = state, config, total_steps, steps_per_epoch
+        self.steps_at_start = state.step
+        self.started = self.last_log = time.perf_counter()
+
+    def run_seconds(self, now: float | None = None) -> float:
+        """Seconds of training in the whole run."""
+        return self.state.elapsed + (time.perf_counter() if now is None else now) - self.started
+
+    def log_due(self, now: float) -> bool:
+        """Whether `log_every_seconds` have passed since the last log line; if so, this is one."""
+        if now - self.last_log < self.config.log_every_seconds:
+            return False
+        self.last_log = now
+        return True
+
+    def event(self, kind: str, loss: float, val_loss: float | None = None, **extra) -> Event:
+        """An event of the run as it stands, with its rate and ETA."""
+        s, config = self.state, self.config
+        now = time.perf_counter()
+        elapsed = now - self.started
+        done = s.step - self.steps_at_start
+        rate = done * config.batch_size * config.seq_len / elapsed if elapsed > 0 else 0.0
+        eta = (self.total_steps - s.step) * elapsed / done if done else None
+        if config.time_limit is not None:
+            left = max(0.0, config.time_limit * 60 - self.run_seconds(now))
+            eta = left if eta is None else min(eta, left)
+        return Event(kind, s.epoch, s.step, self.total_steps, self.steps_per_epoch, loss, val_loss,
+                     chars_per_sec=rate, elapsed=self.run_seconds(now), eta=eta, **extra)  # fmt: skip

@@ -20,6 +20,12 @@ def run_progress(step: int, total_steps: int, elapsed: float, time_limit: float 
     return min(1.0, progress)
 
 
+def total_steps(config: TrainConfig, steps_per_epoch: int) -> int:
+    """The steps a run takes if nothing stops it early: its epochs, or `max_steps` if fewer."""
+    steps = config.epochs * steps_per_epoch
+    return steps if config.max_steps is None else min(steps, config.max_steps)
+
+
 class Schedule:
     """`TrainConfig.lr_schedule` over a run of `total_steps` steps."""
 

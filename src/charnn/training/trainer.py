@@ -1,10 +1,13 @@
-"""The training loop: `train` starts a new run, `Trainer` runs it until a stop.
+"""The training loop: `train` starts a new run, and a `Trainer` runs it until a stop.
 
-Each rule around the loop has a module of its own: the learning rate (`schedule`), when to stop
-(`stopping`), the weight average (`average`), the run's counters and records (`record`), the
-trainer state saved for resuming (`trainer_state`); `resume` and `finetune` start a `Trainer`
-from a checkpoint. Started by torchrun, every process runs the same code: `distributed` wraps
-the model in DDP, gives each process its share of every batch and keeps the writing to rank 0.
+Library code does not print: progress goes to an `on_event` callback (the CLI draws a bar or log
+lines from it), and the history comes back as the return value. Checkpoints and metrics go into
+the run folder through `charnn.run_folder`. Each rule around the loop has a module of its own:
+the learning rate (`schedule`), when to stop (`stopping`), the weight average (`average`), the
+run's counters and records (`record`), the state saved for resuming (`trainer_state`);
+`resuming` and `finetuning` start a `Trainer` from a checkpoint. Started by torchrun, every
+process runs the same code: `distributed` wraps the model in DDP, gives each process its share
+of every batch and keeps the writing to rank 0.
 """
 
 import contextlib
@@ -32,8 +35,8 @@ from charnn.model import CharRNN
 from charnn.scoring.evaluate import loss_sums, model_loss
 from charnn.training import distributed, trainer_state
 from charnn.training.average import WeightAverage
-from charnn.training.record import Event, RunState, TrainResult, metrics_entry, training_record
-from charnn.training.schedule import Schedule
+from charnn.training.record import Clock, Event, RunState, TrainResult, metrics_entry, training_record
+from charnn.training.schedule import Schedule, total_steps
 from charnn.training.stopping import StopCheck, StoppingRules
 
 EventHandler = Callable[[Event], None]
@@ -64,7 +67,17 @@ def train(
         return start(data, model_config, config, Path(run_dir), on_event, overwrite, should_stop, group)
 
 
-def start(data, model, config, run_dir, on_event, overwrite, should_stop, group, init_from=None) -> TrainResult:
+def start(
+    data: Dataset | Corpus | PreparedData,
+    model: ModelConfig | CharRNN,
+    config: TrainConfig,
+    run_dir: Path,
+    on_event: EventHandler | None,
+    overwrite: bool,
+    should_stop: StopCheck | None,
+    group: distributed.Group,
+    init_from: dict[str, Any] | None = None,
+) -> TrainResult:
     """A new run: `model` is a ModelConfig for a new network, or a CharRNN to start from (fine-tuning)."""
     # Everything that can be refused is checked before the run folder is touched.
     device = distributed.device_for(group, resolve_device(config.device))
@@ -117,25 +130,15 @@ class Trainer:
         self.state = resumed.state if resumed else RunState()
         self.emit = (on_event or (lambda event: None)) if group.is_main else (lambda event: None)
         self.stopping = StoppingRules(config, should_stop)
-        if config.stateful:
-            self.batches = Streams(data.train_tokens, config.batch_size, config.seq_len, config.seed, group.rank,
-                                   group.world_size, config.seq_len_jitter)  # fmt: skip
-        else:
-            self.batches = Batches(data.train_tokens, config.batch_size, config.seq_len, config.seed, group.rank,
-                                   group.world_size)  # fmt: skip
-        self.total_steps = config.epochs * self.batches.steps_per_epoch
-        if config.max_steps is not None:
-            self.total_steps = min(self.total_steps, config.max_steps)
+        self.batches = batches_for(data, config, group)
+        self.total_steps = total_steps(config, self.batches.steps_per_epoch)
         self.schedule = Schedule(config, self.total_steps)
         self.explode_at = max(10.0, 3 * math.log(len(data.vocab)))  # a loss this far above chance: diverged
         if config.threads:
             torch.set_num_threads(config.threads)
         self.model = model.to(device)
         self.network = distributed.wrap(group, self.model, device)  # what a training step calls
-        if config.weight_decay:
-            self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-        else:
-            self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
+        self.optimizer = optimizer_for(self.model, config)
         self.scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
         # A hand-written bf16 GRU recurrence where it applies; DDP must see every forward, so PyTorch's where it wraps.
         self.fast_forward = self.network is self.model and recurrence.supported(self.model, device, dtype)
@@ -150,8 +153,7 @@ class Trainer:
         if self.state.best_val_loss is not None:
             self.result.best_checkpoint = run_folder.best(run_dir)
         self.recent_losses: list[float] = []  # since the last metrics record
-        self.steps_at_start = self.state.step
-        self.started = self.last_log = time.perf_counter()
+        self.clock = Clock(self.state, config, self.total_steps, self.batches.steps_per_epoch)
 
     def _restore(self, saved: dict[str, Any]) -> None:
         s = self.state
@@ -171,7 +173,8 @@ class Trainer:
         s, config = self.state, self.config
         self.model.train()
         self._emit("start", s.epoch_loss)
-        stop = self.stopping.budget_spent(s.step, self._run_seconds(self.started))  # a resumed run may be done
+        # A resumed run may already be at its limit: nothing to do.
+        stop = self.stopping.budget_spent(s.step, self.clock.run_seconds(self.clock.started))
         first_epoch = config.epochs + 1 if stop else s.epoch + 1 if s.epoch_complete else s.epoch
         for epoch in range(first_epoch, config.epochs + 1):
             s.start_epoch(epoch)
@@ -209,7 +212,7 @@ class Trainer:
     def _step(self, inputs: torch.Tensor, targets: torch.Tensor) -> None:
         s = self.state
         for group in self.optimizer.param_groups:
-            group["lr"] = self.schedule.rate(s, self._run_seconds(time.perf_counter()), inputs.shape[1])
+            group["lr"] = self.schedule.rate(s, self.clock.run_seconds(), inputs.shape[1])
         inputs = inputs.to(self.device, non_blocking=True)
         targets = targets.to(self.device, non_blocking=True)
         carried = self.carried if self.config.stateful and not self.batches.restarted else None
@@ -247,8 +250,7 @@ class Trainer:
         """Log, evaluate and checkpoint as scheduled; return why to stop, if so."""
         s, config = self.state, self.config
         now = time.perf_counter()
-        if now - self.last_log >= config.log_every_seconds:
-            self.last_log = now
+        if self.clock.log_due(now):
             self._record("log")
         else:
             self._emit("step", s.epoch_loss)
@@ -259,12 +261,7 @@ class Trainer:
                 return "patience"
         if config.checkpoint_every and s.step % config.checkpoint_every == 0 and not end_of_epoch:
             self._save(f"ckpt_{s.epoch}_{s.step}")
-        return self.stopping.after_step(s.step, self._run_seconds(now))
-
-    def _run_seconds(self, now: float) -> float:
-        """Seconds of training in the whole run, earlier invocations included: what `time_limit` counts,
-        as `max_steps` counts all the run's steps, so a resumed run keeps its budget and its cosine."""
-        return self.state.elapsed + now - self.started
+        return self.stopping.after_step(s.step, self.clock.run_seconds(now))
 
     # --- evaluation and the best checkpoint ----------------------------------------------
 
@@ -274,11 +271,11 @@ class Trainer:
         if len(self.data.val_tokens) < 3:
             return None, {}
         s = self.state
-        val_loss = raw_loss = self._val_loss()
+        val_loss = raw_loss = held_out_loss(self.model, self.data, self.config, self.dtype, self.group)
         detail, average_loss = {}, None
         if self.average is not None:
             with self.average.swapped_in(self.model):
-                average_loss = self._val_loss()
+                average_loss = held_out_loss(self.model, self.data, self.config, self.dtype, self.group)
             detail = {"raw_val_loss": raw_loss, "ema_val_loss": average_loss}
             val_loss = min(raw_loss, average_loss)
         self._warn_if_memorising(s.epoch_loss, val_loss)
@@ -306,30 +303,10 @@ class Trainer:
                     f"the model has begun to memorise its text; {self.run_dir / run_folder.BEST} keeps the best",
                 )
 
-    def _val_loss(self) -> float:
-        scoring = {"seq_len": self.config.seq_len, "num_streams": self.config.batch_size, "dtype": self.dtype}
-        if not self.group.active:
-            return model_loss(self.model, self.data.val_tokens, **scoring)
-        # Each process scores its share of the held-out streams.
-        shares = {"rank": self.group.rank, "world_size": self.group.world_size}
-        sums = list(loss_sums(self.model, self.data.val_tokens, **scoring, **shares))
-        total, count = distributed.sums(self.group, sums)
-        return total / count if count else math.nan
-
     # --- output ----------------------------------------------------------------------------
 
     def _emit(self, kind: str, loss: float, val_loss: float | None = None, **extra) -> Event:
-        s = self.state
-        now = time.perf_counter()
-        elapsed = now - self.started  # this invocation's: the rate and ETA are this machine's now
-        done = s.step - self.steps_at_start
-        rate = done * self.config.batch_size * self.config.seq_len / elapsed if elapsed > 0 else 0.0
-        eta = (self.total_steps - s.step) * elapsed / done if done else None
-        if self.config.time_limit is not None:
-            left = max(0.0, self.config.time_limit * 60 - self._run_seconds(now))
-            eta = left if eta is None else min(eta, left)
-        event = Event(kind, s.epoch, s.step, self.total_steps, self.batches.steps_per_epoch, loss, val_loss,
-                      chars_per_sec=rate, elapsed=self._run_seconds(now), eta=eta, **extra)  # fmt: skip
+        event = self.clock.event(kind, loss, val_loss, **extra)
         self.emit(event)
         return event
 
@@ -343,7 +320,7 @@ class Trainer:
 
     def _save(self, name: str, val_loss: float | None = None, resumable: bool = True, weights: str = "raw") -> Path:
         s = self.state
-        elapsed = round(s.elapsed + time.perf_counter() - self.started, 2)
+        elapsed = round(self.clock.run_seconds(), 2)
         if self.config.stateful:
             s.stream_position = self.batches.position
         training = training_record(s, self.config, self.dtype, elapsed, self.init_from)
@@ -365,3 +342,30 @@ class Trainer:
                 run_folder.prune(self.run_dir, self.config.keep_last)
         self._emit("checkpoint", s.epoch_loss, val_loss, path=path)
         return path
+
+
+def batches_for(data: Dataset, config: TrainConfig, group: distributed.Group) -> Batches | Streams:
+    """This process's rows of every batch: independent windows, or streams that carry state (`stateful`)."""
+    if config.stateful:
+        return Streams(data.train_tokens, config.batch_size, config.seq_len, config.seed, group.rank,
+                       group.world_size, config.seq_len_jitter)  # fmt: skip
+    return Batches(data.train_tokens, config.batch_size, config.seq_len, config.seed, group.rank, group.world_size)
+
+
+def optimizer_for(model: CharRNN, config: TrainConfig) -> torch.optim.Optimizer:
+    if config.weight_decay:
+        return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.Adam(model.parameters(), lr=config.lr)
+
+
+def held_out_loss(
+    model: CharRNN, data: Dataset, config: TrainConfig, dtype: torch.dtype, group: distributed.Group
+) -> float:
+    """The model's loss on the held-out text, read in `batch_size` streams of `seq_len` windows."""
+    scoring = {"seq_len": config.seq_len, "num_streams": config.batch_size, "dtype": dtype}
+    if not group.active:
+        return model_loss(model, data.val_tokens, **scoring)
+    # Each process scores its share of the held-out streams.
+    shares = {"rank": group.rank, "world_size": group.world_size}
+    total, count = distributed.sums(group, list(loss_sums(model, data.val_tokens, **scoring, **shares)))
+    return total / count if count else math.nan
