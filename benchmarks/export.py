@@ -26,7 +26,7 @@ from charnn.fast.step import Stepper, resolve_step_precision
 from charnn.interop.onnx import OnnxModel, export_onnx
 from charnn.interop.web import export_web
 from charnn.run_folder import load_checkpoint
-from charnn.training.trainer import train
+from charnn.training import train
 
 
 def onnx_rate(model: OnnxModel, prime: str, length: int) -> float:
@@ -106,7 +106,7 @@ def main() -> None:
             size = dict(embedding_dim=8, hidden_size=16) if args.quick else {}
             config = ModelConfig(vocab_size=len(data.vocab), **size)
             options = TrainConfig(max_steps=5, seed=0) if args.quick else TrainConfig(time_limit=args.train_minutes)
-            result = train(data, data.vocab, config, options, tmp / "run")
+            result = train(data, config, options, tmp / "run")
             ckpt = load_checkpoint(result.best_checkpoint or result.last_checkpoint)
         length = 200 if args.quick else args.length
         text = of_checkpoint(ckpt).held_out_text()

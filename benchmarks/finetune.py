@@ -4,8 +4,8 @@
    (skipped when --parent names an existing checkpoint or run folder).
 2. The small text: --chars characters of --novel from --offset on (past the title pages),
    written to a file; its last 10% is held out, the same part in both runs.
-3. Fine-tune the parent on it for --minutes (`charnn.training.trainer.finetune`), and train the same
-   architecture from random weights on it for --minutes (`charnn.training.trainer.train`), with the same
+3. Fine-tune the parent on it for --minutes (`charnn.training.finetune`), and train the same
+   architecture from random weights on it for --minutes (`charnn.training.train`), with the same
    training options. Report each run's best held-out loss, and the parent's loss on the
    held-out text before any fine-tuning.
 
@@ -28,7 +28,7 @@ from charnn.data.corpus import load_corpus
 from charnn.data.dataset import of_checkpoint, split
 from charnn.run_folder import load_checkpoint
 from charnn.scoring.evaluate import model_loss
-from charnn.training.trainer import finetune, initial_model, train
+from charnn.training import finetune, initial_model, train
 
 
 def main() -> None:
@@ -63,7 +63,7 @@ def run(args: argparse.Namespace, out: Path) -> None:
         model_config = ModelConfig(len(data.vocab), embedding_dim=args.embedding_dim, hidden_size=args.hidden_size)
         config = TrainConfig(time_limit=args.parent_minutes, eval_every=200, **options)
         started = time.perf_counter()
-        train(data, data.vocab, model_config, config, out / "parent", overwrite=True)
+        train(data, model_config, config, out / "parent", overwrite=True)
         print(f"parent: {args.parent_corpus}, {time.perf_counter() - started:.0f} s", flush=True)
         parent_path = out / "parent"
     parent = load_checkpoint(parent_path)
@@ -87,7 +87,7 @@ def run(args: argparse.Namespace, out: Path) -> None:
                                  hidden_size=parent.config.hidden_size, cell=parent.config.cell,
                                  num_layers=parent.config.num_layers)  # fmt: skip
     scratch_data = split(load_corpus(str(small)), vocab=None, val_fraction=config.val_fraction)
-    result = train(scratch_data, scratch_data.vocab, scratch_config, config, out / "scratch", overwrite=True)
+    result = train(scratch_data, scratch_config, config, out / "scratch", overwrite=True)
     rows.append(("from scratch", result))
 
     print(f"machine: {platform.processor() or platform.machine()}, {args.threads} threads, torch {torch.__version__}")

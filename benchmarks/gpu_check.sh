@@ -38,7 +38,7 @@ from charnn.data.corpus import load_corpus
 from charnn.generation import generate_text
 from charnn.run_folder import load_checkpoint
 from charnn.hardware import resolve_precision
-from charnn.training.trainer import train
+from charnn.training import train
 from charnn.vocab import Vocabulary
 
 corpus_path, run_dir = sys.argv[1], sys.argv[2]
@@ -70,7 +70,7 @@ def on_event(event):
 
 
 start = time.perf_counter()
-result = train(corpus, vocab, model_config, config, run_dir, on_event)
+result = train(corpus, model_config, config, run_dir, on_event=on_event)  # the corpus's own characters: vocab
 total = time.perf_counter() - start
 steady = times[1:] or times
 print(f"\nstopped by {result.stopped_by} after {len(times)} epochs in {total:.0f} s; "

@@ -44,7 +44,7 @@ from charnn.generation import generate_text
 from charnn.presets import with_preset
 from charnn.run_folder import load_checkpoint
 from charnn.scoring.evaluate import evaluate_text, invented_words
-from charnn.training.trainer import train
+from charnn.training import train
 from charnn.vocab import Vocabulary
 
 # The recipe: `charnn train`'s defaults (the `tuned` preset), with no epoch limit (the budget stops the run).
@@ -77,7 +77,7 @@ def run(name: str, minutes: float | None, threads: int, options: dict, out: Path
     config = TrainConfig(time_limit=minutes, threads=threads, epochs=1000, **train_options)
     model_config = ModelConfig(vocab_size=len(vocab), **{k: v for k, v in options.items() if k in MODEL_FIELDS})
     started = time.perf_counter()
-    result = train(corpus, vocab, model_config, config, out, overwrite=True)
+    result = train(corpus, model_config, config, out, overwrite=True)
     seconds = time.perf_counter() - started
     best = load_checkpoint(out / "best")
     cut = train_length(len(corpus.text), config.val_fraction)

@@ -3,7 +3,7 @@
 Speed: a model of the reference's size (Embedding 256 -> GRU 1024 -> Linear, freshly initialised:
 speed does not depend on what the weights learned) scores --chars characters of Great Expectations
 with `charnn score CKPT TEXT` in a subprocess, timed from start to exit (start-up and loading
-included), in rounds alternating with `charnn.training.trainer.train`'s characters per second
+included), in rounds alternating with `charnn.training.train`'s characters per second
 (`benchmarks/speed.py`'s measure) on the same threads; each keeps its best round. fp32 (the plain
 model) is timed once, on the same text.
 
@@ -41,7 +41,7 @@ from charnn.model import CharRNN  # noqa: E402
 from charnn.run_folder import load_checkpoint  # noqa: E402
 from charnn.scoring.evaluate import evaluate_text  # noqa: E402
 from charnn.scoring.score import ScoreConfig, ScoreTotals, score  # noqa: E402
-from charnn.training.trainer import train  # noqa: E402
+from charnn.training import train  # noqa: E402
 from charnn.vocab import Vocabulary  # noqa: E402
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -92,7 +92,7 @@ def trained_run(run: Path | None, minutes: float, work: Path) -> Path:
     data = open_corpus("great-expectations")
     config = TrainConfig(time_limit=minutes, threads=1, epochs=1000, lr=2e-3, precision="fp32")
     model_config = ModelConfig(vocab_size=len(data.vocab), embedding_dim=64, hidden_size=256)
-    train(data, data.vocab, model_config, config, work / "ge")
+    train(data, model_config, config, work / "ge")
     return work / "ge"
 
 

@@ -1,6 +1,6 @@
 """Speed of charnn against plain PyTorch loops on this machine: one table, from one run.
 
-Training: charnn's trainer (`charnn.training.trainer.train`, precision auto) against a plain fp32
+Training: charnn's trainer (`charnn.training.train`, precision auto) against a plain fp32
 Embedding -> nn.GRU -> Linear loop written here, at the reference configuration (batch 64,
 window 100, embedding 256, GRU 1024). Generation: `charnn.generation.generate` against the plain
 loop that calls the model once per character, for one stream and for 64 at once. Where auto
@@ -36,7 +36,7 @@ from charnn.fast.step import Stepper, int8_supported, resolve_step_precision
 from charnn.generation import _generate, generate
 from charnn.model import CharRNN
 from charnn.sample import RandomStreams, sample_next
-from charnn.training.trainer import train
+from charnn.training import train
 from charnn.vocab import Vocabulary
 
 BATCH, WINDOW = 64, 100
@@ -96,7 +96,7 @@ def charnn_training_rate(corpus: Corpus, vocab: Vocabulary, steps: int, model: M
     model = model or ModelConfig(len(vocab))
     config = TrainConfig(max_steps=steps + 1, val_fraction=0.0, log_every_seconds=1e9, precision="auto")
     with tempfile.TemporaryDirectory() as run_dir:
-        train(corpus, vocab, model, config, Path(run_dir) / "run", on_event=on_event)
+        train(corpus, model, config, Path(run_dir) / "run", on_event=on_event)
     return steps * BATCH * WINDOW / (stamps[-1] - stamps[0])
 
 

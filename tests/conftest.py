@@ -39,7 +39,7 @@ def tiny_run(tmp_path_factory) -> Path:
     """A run folder trained for a few steps on a small text with a small model."""
     from charnn.config import ModelConfig, TrainConfig
     from charnn.data.corpus import load_corpus
-    from charnn.training.trainer import train
+    from charnn.training import train
     from charnn.vocab import Vocabulary
 
     folder = tmp_path_factory.mktemp("run")
@@ -49,7 +49,7 @@ def tiny_run(tmp_path_factory) -> Path:
     vocab = Vocabulary.from_text(corpus.text)
     model_config = ModelConfig(vocab_size=len(vocab), embedding_dim=16, hidden_size=32)
     config = TrainConfig(seq_len=20, batch_size=8, epochs=2, seed=1, precision="fp32")
-    train(corpus, vocab, model_config, config, folder / "run")
+    train(corpus, model_config, config, folder / "run")
     return folder / "run"
 
 

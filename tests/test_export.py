@@ -22,7 +22,7 @@ from charnn.generation import generate_text
 from charnn.interop import web as export
 from charnn.interop.onnx import OnnxModel, export_onnx, onnx_loss
 from charnn.interop.web import export_web
-from charnn.training.trainer import train
+from charnn.training import train
 from charnn.vocab import Vocabulary
 from conftest import TINY_TEXT, run_cli
 
@@ -42,7 +42,7 @@ def trained(tmp_path_factory):
         config = ModelConfig(vocab_size=len(vocab), embedding_dim=8, hidden_size=16, cell=cell, num_layers=layers)
         options = TrainConfig(seq_len=20, batch_size=8, epochs=1, max_steps=150, lr=2e-2, seed=1, precision="fp32",
                               val_fraction=0.2)  # fmt: skip
-        result = train(corpus, vocab, config, options, folder / f"{cell}{layers}")
+        result = train(corpus, config, options, folder / f"{cell}{layers}")
         runs[cell, layers] = result.last_checkpoint
     return runs
 

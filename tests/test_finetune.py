@@ -16,7 +16,7 @@ from charnn.data.corpus import load_corpus
 from charnn.data.prepare import prepare
 from charnn.errors import CheckpointError, ConfigError, RunDirError
 from charnn.run_folder import list_checkpoints, load_checkpoint
-from charnn.training.trainer import finetune, initial_model, resume, train
+from charnn.training import finetune, initial_model, resume, train
 from charnn.vocab import Vocabulary
 from conftest import TINY_TEXT, run_cli
 
@@ -33,7 +33,7 @@ def parent(tmp_path_factory):
     corpus = load_corpus(str(folder / "corpus.txt"))
     vocab = Vocabulary.from_text(corpus.text)
     model_config = ModelConfig(len(vocab), embedding_dim=8, hidden_size=16, num_layers=2)
-    train(corpus, vocab, model_config, CONFIG, folder / "run")
+    train(corpus, model_config, CONFIG, folder / "run")
     return folder / "run"
 
 

@@ -20,7 +20,7 @@ from charnn.data.batches import Batches
 from charnn.data.corpus import load_corpus, train_length
 from charnn.data.prepare import MANIFEST, TRAIN, VAL, open_prepared, prepare
 from charnn.errors import ConfigError, CorpusError, DataDirError
-from charnn.training.trainer import resume, train
+from charnn.training import resume, train
 from charnn.vocab import Vocabulary
 from conftest import SRC, TINY_TEXT
 
@@ -252,8 +252,8 @@ def test_training_on_prepared_data_equals_training_on_the_text(tmp_path):
     path.write_text(TINY_TEXT * 40, encoding="utf-8")
     corpus = load_corpus(str(path))
     data = open_prepared(prepare(str(path), tmp_path / "data").data_dir)
-    from_text = train(corpus, data.vocab, _small(data.vocab), CONFIG, tmp_path / "text")
-    from_data = train(data, data.vocab, _small(data.vocab), CONFIG, tmp_path / "data-run")
+    from_text = train(corpus, _small(data.vocab), CONFIG, tmp_path / "text")
+    from_data = train(data, _small(data.vocab), CONFIG, tmp_path / "data-run")
     assert [h["loss"] for h in from_text.history] == [h["loss"] for h in from_data.history]
     assert from_text.best_val_loss == from_data.best_val_loss
     record = json.loads((from_data.last_checkpoint / "checkpoint.json").read_text())["corpus"]
@@ -281,7 +281,7 @@ def test_a_different_split_from_the_prepared_one_is_refused(tmp_path):
     path.write_text(TINY_TEXT * 40, encoding="utf-8")
     data = open_prepared(prepare(str(path), tmp_path / "data", val_fraction=0.2).data_dir)
     with pytest.raises(ConfigError, match="`val_fraction`"):
-        train(data, data.vocab, _small(data.vocab), CONFIG, tmp_path / "run")
+        train(data, _small(data.vocab), CONFIG, tmp_path / "run")
     assert not (tmp_path / "run").exists()
 
 

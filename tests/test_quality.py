@@ -18,8 +18,9 @@ from charnn.run_folder import METRICS, list_checkpoints, load_checkpoint
 from charnn.scoring.dynamic import dynamic_loss, gradient_rms
 from charnn.scoring.evaluate import evaluate_text, gzip_loss, invented_words, model_loss, window_loss
 from charnn.scoring.ngram import KneserNey
+from charnn.training import train
 from charnn.training.plot import plot_run
-from charnn.training.trainer import run_progress, train
+from charnn.training.schedule import run_progress
 from charnn.vocab import Vocabulary
 from conftest import TINY_TEXT
 
@@ -32,7 +33,7 @@ def test_best_is_the_lowest_validation_loss(tmp_path):
     corpus = Corpus("tiny", TINY_TEXT * 40)
     vocab = Vocabulary.from_text(corpus.text)
     config = TrainConfig(seq_len=20, batch_size=8, epochs=3, eval_every=3, lr=3e-3, precision="fp32")
-    result = train(corpus, vocab, _small(vocab), config, tmp_path / "run")
+    result = train(corpus, _small(vocab), config, tmp_path / "run")
     records = [json.loads(line) for line in (tmp_path / "run" / METRICS).read_text().splitlines()]
     val_losses = [r["val_loss"] for r in records if "val_loss" in r]
     assert len(val_losses) > 3
@@ -53,7 +54,7 @@ def test_early_stopping_stops_when_validation_stops_improving(tmp_path):
     vocab = Vocabulary.from_text(text)
     config = TrainConfig(seq_len=20, batch_size=8, epochs=60, lr=1e-2, patience=2, precision="fp32")
     events = []
-    result = train(corpus, vocab, ModelConfig(len(vocab), 16, 128), config, tmp_path / "run", on_event=events.append)
+    result = train(corpus, ModelConfig(len(vocab), 16, 128), config, tmp_path / "run", on_event=events.append)
     assert result.stopped_by == "patience"
     epochs = len(list_checkpoints(tmp_path / "run"))
     assert epochs < 60
@@ -71,7 +72,7 @@ def test_a_diverging_loss_stops_cleanly_and_leaves_the_last_checkpoint(tmp_path)
     config = TrainConfig(seq_len=20, batch_size=8, epochs=5, lr=1e4, checkpoint_every=1, val_fraction=0,
                          precision="fp32")  # fmt: skip
     with pytest.raises(TrainingError, match="diverged"):
-        train(corpus, vocab, _small(vocab), config, tmp_path / "run")
+        train(corpus, _small(vocab), config, tmp_path / "run")
     checkpoints = list_checkpoints(tmp_path / "run")
     assert [p.name for p in checkpoints] == ["ckpt_1_1"]
     ckpt = load_checkpoint(checkpoints[0])
@@ -86,7 +87,7 @@ def test_schedules_and_options_train(tmp_path):
         config = TrainConfig(seq_len=20, batch_size=8, epochs=2, lr_schedule=schedule, warmup_steps=5,
                              weight_decay=0.01, grad_clip=0.5, keep_last=1, precision="fp32")  # fmt: skip
         model = _small(vocab, cell="lstm", num_layers=2, dropout=0.1)
-        result = train(corpus, vocab, model, config, tmp_path / schedule)
+        result = train(corpus, model, config, tmp_path / schedule)
         assert [p.name for p in list_checkpoints(tmp_path / schedule)] == ["ckpt_2"]
         assert result.history[-1]["loss"] < math.log(len(vocab))
 

@@ -10,7 +10,7 @@ from charnn.fast import build, recurrence
 from charnn.fast.recurrence import supported, training_forward
 from charnn.model import CharRNN
 from charnn.run_folder import load_checkpoint
-from charnn.training.trainer import train
+from charnn.training import train
 from charnn.vocab import Vocabulary
 
 
@@ -73,7 +73,7 @@ def test_bf16_training_reaches_the_fp32_loss(tmp_path):
     results = {}
     for precision in ("fp32", "bf16"):
         config = TrainConfig(seq_len=32, batch_size=16, epochs=10, max_steps=60, lr=3e-3, precision=precision)
-        result = train(corpus, vocab, model_config, config, tmp_path / precision)
+        result = train(corpus, model_config, config, tmp_path / precision)
         results[precision] = result.history[-1]
         recorded = load_checkpoint(result.last_checkpoint).training["precision"]
         assert recorded == {"fp32": "float32", "bf16": "bfloat16"}[precision]

@@ -20,7 +20,7 @@ from charnn.config import ModelConfig, TrainConfig
 from charnn.data.corpus import load_corpus
 from charnn.errors import CheckpointError, ConfigError, RunDirError
 from charnn.run_folder import list_checkpoints, load_checkpoint, recover
-from charnn.training.trainer import resume, train
+from charnn.training import resume, train
 from charnn.vocab import Vocabulary
 from conftest import SRC, TINY_TEXT, run_cli
 
@@ -50,9 +50,9 @@ def _same_weights(a, b) -> bool:
 
 def test_interrupted_and_resumed_run_is_bit_identical(tmp_path):
     corpus, vocab, model_config = _setup(tmp_path)
-    straight = train(corpus, vocab, model_config, CONFIG, tmp_path / "straight")
+    straight = train(corpus, model_config, CONFIG, tmp_path / "straight")
     stops = iter([None] * 7 + ["SIGINT"])
-    first = train(corpus, vocab, model_config, CONFIG, tmp_path / "resumed", should_stop=lambda: next(stops, None))
+    first = train(corpus, model_config, CONFIG, tmp_path / "resumed", should_stop=lambda: next(stops, None))
     assert first.stopped_by == "SIGINT"
     assert first.last_checkpoint.name == "ckpt_1_8"
     second = resume(tmp_path / "resumed")
@@ -84,9 +84,9 @@ def _old_layout(path):
 
 def test_a_checkpoint_written_in_the_old_layout_resumes_exactly(tmp_path, capsys):
     corpus, vocab, model_config = _setup(tmp_path)
-    straight = train(corpus, vocab, model_config, CONFIG, tmp_path / "straight")
+    straight = train(corpus, model_config, CONFIG, tmp_path / "straight")
     stops = iter([None] * 7 + ["SIGINT"])
-    train(corpus, vocab, model_config, CONFIG, tmp_path / "resumed", should_stop=lambda: next(stops, None))
+    train(corpus, model_config, CONFIG, tmp_path / "resumed", should_stop=lambda: next(stops, None))
     _old_layout(tmp_path / "resumed" / "ckpt_1_8")
     assert main(["info", str(tmp_path / "resumed" / "ckpt_1_8")]) == 0
     assert "epoch 1, step 8, loss " in capsys.readouterr().out
@@ -105,7 +105,7 @@ def test_a_run_begun_before_the_initial_weights_were_kept_scores_its_average_as_
     corpus, vocab, model_config = _setup(tmp_path)
     config = dataclasses.replace(CONFIG, ema=0.9, epochs=1, max_steps=10)
     stops = iter([None] * 4 + ["SIGINT"])
-    train(corpus, vocab, model_config, config, tmp_path / "run", should_stop=lambda: next(stops, None))
+    train(corpus, model_config, config, tmp_path / "run", should_stop=lambda: next(stops, None))
     # The trainer state as charnn wrote it before: the running average, no initial weights.
     path = tmp_path / "run" / "ckpt_1_5"
     state = torch.load(path / TRAINER_STATE, weights_only=False)
@@ -134,14 +134,14 @@ def test_a_run_begun_before_the_initial_weights_were_kept_scores_its_average_as_
 
 def test_resume_can_extend_a_finished_run(tmp_path):
     corpus, vocab, model_config = _setup(tmp_path)
-    train(corpus, vocab, model_config, CONFIG, tmp_path / "run")
+    train(corpus, model_config, CONFIG, tmp_path / "run")
     result = resume(tmp_path / "run", {"epochs": 4})
     assert result.last_checkpoint.name == "ckpt_4"
 
 
 def test_resume_refuses_conflicting_options(tmp_path):
     corpus, vocab, model_config = _setup(tmp_path)
-    train(corpus, vocab, model_config, CONFIG, tmp_path / "run")
+    train(corpus, model_config, CONFIG, tmp_path / "run")
     with pytest.raises(ConfigError, match="`lr`"):
         resume(tmp_path / "run", {"lr": 0.5})
 
@@ -157,7 +157,7 @@ def test_resume_without_a_complete_checkpoint(tmp_path):
 def test_recovery_after_a_crash_mid_write(tmp_path):
     corpus, vocab, model_config = _setup(tmp_path)
     config = TrainConfig(seq_len=20, batch_size=8, epochs=1, precision="fp32")
-    train(corpus, vocab, model_config, config, tmp_path / "run")
+    train(corpus, model_config, config, tmp_path / "run")
     run = tmp_path / "run"
     (run / ".ckpt_2.tmp-999").mkdir()  # a write that never finished
     (run / "best").rename(run / ".best.old-999")  # a replace stopped between its two renames
@@ -176,7 +176,7 @@ def test_a_checkpoint_crafted_to_run_code_does_nothing(tmp_path, monkeypatch):
 
     corpus, vocab, model_config = _setup(tmp_path)
     config = TrainConfig(seq_len=20, batch_size=8, epochs=1, precision="fp32")
-    train(corpus, vocab, model_config, config, tmp_path / "run")
+    train(corpus, model_config, config, tmp_path / "run")
     path = list_checkpoints(tmp_path / "run")[-1]
     payload = pickle.dumps({"optimizer": _RunsCode()})
     (path / TRAINER_STATE).write_bytes(payload)
@@ -263,7 +263,7 @@ def test_a_full_disk_gives_a_clear_error_and_keeps_the_last_checkpoint(tmp_path)
 def test_resuming_a_run_already_at_its_step_limit_does_nothing(tmp_path):
     corpus, vocab, model_config = _setup(tmp_path)
     config = TrainConfig(seq_len=20, batch_size=8, epochs=3, max_steps=6, precision="fp32")
-    train(corpus, vocab, model_config, config, tmp_path / "run")
+    train(corpus, model_config, config, tmp_path / "run")
     before = [p.name for p in list_checkpoints(tmp_path / "run")]
     result = resume(tmp_path / "run")
     assert result.stopped_by == "max_steps"
@@ -281,9 +281,9 @@ def test_stateful_regularised_run_with_an_average_resumes_bit_identically(tmp_pa
     corpus, vocab, _ = _setup(tmp_path)
     model_config = ModelConfig(len(vocab), embedding_dim=8, hidden_size=16, num_layers=layers, dropout=0.2,
                                variational_dropout=True, weight_drop=0.3, embedding_dropout=0.1)  # fmt: skip
-    straight = train(corpus, vocab, model_config, TRICKS, tmp_path / "straight")
+    straight = train(corpus, model_config, TRICKS, tmp_path / "straight")
     stops = iter([None] * 10 + ["SIGINT"])
-    first = train(corpus, vocab, model_config, TRICKS, tmp_path / "resumed", should_stop=lambda: next(stops, None))
+    first = train(corpus, model_config, TRICKS, tmp_path / "resumed", should_stop=lambda: next(stops, None))
     assert first.stopped_by == "SIGINT" and first.last_checkpoint.name == "ckpt_1_11"
     saved = torch.load(first.last_checkpoint / TRAINER_STATE, weights_only=True)
     assert saved["carried_state"][0].shape == (layers, 4, 16) and len(saved["ema"]) == len(
@@ -305,7 +305,7 @@ def test_stateful_regularised_run_with_an_average_resumes_bit_identically(tmp_pa
 def test_a_time_limit_counts_the_whole_run_when_it_is_resumed(tmp_path):
     corpus, vocab, model_config = _setup(tmp_path)
     config = dataclasses.replace(CONFIG, max_steps=3, time_limit=60)
-    train(corpus, vocab, model_config, config, tmp_path / "run")
+    train(corpus, model_config, config, tmp_path / "run")
     elapsed = load_checkpoint(tmp_path / "run").training["elapsed_seconds"]
     assert elapsed > 0
     # Half the time the run has already trained: the resumed run is past its limit before a step.

@@ -8,7 +8,9 @@ from charnn.data.corpus import Corpus
 from charnn.errors import ConfigError, RunDirError
 from charnn.generation import generate_text
 from charnn.run_folder import METRICS, list_checkpoints, load_checkpoint
-from charnn.training.trainer import averaged_weights, catching_up, train
+from charnn.training import train
+from charnn.training.average import averaged_weights
+from charnn.training.stopping import catching_up
 from charnn.vocab import Vocabulary
 from conftest import TINY_TEXT
 
@@ -24,7 +26,7 @@ def test_small_model_memorises_a_short_text_and_regenerates_it(tmp_path):
     vocab = Vocabulary.from_text(SHORT_TEXT)
     model_config = ModelConfig(len(vocab), embedding_dim=32, hidden_size=128)
     config = TrainConfig(seq_len=24, batch_size=3, epochs=300, lr=1e-2, val_fraction=0, precision="fp32")
-    result = train(corpus, vocab, model_config, config, tmp_path / "run")
+    result = train(corpus, model_config, config, tmp_path / "run")
     assert result.history[-1]["loss"] < 0.05
     ckpt = load_checkpoint(tmp_path / "run")
     prime = SHORT_TEXT[:5]
@@ -38,7 +40,7 @@ def test_loss_falls_and_metrics_are_logged(tmp_path):
     corpus = Corpus("tiny", TINY_TEXT * 40)
     vocab = Vocabulary.from_text(corpus.text)
     config = TrainConfig(seq_len=20, batch_size=8, epochs=3, precision="fp32", log_every_seconds=0.01)
-    result = train(corpus, vocab, _small(vocab), config, tmp_path / "run")
+    result = train(corpus, _small(vocab), config, tmp_path / "run")
     lines = [json.loads(line) for line in (tmp_path / "run" / METRICS).read_text().splitlines()]
     assert lines == result.history
     for key in ("epoch", "step", "loss", "chars_per_sec", "elapsed"):
@@ -57,7 +59,7 @@ def test_max_steps_stops_mid_epoch_with_a_checkpoint(tmp_path):
     corpus = Corpus("tiny", TINY_TEXT * 40)
     vocab = Vocabulary.from_text(corpus.text)
     config = TrainConfig(seq_len=20, batch_size=8, epochs=5, max_steps=7, precision="fp32")
-    result = train(corpus, vocab, _small(vocab), config, tmp_path / "run")
+    result = train(corpus, _small(vocab), config, tmp_path / "run")
     assert result.stopped_by == "max_steps"
     assert result.last_checkpoint.name == "ckpt_1_7"
     assert load_checkpoint(tmp_path / "run").training["step"] == 7
@@ -69,7 +71,7 @@ def test_time_limit_stops_cleanly(tmp_path):
     # Far more epochs than any machine runs in 1.2 s: the limit is what stops the run.
     config = TrainConfig(seq_len=20, batch_size=8, epochs=1_000_000, time_limit=0.02, precision="fp32")
     events = []
-    result = train(corpus, vocab, _small(vocab), config, tmp_path / "run", on_event=events.append)
+    result = train(corpus, _small(vocab), config, tmp_path / "run", on_event=events.append)
     assert result.stopped_by == "time_limit"
     # It stops at the first step that ends past the limit, however long a step takes here: each
     # step reports its time just after checking it, so only the last step, and the one before
@@ -86,9 +88,9 @@ def test_existing_run_is_refused_unless_overwrite(tiny_run, tmp_path):
     vocab = Vocabulary.from_text(corpus.text)
     config = TrainConfig(seq_len=20, batch_size=8, epochs=1, precision="fp32")
     with pytest.raises(RunDirError, match="`overwrite`"):
-        train(corpus, vocab, _small(vocab), config, tiny_run)
-    train(corpus, vocab, _small(vocab), config, tmp_path / "new")
-    train(corpus, vocab, _small(vocab), config, tmp_path / "new", overwrite=True)
+        train(corpus, _small(vocab), config, tiny_run)
+    train(corpus, _small(vocab), config, tmp_path / "new")
+    train(corpus, _small(vocab), config, tmp_path / "new", overwrite=True)
     assert [p.name for p in list_checkpoints(tmp_path / "new")] == ["ckpt_1"]
 
 
@@ -114,7 +116,7 @@ def test_the_weight_average_follows_its_formula(tmp_path):
     model_config = _small(vocab)
     config = TrainConfig(seq_len=10, batch_size=4, max_steps=3, checkpoint_every=1, ema=0.7, precision="fp32",
                          seed=4, lr=1e-2)  # fmt: skip
-    train(corpus, vocab, model_config, config, tmp_path / "run")
+    train(corpus, model_config, config, tmp_path / "run")
     torch.manual_seed(config.seed)  # the run's initial weights, as train() draws them
     average = [p.detach().clone() for p in CharRNN(model_config).parameters()]
     names = [name for name, _ in CharRNN(model_config).named_parameters()]
@@ -148,7 +150,7 @@ def test_best_keeps_the_better_of_the_raw_and_averaged_weights(tmp_path):
     corpus = Corpus("tiny", TINY_TEXT * 40)
     vocab = Vocabulary.from_text(corpus.text)
     config = TrainConfig(seq_len=20, batch_size=8, epochs=2, eval_every=3, lr=3e-3, precision="fp32", ema=0.9)
-    result = train(corpus, vocab, _small(vocab), config, tmp_path / "run")
+    result = train(corpus, _small(vocab), config, tmp_path / "run")
     records = [json.loads(line) for line in (tmp_path / "run" / METRICS).read_text().splitlines()]
     evals = [r for r in records if "val_loss" in r]
     assert evals and all(r["val_loss"] == min(r["raw_val_loss"], r["ema_val_loss"]) for r in evals)
@@ -177,7 +179,7 @@ def test_patience_counts_only_evaluations_without_an_average_catching_up(tmp_pat
     vocab = Vocabulary.from_text(corpus.text)
     config = TrainConfig(seq_len=20, batch_size=8, epochs=200, eval_every=2, lr=1e-2, precision="fp32", ema=0.95,
                          patience=2)  # fmt: skip
-    result = train(corpus, vocab, _small(vocab), config, tmp_path / "run")
+    result = train(corpus, _small(vocab), config, tmp_path / "run")
     records = [json.loads(line) for line in (tmp_path / "run" / METRICS).read_text().splitlines()]
     val = [r["val_loss"] for r in records if "val_loss" in r]
     average = [r["ema_val_loss"] for r in records if "val_loss" in r]
@@ -198,7 +200,7 @@ def test_stateful_training_carries_state_and_learns(tmp_path):
     losses = {}
     for stateful in (False, True):
         config = TrainConfig(seq_len=10, batch_size=4, epochs=2, lr=3e-3, precision="fp32", stateful=stateful)
-        result = train(corpus, vocab, _small(vocab), config, tmp_path / str(stateful))
+        result = train(corpus, _small(vocab), config, tmp_path / str(stateful))
         losses[stateful] = result.best_val_loss
     assert all(loss < math.log(len(vocab)) for loss in losses.values())  # both learn
     assert losses[True] != losses[False]  # and they are different runs

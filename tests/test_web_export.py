@@ -18,7 +18,7 @@ from charnn.data.corpus import load_corpus
 from charnn.generation import generate_text
 from charnn.interop.web import ORT_WEB_FILES, export_web
 from charnn.run_folder import load_checkpoint
-from charnn.training.trainer import train
+from charnn.training import train
 from charnn.vocab import Vocabulary
 from conftest import TINY_TEXT, run_cli
 
@@ -138,7 +138,7 @@ def test_an_lstm_of_two_layers_in_the_page(page, static_server, site, tmp_path):
     vocab = Vocabulary.from_text(corpus.text)
     config = ModelConfig(vocab_size=len(vocab), embedding_dim=8, hidden_size=16, cell="lstm", num_layers=2)
     options = TrainConfig(seq_len=20, batch_size=8, max_steps=150, lr=2e-2, seed=1, precision="fp32")
-    result = train(corpus, vocab, config, options, tmp_path / "run")
+    result = train(corpus, config, options, tmp_path / "run")
     ckpt = load_checkpoint(result.last_checkpoint)
     # Served from the same origin as the first model, in a folder of its own.
     export_web(ckpt.model, ckpt.vocab, site / "lstm")

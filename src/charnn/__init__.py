@@ -1,10 +1,10 @@
 """charnn: character-level recurrent language models. Train on any text, generate in its style.
 
     import charnn
-    from charnn.training.trainer import train  # a module of the same name, so not re-exported here
+    from charnn.training import train
 
     data = charnn.open_corpus("great-expectations")
-    train(data, data.vocab, charnn.ModelConfig(vocab_size=len(data.vocab)), charnn.TrainConfig(epochs=1), "runs/ge")
+    train(data, charnn.ModelConfig(vocab_size=len(data.vocab)), charnn.TrainConfig(epochs=1), "runs/ge")
     ckpt = charnn.load_checkpoint("runs/ge")
     print(charnn.generate_text(ckpt.model, ckpt.vocab, "Pip", 200)[0])
 

@@ -133,7 +133,7 @@ class TrainConfig(JsonConfig):
         "also keep an exponential moving average of the weights with this decay (e.g. 0.999); "
         "best keeps whichever scores better",
     )
-    # The share the average the run scores keeps of its initial weights (charnn.training.trainer).
+    # The share the average the run scores keeps of its initial weights (charnn.training.average).
     ema_init_share: float = _option(
         0.1,
         "with `ema`: share of the run's initial weights mixed into the average it scores "

@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from charnn.data.dataset import open_corpus
     from charnn.run_folder import check_new
-    from charnn.training.trainer import train
+    from charnn.training import train
 
     # Cheap checks first: flags and the output folder, before reading a large corpus.
     options = _options(args)
@@ -69,7 +69,7 @@ def _train(args: argparse.Namespace) -> int:
     train_config = dataclasses.replace(train_config, val_fraction=data.val_fraction)
     model_config = config_from_args(options, ModelConfig, vocab_size=len(data.vocab))
     with Progress(data.describe()) as progress, _interrupts() as interrupts:
-        result = train(data, data.vocab, model_config, train_config, args.out, on_event=progress.on_event,
+        result = train(data, model_config, train_config, args.out, on_event=progress.on_event,
                        overwrite=args.overwrite, should_stop=interrupts.reason)  # fmt: skip
         _draw_plot(args.out, progress)
     return _finish(result, args.out)
@@ -77,7 +77,7 @@ def _train(args: argparse.Namespace) -> int:
 
 def _finetune(args: argparse.Namespace) -> int:
     """charnn train CORPUS --init-from CHECKPOINT --out RUN_DIR: the library checks the parent."""
-    from charnn.training.trainer import finetune
+    from charnn.training import finetune
 
     # The preset's training options, then the flags given; the model's shape is the parent's.
     train_config = config_from_args(_options(args), TrainConfig)
@@ -93,7 +93,7 @@ def _finetune(args: argparse.Namespace) -> int:
 
 
 def _resume(args: argparse.Namespace) -> int:
-    from charnn.training.trainer import resume
+    from charnn.training import resume
 
     if args.corpus is not None or args.out is not None or args.init_from is not None:
         raise ConfigError(
