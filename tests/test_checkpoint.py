@@ -3,6 +3,7 @@ import json
 import pytest
 import torch
 
+from charnn.card import CARD
 from charnn.checkpoint import FORMAT_VERSION, METADATA, WEIGHTS, read_checkpoint
 from charnn.errors import CheckpointError
 from charnn.run_folder import resolve
@@ -10,7 +11,7 @@ from charnn.run_folder import resolve
 
 def test_checkpoint_describes_itself(tiny_run):
     path = resolve(tiny_run)
-    assert sorted(p.name for p in path.iterdir()) == [METADATA, WEIGHTS]
+    assert sorted(p.name for p in path.iterdir()) == sorted([CARD, METADATA, WEIGHTS])
     metadata = json.loads((path / METADATA).read_text(encoding="utf-8"))
     assert metadata["format_version"] == FORMAT_VERSION
     assert "你" in metadata["vocabulary"]

@@ -5,8 +5,8 @@
 
     data = charnn.open_corpus("great-expectations")
     train(data, charnn.ModelConfig(vocab_size=len(data.vocab)), charnn.TrainConfig(epochs=1), "runs/ge")
-    ckpt = charnn.load_checkpoint("runs/ge")
-    print(charnn.generate_text(ckpt.model, ckpt.vocab, "Pip", 200)[0])
+    model = charnn.load("runs/ge")  # a Model: generate, score and finetune as methods (charnn.api)
+    print(model.generate("Pip", length=200))
 
 Names are imported lazily, so `import charnn` alone does not load PyTorch.
 """
@@ -30,6 +30,8 @@ _EXPORTS = {
     "load_checkpoint": "charnn.run_folder",
     "generate": "charnn.generation",
     "generate_text": "charnn.generation",
+    "load": "charnn.api",
+    "Model": "charnn.api",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -1,4 +1,5 @@
-"""Self-describing checkpoints: a folder with ``model.safetensors`` and ``checkpoint.json``.
+"""Self-describing checkpoints: a folder with ``model.safetensors``, ``checkpoint.json`` and a
+model card, ``README.md`` (`charnn.card`).
 
 This module reads and writes one such folder; `charnn.run_folder` knows a run's many.
 
@@ -21,6 +22,7 @@ import torch
 from safetensors import SafetensorError
 
 from charnn import atomic
+from charnn.card import CARD, model_card
 from charnn.config import ModelConfig
 from charnn.errors import CheckpointError, ConfigError
 from charnn.model import CharRNN
@@ -43,6 +45,13 @@ class Checkpoint:
     @property
     def config(self) -> ModelConfig:
         return self.model.config
+
+    def card(self) -> str:
+        """The folder's model card; one written from its metadata where the folder predates cards."""
+        try:
+            return (self.path / CARD).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            return model_card(read_metadata(self.path), self.path, self.model.num_parameters())
 
 
 def save_checkpoint(
@@ -80,6 +89,8 @@ def save_checkpoint(
             metadata["trainer_state_sha256"] = hashlib.sha256(buffer.getvalue()).hexdigest()
         text = json.dumps(metadata, indent=2, ensure_ascii=False) + "\n"
         atomic.write_bytes(tmp / METADATA, text.encode("utf-8"))
+        card = model_card(metadata, directory, model.num_parameters())
+        atomic.write_bytes(tmp / CARD, card.encode("utf-8"))
     return directory
 
 

@@ -56,7 +56,8 @@ def run_plot(args: argparse.Namespace) -> int:
 
 
 def add_info_parser(commands) -> None:
-    p = commands.add_parser("info", help="summarise a checkpoint", description="Model summary and training record.",
+    p = commands.add_parser("info", help="summarise a checkpoint", description="Model summary, training record "
+                            "and the model card (the checkpoint folder's README.md).",
                             parents=[checkpoint(CHECKPOINT_HELP)])  # fmt: skip
     p.add_argument("--json", action="store_true", help="print everything as JSON")
     p.set_defaults(run=run_info)
@@ -72,7 +73,7 @@ def run_info(args: argparse.Namespace) -> int:
         layers = [{"layer": n, "output_shape": s, "parameters": p} for n, s, p in rows]
         info = {"checkpoint": str(ckpt.path), "layers": layers, "total_parameters": total,
                 "model": ckpt.config.to_dict(), "vocabulary": ckpt.vocab.to_json(),
-                "training": ckpt.training, "corpus": ckpt.corpus}  # fmt: skip
+                "training": ckpt.training, "corpus": ckpt.corpus, "card": ckpt.card()}  # fmt: skip
         print(json.dumps(info, indent=2, ensure_ascii=False))
         return 0
     print(f"checkpoint {ckpt.path}")
@@ -85,6 +86,7 @@ def run_info(args: argparse.Namespace) -> int:
     c = ckpt.corpus
     if c:
         print(f"corpus: {c.get('name')} ({c.get('characters', 0):,} characters, sha256 {c.get('sha256', '?')[:16]}...)")
+    print(f"\n{ckpt.card()}", end="")
     return 0
 
 

@@ -1,0 +1,93 @@
+"""charnn in a few lines of Python: a loaded model with what one does with one as methods.
+
+    import charnn
+
+    model = charnn.load("runs/ge")                       # a checkpoint or a run folder
+    print(model.generate("Pip", length=200, seed=1))
+    tuned = model.finetune("my-text.txt", "runs/mine", time_limit=2)   # a new run, loaded when it stops
+
+The methods are the library's functions (`charnn.generation`, `charnn.scoring.score`,
+`charnn.training.finetune`) with the model and its vocabulary filled in; like the CLI, this is a
+thin skin over them, and nothing in the library imports it.
+"""
+
+import dataclasses
+from pathlib import Path
+
+from charnn.checkpoint import Checkpoint
+from charnn.config import ModelConfig, SampleConfig, ScoreConfig, TrainConfig
+from charnn.errors import ConfigError
+from charnn.generation import check_options, generate_text
+from charnn.presets import with_preset
+from charnn.run_folder import load_checkpoint
+from charnn.sample import new_seed
+
+
+class Model:
+    """A loaded checkpoint (`checkpoint`): its network, vocabulary and card, and methods to use them."""
+
+    def __init__(self, checkpoint: Checkpoint):
+        self.checkpoint = checkpoint
+
+    @property
+    def path(self) -> Path:
+        return self.checkpoint.path
+
+    def card(self) -> str:
+        return self.checkpoint.card()
+
+    def generate(
+        self,
+        prime: str = "\n",
+        length: int = 200,
+        *,
+        temperature: float = 0.8,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        num_samples: int = 1,
+    ) -> str | list[str]:
+        """`length` new characters after `prime` (the text without the prime); a list of `num_samples` of
+        them when more than one is asked for. The same seed gives the same text, as `charnn generate`'s."""
+        check_options(length=length, num_samples=num_samples)
+        sampling = SampleConfig(temperature, top_k, top_p)
+        seed = new_seed() if seed is None else seed
+        samples = generate_text(self.checkpoint.model, self.checkpoint.vocab, prime, length=length,
+                                sampling=sampling, num_samples=num_samples, seed=seed)  # fmt: skip
+        return samples[0] if num_samples == 1 else samples
+
+    def score(self, text: str, *, context: str = "", top_k: int = 5):
+        """Each character's surprisal and the model's alternatives, with totals (`charnn.scoring.score.TextScore`)."""
+        from charnn.scoring.score import score_text
+
+        return score_text(self.checkpoint.model, self.checkpoint.vocab, text, ScoreConfig(top_k=top_k), context=context)
+
+    def finetune(self, corpus, run_dir, *, preset: str | None = None, on_event=None, overwrite: bool = False,
+                 **options) -> "Model":  # fmt: skip
+        """Train this model further on `corpus` (a path, a folder, a URL, a known name or a `charnn.Corpus`)
+        into the new run `run_dir`, then load the run's best checkpoint (else its last).
+
+        `options` are TrainConfig fields, over the preset `charnn train` starts from (`preset`), as
+        its flags are; a ModelConfig field may only repeat the model's shape, or set `dropout`.
+        """
+        from charnn.training import finetune
+
+        fields = {f.name for f in dataclasses.fields(TrainConfig)}
+        changes = {k: v for k, v in options.items() if k in ModelConfig.__dataclass_fields__}
+        unknown = sorted(set(options) - fields - set(changes))
+        if unknown:
+            raise ConfigError(f"not options of fine-tuning: {', '.join(unknown)}; give TrainConfig fields")
+        merged = with_preset(preset, {k: v for k, v in options.items() if k in fields})
+        config = TrainConfig(**{k: v for k, v in merged.items() if k in fields})
+        result = finetune(corpus, self.path, config, run_dir, model_changes=changes, on_event=on_event,
+                          overwrite=overwrite)  # fmt: skip
+        return load(result.best_checkpoint or result.last_checkpoint)
+
+    def __repr__(self) -> str:
+        config = self.checkpoint.config
+        return f"Model({str(self.path)!r}: {config.cell} {config.hidden_size}, {config.vocab_size} characters)"
+
+
+def load(path: str | Path, device: str = "cpu") -> Model:
+    """The model of a checkpoint folder, or of a run folder (its best, else its newest checkpoint)."""
+    return Model(load_checkpoint(Path(path), device))
