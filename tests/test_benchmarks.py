@@ -101,3 +101,16 @@ def test_defaults_trains_with_the_command_and_compares_with_the_ngram(tmp_path: 
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[1] == f"{len(TINY_TEXT * 60):,}" and float(cells[4]) <= float(cells[5])  # best <= end
     assert cells[8].endswith("%")
+
+
+def test_base_model_compares_fine_tuning_with_training_from_scratch(tmp_path: Path, tiny_run: Path):
+    text = tmp_path / "unseen.txt"
+    text.write_text("Zoë — " + TINY_TEXT * 60, encoding="utf-8")
+    out = run_benchmark(str(BENCHMARKS / "base_model.py"), str(text), "--base", str(tiny_run), "--minutes", "0.01",
+                        "0.02", "--scratch-minutes", "0.02", "--hidden-size", "32", "--embedding-dim", "16",
+                        "--seq-len", "10", "--batch-size", "4", "--precision", "fp32")  # fmt: skip
+    header = "| 5-gram | base alone | from base, 0.01 min | from base, 0.02 min | scratch, 0.02 min |"
+    assert header in out
+    row = next(line for line in out.splitlines() if line.startswith("| unseen.txt |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert len(cells) == 7 and all(c.endswith("%)") for c in cells[3:])
