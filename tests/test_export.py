@@ -114,6 +114,12 @@ def test_mistakes(trained, tmp_path):
     with pytest.raises(ConfigError, match="`quantize` must be one of"):
         export_onnx(ckpt.model, ckpt.vocab, tmp_path / "m.onnx", quantize="int4")
     assert not (tmp_path / "m.onnx").exists()
+    (tmp_path / "taken.onnx").write_bytes(b"someone's file")
+    with pytest.raises(ConfigError, match="taken.onnx already exists; choose another `out` or pass `overwrite`"):
+        export_onnx(ckpt.model, ckpt.vocab, tmp_path / "taken.onnx")
+    assert (tmp_path / "taken.onnx").read_bytes() == b"someone's file"
+    export_onnx(ckpt.model, ckpt.vocab, tmp_path / "taken.onnx", overwrite=True)
+    assert OnnxModel(tmp_path / "taken.onnx").vocab == ckpt.vocab
     (tmp_path / "not.onnx").write_bytes(b"garbage")
     with pytest.raises(CheckpointError, match="cannot load"):
         OnnxModel(tmp_path / "not.onnx")
@@ -125,7 +131,8 @@ def test_cli_export_in_a_subprocess(trained, tmp_path):
     assert done.returncode == 0, done.stderr
     assert "held-out loss" in done.stdout and "nats/char" in done.stdout
     again = run_cli("export", str(run), "--out", str(tmp_path / "model.onnx"))
-    assert again.returncode == 2 and again.stderr.count("\n") == 1 and "already exists" in again.stderr
+    assert again.returncode == 2 and again.stderr.count("\n") == 1
+    assert "model.onnx already exists; choose another --out or pass --overwrite" in again.stderr
     web = run_cli("export", str(run), "--format", "web", "--quantize", "int8", "--out", str(tmp_path / "site"))
     assert web.returncode == 2 and "--format onnx only" in web.stderr
 

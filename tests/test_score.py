@@ -290,6 +290,8 @@ def test_mistakes_are_one_line_with_exit_code_2(checkpoint, tmp_path, capsys):
     assert "--top must be 0 or more" in fails(capsys, "score", str(checkpoint), str(text), "--top", "-1")
     missing_folder = tmp_path / "no" / "page.html"
     assert "cannot write" in fails(capsys, "score", str(checkpoint), str(text), "--html", str(missing_folder))
+    err = fails(capsys, "score", str(checkpoint), str(text), "--html", str(tmp_path))
+    assert f"{tmp_path} is a folder; give a file name such as scored.html" in err
     result = run_cli("score", str(checkpoint), "-", input_text="")
     assert result.returncode == 2 and result.stderr.strip() == (
         "charnn: error: standard input is empty; give some text to score"

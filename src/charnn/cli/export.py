@@ -37,8 +37,6 @@ def run_export(args: argparse.Namespace) -> int:
 
     if args.quantize and args.format != "onnx":
         raise ConfigError("--quantize applies to --format onnx only")
-    if args.format == "onnx" and args.out.exists() and not args.overwrite:
-        raise ConfigError(f"{args.out} already exists; choose another --out or pass --overwrite")
     ckpt = load_checkpoint(args.checkpoint)
     if args.format == "web":
         out = export_web(ckpt.model, ckpt.vocab, args.out, overwrite=args.overwrite)
@@ -49,7 +47,8 @@ def run_export(args: argparse.Namespace) -> int:
     # Scoring both graphs on the held-out text takes most of the time, so it has a bar.
     with Progress() as progress:
         result = export_onnx(ckpt.model, ckpt.vocab, args.out, quantize=args.quantize, text=text,
-                             on_progress=lambda done, total: progress(HELD_OUT_PHASE, done, total))  # fmt: skip
+                             on_progress=lambda done, total: progress(HELD_OUT_PHASE, done, total),
+                             overwrite=args.overwrite)  # fmt: skip
     line = f"wrote {result.path} ({result.size / 1e6:.2f} MB"
     print(line + (f"; fp32: {result.fp32_size / 1e6:.2f} MB)" if args.quantize else ")"))
     if result.loss_change is not None:

@@ -54,8 +54,6 @@ def run_score(args: argparse.Namespace) -> int:
     from charnn.scoring.score import ScoreTotals, score
 
     config = ScoreConfig(top_k=args.top, streams=args.streams, precision=args.precision)
-    if args.html is not None and args.html.is_dir():
-        raise ConfigError(f"--html {args.html} is a folder; give a file name such as scored.html")
     text, name = _read_text(args.text, args.encoding)
     ckpt = load_checkpoint(args.checkpoint, resolve_device(args.device))
     records = score(ckpt.model, ckpt.vocab, text, config)

@@ -200,8 +200,9 @@ def export_onnx(
     quantize: str | None = None,
     text: str | None = None,
     on_progress: Callable[[int, int], None] | None = None,
+    overwrite: bool = False,
 ) -> OnnxExport:
-    """Write the model to `out` as ONNX, atomically.
+    """Write the model to `out` as ONNX, atomically; a file already there is replaced only with `overwrite`.
 
     `quantize` "int8" stores int8 weights; with a `text` (the held-out text) the loss of both
     graphs on it is measured with onnxruntime, so the change quantisation makes is known;
@@ -210,6 +211,8 @@ def export_onnx(
     if quantize is not None and quantize not in QUANTIZATIONS:
         raise ConfigError(f"`quantize` must be one of {', '.join(QUANTIZATIONS)} or None, got {quantize!r}")
     out = Path(out)
+    if out.exists() and not overwrite:
+        raise ConfigError(f"{out} already exists; choose another `out` or pass `overwrite`")
     fp32 = onnx_bytes(model, vocab)
     data = fp32 if quantize is None else quantize_int8(fp32)
     fp32_loss = loss = None

@@ -15,7 +15,7 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
-from charnn.errors import OutputError
+from charnn.errors import ConfigError, OutputError
 from charnn.scoring.score import CharacterScore, ScoreTotals
 
 LEVELS = 10  # colour steps, one per bit; 10 bits and more share the darkest
@@ -86,6 +86,8 @@ class Page:
 
     def __init__(self, path: str | Path, *, title: str = "scored text"):
         self.path = Path(path)
+        if self.path.is_dir():
+            raise ConfigError(f"{self.path} is a folder; give a file name such as scored.html")
         self.title = title
         self.totals = ScoreTotals()
 
