@@ -16,6 +16,7 @@ from pathlib import Path
 
 from charnn.checkpoint import Checkpoint
 from charnn.config import ModelConfig, SampleConfig, ScoreConfig, TrainConfig
+from charnn.constraints import ban_bias
 from charnn.errors import ConfigError
 from charnn.generation import check_options, generate_text
 from charnn.presets import with_preset
@@ -46,11 +47,16 @@ class Model:
         top_p: float | None = None,
         seed: int | None = None,
         num_samples: int = 1,
+        ban: str | None = None,
+        allow: str | None = None,
     ) -> str | list[str]:
         """`length` new characters after `prime` (the text without the prime); a list of `num_samples` of
-        them when more than one is asked for. The same seed gives the same text, as `charnn generate`'s."""
+        them when more than one is asked for. The same seed gives the same text, as `charnn generate`'s.
+        `ban` and `allow` are sets of characters never to draw, or the only ones to draw
+        (`charnn.constraints.character_set`: ``"e"``, ``"a-m[:space:][:punct:]"``)."""
         check_options(length=length, num_samples=num_samples)
-        sampling = SampleConfig(temperature, top_k, top_p)
+        bias = ban_bias(self.checkpoint.vocab, ban=ban, allow=allow) if ban or allow is not None else ()
+        sampling = SampleConfig(temperature, top_k, top_p, logit_bias=bias)
         seed = new_seed() if seed is None else seed
         samples = generate_text(self.checkpoint.model, self.checkpoint.vocab, prime, length=length,
                                 sampling=sampling, num_samples=num_samples, seed=seed)  # fmt: skip

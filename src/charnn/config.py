@@ -181,13 +181,23 @@ class TrainConfig(JsonConfig):
         _check(0.0 <= self.ema_init_share < 1.0, f"`ema_init_share` must be in [0, 1), got {self.ema_init_share}")
 
 
+# A logit bias of BAN or less is a ban: the character is never drawn (OpenAI's -100 means the same).
+BAN = -100.0
+
+
 @dataclass(frozen=True)
 class SampleConfig:
-    """How to draw each next character. Temperature 0 means greedy (argmax)."""
+    """How to draw each next character. Temperature 0 means greedy (argmax).
+
+    `logit_bias` holds (vocabulary index, value) pairs added to the logits before anything else,
+    as OpenAI's `logit_bias` is: a value from -100 to 100, and -100 bans the character outright
+    (`charnn.constraints` turns sets of characters to ban or allow into such pairs).
+    """
 
     temperature: float = 1.0
     top_k: int | None = None
     top_p: float | None = None
+    logit_bias: tuple[tuple[int, float], ...] = ()
 
     def __post_init__(self):
         _check(self.temperature >= 0, f"`temperature` must be 0 or more, got {self.temperature}")
@@ -196,6 +206,9 @@ class SampleConfig:
             self.top_p is None or 0.0 < self.top_p <= 1.0,
             f"`top_p` must be in (0, 1], got {self.top_p}",
         )
+        for index, value in self.logit_bias:
+            _check(isinstance(index, int) and index >= 0, f"`logit_bias` keys are vocabulary indices, got {index!r}")
+            _check(BAN <= value <= -BAN, f"`logit_bias` values must be from -100 to 100, got {value}")
 
 
 @dataclass(frozen=True)

@@ -9,18 +9,43 @@ and samples from it, is in `charnn.generation`.
 tensor([1])
 """
 
+import functools
 import secrets
 
 import numpy as np
 import torch
 
-from charnn.config import SampleConfig
+from charnn.config import BAN, SampleConfig
+from charnn.errors import ConfigError
 
 BLOCK = 1024  # uniforms drawn per refill of each sample's random stream
 
 
+@functools.lru_cache(maxsize=256)  # built once per request's constraint, not at every character
+def bias_vector(logit_bias: tuple[tuple[int, float], ...], size: int) -> torch.Tensor:
+    """The (size,) vector `logit_bias` adds to a row of logits: -inf for a ban (BAN or less), so a
+    banned character has no probability at all, whatever the temperature."""
+    unknown = sorted({index for index, _ in logit_bias if index >= size})
+    if unknown:
+        raise ConfigError(f"`logit_bias` names indices the vocabulary of {size} characters lacks: {unknown}")
+    bias = torch.zeros(size)
+    for index, value in logit_bias:
+        bias[index] = float("-inf") if value <= BAN else value
+    if torch.isinf(bias).all():
+        raise ConfigError("`logit_bias` bans every character; leave at least one to draw")
+    return bias
+
+
+def biased(logits: torch.Tensor, sampling: SampleConfig) -> torch.Tensor:
+    """`logits` (B, V) with the sampling's logit bias added (the same tensor when there is none)."""
+    if not sampling.logit_bias:
+        return logits
+    return logits.float() + bias_vector(sampling.logit_bias, logits.shape[-1]).to(logits.device)
+
+
 def sample_next(logits: torch.Tensor, sampling: SampleConfig, uniforms: torch.Tensor) -> torch.Tensor:
     """Pick one index per row of `logits` (B, V) using one uniform in [0, 1) per row."""
+    logits = biased(logits, sampling)
     if sampling.temperature == 0:
         return logits.argmax(dim=-1)
     logits = logits.float() / sampling.temperature
@@ -35,9 +60,11 @@ def sample_next(logits: torch.Tensor, sampling: SampleConfig, uniforms: torch.Te
         probs = probs.scatter(-1, order, sorted_probs.masked_fill(outside, 0.0))
     cdf = probs.cumsum(dim=-1)
     targets = (uniforms.to(cdf.device) * cdf[:, -1]).unsqueeze(-1)
-    # right=True never lands on a zero-probability character (a flat step of the CDF).
+    # right=True never lands on a zero-probability character (a flat step of the CDF); a target that
+    # rounds up to the total would pass the end, so it takes the last character that has a probability.
     choice = torch.searchsorted(cdf, targets, right=True).squeeze(-1)
-    return choice.clamp_(max=logits.shape[-1] - 1)
+    last = logits.shape[-1] - 1 - (probs > 0).flip(-1).int().argmax(dim=-1)
+    return torch.minimum(choice, last)
 
 
 class RandomStreams:

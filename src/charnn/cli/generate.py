@@ -1,6 +1,7 @@
 """charnn generate: samples from a checkpoint, printed whole, streamed, as JSON, or the best of N."""
 
 import argparse
+import dataclasses
 import json
 import math
 
@@ -19,6 +20,11 @@ def add_parser(commands) -> None:
     p.add_argument("--top-k", type=int, default=None, help="draw only from the K most likely characters")
     p.add_argument("--top-p", type=float, default=None, help="draw only from the most likely characters "
                    "whose probabilities sum to P")  # fmt: skip
+    p.add_argument("--ban", metavar="CHARACTERS", help="never draw these characters: letters, ranges such as a-m, "
+                   "classes [:alpha:] [:digit:] [:upper:] [:lower:] [:space:] [:punct:], escapes \\n \\- "
+                   "(--ban e: a text without the letter e)")  # fmt: skip
+    p.add_argument("--allow", metavar="CHARACTERS", help="draw only these characters, written as for --ban "
+                   "(--allow 'a-m[:space:][:punct:]': the letters a to m, spaces and punctuation)")  # fmt: skip
     p.add_argument("--seed", type=int, default=None, help="random seed; the same seed gives the same text")
     p.add_argument("--num-samples", type=int, default=1, help="samples to draw (default: 1)")
     p.add_argument("--best-of", type=int, metavar="N", help="draw N samples and print the --num-samples of them "
@@ -40,6 +46,7 @@ def _temperatures(text: str) -> list[float]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from charnn.constraints import ban_bias, character_set
     from charnn.generation import check_options
     from charnn.hardware import resolve_device
     from charnn.run_folder import load_checkpoint
@@ -47,7 +54,12 @@ def run(args: argparse.Namespace) -> int:
 
     samplings = [SampleConfig(t, args.top_k, args.top_p) for t in _temperatures(args.temperature)]
     check_options(length=args.length, num_samples=args.num_samples, best_of=args.best_of, stream=args.stream)
+    for spec in (args.ban, args.allow):
+        character_set(spec or "")  # its spelling checked before the model is read
     ckpt = load_checkpoint(args.checkpoint, resolve_device(args.device))
+    if args.ban or args.allow is not None:
+        bias = ban_bias(ckpt.vocab, ban=args.ban, allow=args.allow)
+        samplings = [dataclasses.replace(s, logit_bias=bias) for s in samplings]
     prime = args.prime if args.prime is not None else _default_prime(ckpt.vocab)
     seed = args.seed if args.seed is not None else new_seed()
     labelled = len(samplings) > 1

@@ -44,7 +44,7 @@ from charnn.errors import ConfigError
 from charnn.fast import build
 from charnn.hardware import cpu_flags
 from charnn.model import CharRNN, State, expand_rows, state_tensors
-from charnn.sample import sample_next
+from charnn.sample import biased, sample_next
 
 # h of a GRU is a convex mix of tanh outputs and the previous h, so it stays in [-1, 1]:
 # one fixed activation scale quantizes it with no statistics to gather per step, and each
@@ -298,6 +298,7 @@ class Stepper:
             with torch.inference_mode():
                 return sample_next(logits, sampling, uniforms)
         top_p = 1.0 if sampling.top_p is None else sampling.top_p
+        logits = biased(logits, sampling)
         return build.load_generation().sample(logits, sampling.temperature, sampling.top_k or 0, top_p, uniforms)
 
     def _fused_step(self, tokens: torch.Tensor, state: torch.Tensor) -> torch.Tensor:

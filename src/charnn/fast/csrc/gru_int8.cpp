@@ -521,10 +521,14 @@ at::Tensor sample(const at::Tensor& logits_in, double temperature, int64_t top_k
       }
     }
     double sum = 0;
-    for (int64_t i = 0; i < V; ++i) cdf[i] = sum += p[i];
+    int64_t last = best;  // the last character with a probability: a target rounded up stops there
+    for (int64_t i = 0; i < V; ++i) {
+      cdf[i] = sum += p[i];
+      if (p[i] > 0) last = i;
+    }
     // The first character whose CDF passes the target: never one of zero probability.
     const double target = u[b] * sum;
-    chosen[b] = std::min<int64_t>(std::upper_bound(cdf.begin(), cdf.end(), target) - cdf.begin(), V - 1);
+    chosen[b] = std::min<int64_t>(std::upper_bound(cdf.begin(), cdf.end(), target) - cdf.begin(), last);
   }
   return out;
 }
