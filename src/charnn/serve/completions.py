@@ -12,7 +12,6 @@ from typing import Any
 
 from fastapi import Request as HttpRequest
 
-from charnn.config import SampleConfig
 from charnn.generation import rank_samples
 from charnn.sample import new_seed
 from charnn.scoring.score import ContinuationScorer, PieceScores
@@ -33,7 +32,7 @@ async def completion_response(service: Service, body: Any, http: HttpRequest):
             message = "best_of cannot be used with stream: the best samples are known only when all are drawn"
             raise ApiError(422, "best_of", message)
     temperature = 1.0 if body.temperature is None else body.temperature
-    sampling = SampleConfig(temperature, body.top_k, body.top_p)
+    sampling = service.sampling(temperature, body.top_k, body.top_p, body)
     drawn = body.best_of or n  # samples to draw; the n best are returned
     max_tokens = COMPLETIONS_DEFAULT_MAX_TOKENS if body.max_tokens is None else body.max_tokens
     seed = body.seed if body.seed is not None else new_seed()

@@ -54,6 +54,12 @@ def validation_error_response(error: RequestValidationError) -> JSONResponse:
         message = f"{field}: {first.get('msg', 'invalid value')}"
         if kind.startswith(("value_error",)):
             message = f"{field} {first.get('msg', '').removeprefix('Value error, ')}"
+    if field == "logit_bias" and kind == "string_pattern_mismatch" and loc[-1:] == ["[key]"]:
+        # Keys are vocabulary indices: name every one the model lacks, as OpenAI names unknown token ids.
+        keys = {str(e["loc"][-2]) for e in errors if e.get("type") == kind and e["loc"][-1] == "[key]"}
+        unknown = sorted(keys, key=lambda k: (not k.isdecimal(), int(k) if k.isdecimal() else 0, k))
+        message = (f"logit_bias names token ids this model does not have: {', '.join(unknown)} (GET /v1/model lists "
+                   "its vocabulary; an id is a character's index in it)")  # fmt: skip
     if field in UNSUPPORTED:
         message = f"{field} is not supported by this server: {UNSUPPORTED[field]}"
     if field in LIMITS and kind in ("less_than_equal", "string_too_long"):

@@ -1,6 +1,6 @@
 """`POST /v1/generate`: charnn's own API, several samples of one prompt with their seed.
 
-`{prompt, max_new_chars, temperature, top_k, top_p, seed, num_samples, stop, stream}` ->
+`{prompt, max_new_chars, temperature, top_k, top_p, seed, num_samples, stop, stream, ban, allow}` ->
 `{samples, finish_reason, finish_reasons, seed, model}`; with `"stream": true`, server-sent
 events `{"text", "sample"}`, then each sample's `finish_reason`, then a summary, then `[DONE]`.
 """
@@ -9,7 +9,6 @@ from typing import Any
 
 from fastapi import Request as HttpRequest
 
-from charnn.config import SampleConfig
 from charnn.sample import new_seed
 from charnn.serve.engine import JobDone, JobEvent, SampleFinished, SampleText
 from charnn.serve.events import Shape, as_sse, respond
@@ -19,7 +18,7 @@ from charnn.serve.service import Service
 
 async def generate_response(service: Service, body: Any, http: HttpRequest):
     """The response to a `GenerateRequest`."""
-    sampling = SampleConfig(body.temperature, body.top_k, body.top_p)
+    sampling = service.sampling(body.temperature, body.top_k, body.top_p, body)
     seed = body.seed if body.seed is not None else new_seed()
     job = service.start(body.prompt, body.max_new_chars, sampling, body.num_samples, seed, body.stop)
     return await respond(service, job, http, body.stream, _Generation(body.num_samples, seed, service.name))

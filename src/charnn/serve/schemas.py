@@ -18,6 +18,9 @@ MAX_STOP_CHARS = 50
 MAX_SEED = 2**53 - 1  # the largest integer a JavaScript client can send exactly
 DEFAULT_NEW_CHARS = 200  # /v1/generate; /v1/completions keeps OpenAI's default of 16
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16
+NOT_BOTH = {"not": {"required": ["ban", "allow"]}}
+BAN_HELP = "characters never to draw, each one of the model's (not all of them)"
+ALLOW_HELP = "the only characters to draw, each one of the model's; not with ban"
 MAX_LOGPROBS = 5  # alternatives per character in /v1/completions' logprobs, as OpenAI's legacy API allowed
 
 # The server limit (a ServeLimits field) each request field is checked against, named in its error.
@@ -34,7 +37,6 @@ LIMITS = {
 UNSUPPORTED = {
     "frequency_penalty": "leave it out or send 0",
     "presence_penalty": "leave it out or send 0",
-    "logit_bias": "leave it out or send {}",
     "suffix": "leave it out or send null",
 }
 
@@ -137,9 +139,18 @@ def request_models(limits: ServeLimits, characters) -> tuple[type[BaseModel], ty
     TopP = Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)]
     TopK = _integer(ge=1)
     Zero = Annotated[float, Field(ge=0, le=0)]
+    # The constraints name the model's own characters, so the schema can say exactly what is valid.
+    size = len(characters)
+    Character = Literal.__getitem__(tuple(characters))
+    Banned = Annotated[list[Character], Field(min_length=1, max_length=max(1, size - 1))]  # never all of them
+    Allowed = Annotated[list[Character], Field(min_length=1, max_length=size)]
+    Index = Annotated[str, Field(pattern=_index_pattern(size))]
+    Bias = Annotated[float, Field(ge=-100, le=100, allow_inf_nan=False)]
 
     class GenerateRequest(BaseModel):
-        model_config = ConfigDict(extra="forbid", strict=True)
+        model_config = ConfigDict(
+            extra="forbid", strict=True, json_schema_extra={"not": {"required": ["ban", "allow"]}}
+        )
         prompt: Prompt = Field(description="text to continue: characters the model knows")
         max_new_chars: _integer(ge=0, le=limits.max_new_chars) = min(DEFAULT_NEW_CHARS, limits.max_new_chars)
         temperature: Temperature = Field(0.8, description="0 is greedy; higher is more random")
@@ -149,6 +160,8 @@ def request_models(limits: ServeLimits, characters) -> tuple[type[BaseModel], ty
         num_samples: _integer(ge=1, le=limits.max_num_samples) = 1
         stop: Stops = Field(None, description="end a sample before the first of these strings")
         stream: bool = Field(False, description="server-sent events as characters are produced")
+        ban: Banned | None = Field(None, description=BAN_HELP)
+        allow: Allowed | None = Field(None, description=ALLOW_HELP)
 
     class CompletionRequest(BaseModel):
         """OpenAI's completions request; tokens are characters."""
@@ -172,7 +185,13 @@ def request_models(limits: ServeLimits, characters) -> tuple[type[BaseModel], ty
         # Sent by some clients with their neutral values; anything else is not supported.
         frequency_penalty: Zero | None = Field(None, description="only 0 is supported")
         presence_penalty: Zero | None = Field(None, description="only 0 is supported")
-        logit_bias: Annotated[dict[str, int], Field(max_length=0)] | None = Field(None, description="only {}")
+        logit_bias: dict[Index, Bias] | None = Field(
+            None,
+            description="added to the logits of these characters (keys: vocabulary indices, as /v1/model lists "
+            "the vocabulary); -100 bans a character",
+        )
+        ban: Banned | None = Field(None, description=BAN_HELP + " (an extension to OpenAI's API)")
+        allow: Allowed | None = Field(None, description=ALLOW_HELP + " (an extension to OpenAI's API)")
         logprobs: _integer(ge=0, le=MAX_LOGPROBS) | None = Field(
             None, description="log-probabilities of each character, with this many alternatives"
         )
@@ -182,6 +201,20 @@ def request_models(limits: ServeLimits, characters) -> tuple[type[BaseModel], ty
         suffix: None = Field(None, description="not supported")
 
     return GenerateRequest, CompletionRequest
+
+
+def _index_pattern(size: int) -> str:
+    """A regular expression for the decimal numbers 0 to size - 1: the model's vocabulary indices."""
+    last = str(size - 1)
+    if len(last) == 1:
+        return f"^[0-{last}]$"
+    parts = ["[0-9]", *(f"[1-9][0-9]{{{length - 1}}}" for length in range(2, len(last)))]  # shorter numbers
+    for i, digit in enumerate(last):  # as long as `last`: its first i digits, then a smaller one, then any
+        low = 1 if i == 0 else 0
+        if int(digit) > low:
+            parts.append(f"{last[:i]}[{low}-{int(digit) - 1}]" + "[0-9]" * (len(last) - i - 1))
+    parts.append(last)
+    return "^(?:" + "|".join(parts) + ")$"
 
 
 def _combinations(limits: ServeLimits) -> dict:

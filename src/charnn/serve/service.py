@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from charnn.config import SampleConfig, ServeLimits
+from charnn.config import BAN, SampleConfig, ServeLimits
 from charnn.run_folder import load_checkpoint
 from charnn.serve.engine import Engine, Job, Request
 from charnn.serve.errors import ApiError
@@ -73,6 +73,20 @@ class Service:
         finally:
             self.engine.stop()
             self.scoring.shutdown(wait=False, cancel_futures=True)
+
+    def sampling(self, temperature: float, top_k, top_p, body: Any) -> SampleConfig:
+        """A request's sampling options, its `ban`, `allow` and `logit_bias` made one logit bias (the schema has
+        checked that they name the model's characters and indices)."""
+        ban, allow = getattr(body, "ban", None), getattr(body, "allow", None)
+        if ban is not None and allow is not None:
+            raise ApiError(422, "allow", "give ban or allow, not both")
+        characters = self.checkpoint.vocab.characters
+        bias = {index: BAN for index, c in enumerate(characters) if c in (ban or ()) or (allow and c not in allow)}
+        for key, value in (getattr(body, "logit_bias", None) or {}).items():
+            bias[int(key)] = min(bias.get(int(key), value), value)  # a character banned stays banned
+        if len(bias) == len(characters) and all(value <= BAN for value in bias.values()):
+            raise ApiError(422, "logit_bias", "the request bans every character; leave at least one to draw")
+        return SampleConfig(temperature, top_k, top_p, logit_bias=tuple(sorted(bias.items())))
 
     def start(self, prompt: str, max_new_chars: int, sampling: SampleConfig, num_samples: int, seed, stop) -> Job:
         """Validate what the schema cannot, take a slot, and hand the request to the engine."""
