@@ -11,6 +11,7 @@ import pytest
 
 from browser import CHROMIUM, FLAGS, playwright_api
 from charnn.config import SampleConfig, ServeLimits
+from charnn.constraints import ban_bias
 from charnn.generation import generate_text
 from charnn.run_folder import load_checkpoint
 from serving import DEADLINE, gated, running_server, wait_until
@@ -99,6 +100,26 @@ def test_stop_ends_the_stream_and_frees_the_slot(page, server):
         wait_until(lambda: server.service.engine.active_rows == 0, message="the rows to leave the batch")
     assert len(page.eval_on_selector("#generated", "el => el.textContent")) < 3000
     assert page.is_enabled("#generate") and page.is_disabled("#stop")
+
+
+def test_never_use_keeps_those_characters_out_as_the_library_does(page, tiny_run):
+    ckpt = load_checkpoint(tiny_run)
+    page.fill("#prompt", "Pip")
+    set_range(page, "#temperature", 1.2)
+    set_range(page, "#length", 300)
+    page.fill("#seed", "3")
+    page.fill("#ban", "eaQ")  # Q: not in the model's vocabulary, so not sent
+    page.click("#generate")
+    page.wait_for_function("document.querySelector('#status').textContent.startsWith('done')")
+    sampling = SampleConfig(1.2, logit_bias=ban_bias(ckpt.vocab, ban="ea"))
+    expected = generate_text(ckpt.model, ckpt.vocab, "Pip", length=300, sampling=sampling, seed=3)[0]
+    text = page.eval_on_selector("#generated", "el => el.textContent")
+    assert text == expected and not set(text) & set("ea")
+    page.fill("#ban", "")
+    page.fill("#allow", "e")
+    page.click("#generate")
+    page.wait_for_function("document.querySelector('#status').textContent.startsWith('done')")
+    assert set(page.eval_on_selector("#generated", "el => el.textContent")) == {"e"}
 
 
 def test_unknown_characters_are_pointed_out_before_sending(page):
