@@ -14,6 +14,7 @@ thin skin over them, and nothing in the library imports it.
 import dataclasses
 from pathlib import Path
 
+from charnn.beam import beam_search
 from charnn.checkpoint import Checkpoint
 from charnn.config import ModelConfig, SampleConfig, ScoreConfig, TrainConfig
 from charnn.constraints import ban_bias
@@ -49,13 +50,19 @@ class Model:
         num_samples: int = 1,
         ban: str | None = None,
         allow: str | None = None,
+        beam: int | None = None,
     ) -> str | list[str]:
         """`length` new characters after `prime` (the text without the prime); a list of `num_samples` of
         them when more than one is asked for. The same seed gives the same text, as `charnn generate`'s.
         `ban` and `allow` are sets of characters never to draw, or the only ones to draw
-        (`charnn.constraints.character_set`: ``"e"``, ``"a-m[:space:][:punct:]"``)."""
-        check_options(length=length, num_samples=num_samples)
+        (`charnn.constraints.character_set`: ``"e"``, ``"a-m[:space:][:punct:]"``). `beam` finds the most
+        likely continuations instead (`charnn.beam.beam_search`), the same every time."""
+        check_options(length=length, num_samples=num_samples, beam=beam)
         bias = ban_bias(self.checkpoint.vocab, ban=ban, allow=allow) if ban or allow is not None else ()
+        if beam is not None:
+            found = beam_search(self.checkpoint.model, self.checkpoint.vocab, prime, length=length, width=beam,
+                                logit_bias=bias)  # fmt: skip
+            return found.texts[0] if num_samples == 1 else found.texts[:num_samples]
         sampling = SampleConfig(temperature, top_k, top_p, logit_bias=bias)
         seed = new_seed() if seed is None else seed
         samples = generate_text(self.checkpoint.model, self.checkpoint.vocab, prime, length=length,

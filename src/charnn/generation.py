@@ -9,7 +9,7 @@ sample's text does not depend on what else runs in the same batch.
     from charnn.run_folder import load_checkpoint
 
     ckpt = load_checkpoint("runs/ge")
-    print(generate_text(ckpt.model, ckpt.vocab, "Pip", 200)[0])
+    print(generate_text(ckpt.model, ckpt.vocab, "Pip", length=200)[0])
 """
 
 from collections.abc import Iterator
@@ -57,8 +57,11 @@ def generate(
     return _generate(stepper, vocab, tokens, length, sampling, RandomStreams(seed, num_samples, first_sample))
 
 
-def check_options(*, length: int, num_samples: int, best_of: int | None = None, stream: bool = False) -> None:
-    """Refuse what `generate` (or `generate_best_of`, keeping `num_samples` of `best_of`) cannot do.
+def check_options(
+    *, length: int, num_samples: int, best_of: int | None = None, stream: bool = False, beam: int | None = None
+) -> None:
+    """Refuse what `generate` (or `generate_best_of`, keeping `num_samples` of `best_of`, or
+    `charnn.beam.beam_search`, keeping `num_samples` of its `beam`) cannot do.
 
     Cheap, so a caller can check before loading a model.
     """
@@ -71,6 +74,13 @@ def check_options(*, length: int, num_samples: int, best_of: int | None = None, 
             raise ConfigError(f"`best_of` must be at least `num_samples` ({num_samples}), got {best_of}")
         if stream:
             raise ConfigError("`best_of` cannot `stream`: the best sample is known only when all are drawn")
+    if beam is not None:
+        if best_of is not None:
+            raise ConfigError("give `beam` or `best_of`, not both: the beam is the most likely text already")
+        if beam < num_samples:
+            raise ConfigError(f"`beam` must be at least `num_samples` ({num_samples}), got {beam}")
+        if stream:
+            raise ConfigError("`beam` cannot `stream`: the most likely text is known only at the end")
 
 
 def _generate(stepper, vocab, tokens, length, sampling, streams) -> Iterator[list[str]]:

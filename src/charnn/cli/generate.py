@@ -30,6 +30,9 @@ def add_parser(commands) -> None:
     p.add_argument("--best-of", type=int, metavar="N", help="draw N samples and print the --num-samples of them "
                    "with the highest mean log-probability per character (scored by the model at temperature 1, "
                    "whatever --temperature drew them; best first)")  # fmt: skip
+    p.add_argument("--beam", type=int, metavar="N", help="beam search with N continuations: the most likely text "
+                   "rather than a random one, the same every time (--temperature, --top-k, --top-p and --seed do "
+                   "not apply; --num-samples prints that many of the N, most likely first)")  # fmt: skip
     p.add_argument("--stream", action="store_true", help="print characters as they are produced")
     p.add_argument("--json", action="store_true", help="print {samples, seed, checkpoint} as JSON (no prime)")
     add_device(p)
@@ -53,7 +56,8 @@ def run(args: argparse.Namespace) -> int:
     from charnn.sample import new_seed
 
     samplings = [SampleConfig(t, args.top_k, args.top_p) for t in _temperatures(args.temperature)]
-    check_options(length=args.length, num_samples=args.num_samples, best_of=args.best_of, stream=args.stream)
+    check_options(length=args.length, num_samples=args.num_samples, best_of=args.best_of, stream=args.stream,
+                  beam=args.beam)  # fmt: skip
     for spec in (args.ban, args.allow):
         character_set(spec or "")  # its spelling checked before the model is read
     ckpt = load_checkpoint(args.checkpoint, resolve_device(args.device))
@@ -62,6 +66,8 @@ def run(args: argparse.Namespace) -> int:
         samplings = [dataclasses.replace(s, logit_bias=bias) for s in samplings]
     prime = args.prime if args.prime is not None else _default_prime(ckpt.vocab)
     seed = args.seed if args.seed is not None else new_seed()
+    if args.beam is not None:
+        return _beam(args, ckpt, prime, samplings[0].logit_bias)
     labelled = len(samplings) > 1
     results = []  # (temperature, sample)
     means = []  # with --best-of: each printed sample's mean log-probability per character
@@ -84,6 +90,21 @@ def run(args: argparse.Namespace) -> int:
     elif not args.stream:
         blocks = [(f"--- temperature {t} ---\n" if labelled else "") + prime + s for t, s in results]
         print("\n\n".join(blocks))
+    return 0
+
+
+def _beam(args, ckpt, prime: str, logit_bias) -> int:
+    """The --num-samples most likely of the beam's continuations, most likely first."""
+    from charnn.beam import beam_search
+
+    found = beam_search(ckpt.model, ckpt.vocab, prime, length=args.length, width=args.beam, logit_bias=logit_bias)
+    texts, logprobs = found.texts[: args.num_samples], found.logprobs[: args.num_samples]
+    if args.json:
+        print(json.dumps({"samples": texts, "beam": args.beam, "logprobs": logprobs,
+                          "greedy_logprob": found.greedy_logprob, "checkpoint": str(ckpt.path)},
+                         ensure_ascii=False))  # fmt: skip
+    else:
+        print("\n\n".join(prime + text for text in texts))
     return 0
 
 
