@@ -19,6 +19,25 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def add_copy_min(parser) -> None:
+    parser.add_argument(
+        "--copy-min",
+        type=int,
+        default=50,
+        metavar="N",
+        help="with a text to check: the shortest "
+        "run of characters found verbatim in the training text that counts as copied (default: 50)",
+    )
+
+
+def copy_index(training_text: str):
+    """The training text's copy index, its suffix array cached with the other downloads and builds."""
+    from charnn.data.corpus import cache_dir
+    from charnn.scoring.copies import CopyIndex
+
+    return CopyIndex(training_text, cache_dir() / "copies")
+
+
 def render(text: str, renames: dict[str, str] | None = None) -> str:
     """`text` with each backticked name shown as its flag; `renames` maps a parameter to a flag of another name."""
     renames = renames or {}

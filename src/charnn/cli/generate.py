@@ -4,8 +4,9 @@ import argparse
 import dataclasses
 import json
 import math
+import sys
 
-from charnn.cli.flags import add_device, add_precision, checkpoint
+from charnn.cli.flags import add_copy_min, add_device, add_precision, checkpoint, copy_index
 from charnn.config import SampleConfig
 from charnn.errors import ConfigError
 
@@ -34,11 +35,14 @@ def add_parser(commands) -> None:
                    "rather than a random one, the same every time (--temperature, --top-k, --top-p and --seed do "
                    "not apply; --num-samples prints that many of the N, most likely first)")  # fmt: skip
     p.add_argument("--stream", action="store_true", help="print characters as they are produced")
-    p.add_argument("--json", action="store_true", help="print {samples, seed, checkpoint} as JSON (no prime)")
+    p.add_argument("--json", action="store_true", help="print {samples, seed, checkpoint} as JSON (no prime), and "
+                   "what each sample copied from the training text where its corpus is found (copies: the longest "
+                   "span found verbatim, and the share of characters in spans of --copy-min or more)")  # fmt: skip
+    add_copy_min(p)
     add_device(p)
     add_precision(p, "weights after the prime: fp32 gives the exact model; auto picks int8 where the CPU computes "
                   "it fast (default: auto)")  # fmt: skip
-    p.set_defaults(run=run)
+    p.set_defaults(run=run, renames={"min_length": "copy_min"})
 
 
 def _temperatures(text: str) -> list[float]:
@@ -86,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
         if args.best_of is not None:
             out["best_of"] = args.best_of
             out["mean_logprobs"] = [m if math.isfinite(m) else None for m in means]
+        out |= _copies(ckpt, out["samples"], args.copy_min)
         print(json.dumps(out, ensure_ascii=False))
     elif not args.stream:
         blocks = [(f"--- temperature {t} ---\n" if labelled else "") + prime + s for t, s in results]
@@ -100,9 +105,9 @@ def _beam(args, ckpt, prime: str, logit_bias) -> int:
     found = beam_search(ckpt.model, ckpt.vocab, prime, length=args.length, width=args.beam, logit_bias=logit_bias)
     texts, logprobs = found.texts[: args.num_samples], found.logprobs[: args.num_samples]
     if args.json:
-        print(json.dumps({"samples": texts, "beam": args.beam, "logprobs": logprobs,
-                          "greedy_logprob": found.greedy_logprob, "checkpoint": str(ckpt.path)},
-                         ensure_ascii=False))  # fmt: skip
+        out = {"samples": texts, "beam": args.beam, "logprobs": logprobs, "greedy_logprob": found.greedy_logprob,
+               "checkpoint": str(ckpt.path)}  # fmt: skip
+        print(json.dumps(out | _copies(ckpt, texts, args.copy_min), ensure_ascii=False))
     else:
         print("\n\n".join(prime + text for text in texts))
     return 0
@@ -139,6 +144,20 @@ def _stream(args, ckpt, prime: str, sampling: SampleConfig, seed: int, labelled:
         for step in steps:
             print(step[0], end="", flush=True)
         print()
+
+
+def _copies(ckpt, samples: list[str], min_length: int) -> dict:
+    """{"copies": [each sample's copy report]}, or {} with a note when the training corpus is not found."""
+    from charnn.data.dataset import of_checkpoint
+    from charnn.errors import CharnnError
+
+    try:
+        training_text = of_checkpoint(ckpt).training_text()
+    except CharnnError as error:
+        print(f"charnn: note: no copy report ({error})", file=sys.stderr)
+        return {}
+    index = copy_index(training_text)
+    return {"copies": [index.report(sample, min_length).to_dict() for sample in samples]}
 
 
 def _default_prime(vocab) -> str:

@@ -6,7 +6,15 @@ import json
 import sys
 from pathlib import Path
 
-from charnn.cli.flags import CHECKPOINT_HELP, add_device, add_encoding, add_precision, checkpoint
+from charnn.cli.flags import (
+    CHECKPOINT_HELP,
+    add_copy_min,
+    add_device,
+    add_encoding,
+    add_precision,
+    checkpoint,
+    copy_index,
+)
 from charnn.cli.progress import Progress
 from charnn.cli.summaries import Surprises, print_evaluation, print_score_summary
 from charnn.config import DYNAMIC_SEGMENT, DYNAMIC_UPDATE, DYNAMIC_UPDATES, NANOGPT_WINDOW, NANOGPT_WINDOWS
@@ -151,7 +159,8 @@ def add_evaluate_parser(commands) -> None:
     p.add_argument("--dynamic-lr", type=float, help=f"learning rate of dynamic evaluation (default: {lrs})")
     p.add_argument("--dynamic-decay", type=float, help="pull towards the trained weights after each step of dynamic "
                    f"evaluation, a share in [0, 1) (default: {decays})")  # fmt: skip
-    p.set_defaults(run=run_evaluate, renames={"window": "windows"})
+    add_copy_min(p)
+    p.set_defaults(run=run_evaluate, renames={"window": "windows", "min_length": "copy_min"})
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
@@ -178,6 +187,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
                                progress=progress)  # fmt: skip
     report["checkpoint"] = str(ckpt.path)
     report["text"] = args.text or "held-out part of the training corpus"
+    if args.text:  # a text of its own, a generated one perhaps: what it copied from the training text
+        report["copies"] = copy_index(train_text).report(text, args.copy_min).to_dict()
     if args.json:
         print(json.dumps(report, ensure_ascii=False))
     else:

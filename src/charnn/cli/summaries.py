@@ -69,3 +69,13 @@ def print_evaluation(report: dict, windows: int | None, dynamic_update: str | No
     print(
         f"invented words: {report['invented_word_share']:.2%}" + (f" ({', '.join(invented[:10])})" if invented else "")
     )
+    if "copies" in report:
+        print(describe_copies(report["copies"]))
+
+
+def describe_copies(copies: dict) -> str:
+    """A copy report (`charnn.scoring.copies.CopyReport.to_dict()`) in one line."""
+    longest = copies["longest"] or {"length": 0, "start": 0, "training_offset": 0}
+    return (f"copied from the training text: longest span {longest['length']:,} characters (at {longest['start']:,}; "
+            f"at {longest['training_offset']:,} there); {copies['share']:.1%} of the text in spans of "
+            f"{copies['min_length']} characters or more")  # fmt: skip
