@@ -83,3 +83,20 @@ def test_generate_and_evaluate_report_what_was_copied(memorised, tmp_path):
     assert f"copied from the training text: longest span {expected['longest']['length']:,} characters" in done.stdout
     done = run_cli("evaluate", str(memorised), str(tmp_path / "sample.txt"), "--copy-min", "0")
     assert done.returncode == 2 and "--copy-min must be at least 1, got 0" in done.stderr
+
+
+def test_best_of_leaves_out_samples_that_copied_too_much(memorised):
+    common = ["generate", str(memorised), "--prime", "“Pip", "--length", "120", "--seed", "1", "--best-of", "6",
+              "--num-samples", "6", "--copy-min", "20", "--temperature", "1.5", "--json"]  # fmt: skip
+    everything = json.loads(run_cli(*common).stdout)
+    shares = [copies["share"] for copies in everything["copies"]]
+    limit = sorted(shares)[2]  # some above it, some not
+    done = run_cli(*common, "--max-copied", str(limit))
+    assert done.returncode == 0, done.stderr
+    kept = json.loads(done.stdout)
+    assert kept["samples"] == [s for s, share in zip(everything["samples"], shares, strict=True) if share <= limit]
+    assert all(copies["share"] <= limit for copies in kept["copies"]) and len(kept["samples"]) < 6
+    done = run_cli("generate", str(memorised), "--max-copied", "0.5")
+    assert done.returncode == 2 and "--max-copied chooses among the samples of --best-of" in done.stderr
+    done = run_cli(*common, "--max-copied", "2")
+    assert done.returncode == 2 and "--max-copied must be a share from 0 to 1, got 2.0" in done.stderr

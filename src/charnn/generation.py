@@ -58,7 +58,13 @@ def generate(
 
 
 def check_options(
-    *, length: int, num_samples: int, best_of: int | None = None, stream: bool = False, beam: int | None = None
+    *,
+    length: int,
+    num_samples: int,
+    best_of: int | None = None,
+    stream: bool = False,
+    beam: int | None = None,
+    max_copied: float | None = None,
 ) -> None:
     """Refuse what `generate` (or `generate_best_of`, keeping `num_samples` of `best_of`, or
     `charnn.beam.beam_search`, keeping `num_samples` of its `beam`) cannot do.
@@ -74,6 +80,8 @@ def check_options(
             raise ConfigError(f"`best_of` must be at least `num_samples` ({num_samples}), got {best_of}")
         if stream:
             raise ConfigError("`best_of` cannot `stream`: the best sample is known only when all are drawn")
+    if max_copied is not None and best_of is None:
+        raise ConfigError("`max_copied` chooses among the samples of `best_of`; give `best_of` too")
     if beam is not None:
         if best_of is not None:
             raise ConfigError("give `beam` or `best_of`, not both: the beam is the most likely text already")

@@ -39,6 +39,9 @@ def add_parser(commands) -> None:
                    "what each sample copied from the training text where its corpus is found (copies: the longest "
                    "span found verbatim, and the share of characters in spans of --copy-min or more)")  # fmt: skip
     add_copy_min(p)
+    p.add_argument("--max-copied", type=float, metavar="SHARE", help="with --best-of: leave out samples whose "
+                   "share of characters copied from the training text (in spans of --copy-min or more) is above "
+                   "SHARE, e.g. 0 for none at all")  # fmt: skip
     add_device(p)
     add_precision(p, "weights after the prime: fp32 gives the exact model; auto picks int8 where the CPU computes "
                   "it fast (default: auto)")  # fmt: skip
@@ -61,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
 
     samplings = [SampleConfig(t, args.top_k, args.top_p) for t in _temperatures(args.temperature)]
     check_options(length=args.length, num_samples=args.num_samples, best_of=args.best_of, stream=args.stream,
-                  beam=args.beam)  # fmt: skip
+                  beam=args.beam, max_copied=args.max_copied)  # fmt: skip
     for spec in (args.ban, args.allow):
         character_set(spec or "")  # its spelling checked before the model is read
     ckpt = load_checkpoint(args.checkpoint, resolve_device(args.device))
@@ -126,7 +129,18 @@ def _best_of(args, ckpt, prime: str, sampling: SampleConfig, seed: int) -> list[
 
     ranked = generate_best_of(ckpt.model, ckpt.vocab, prime, args.length, sampling, best_of=args.best_of,
                               seed=seed, precision=args.precision)  # fmt: skip
-    return [(ranked.samples[i], ranked.mean_logprobs[i]) for i in ranked.order[: args.num_samples]]
+    order = ranked.order
+    if args.max_copied is not None:
+        from charnn.data.dataset import of_checkpoint
+        from charnn.scoring.copies import not_copied
+
+        kept = set(not_copied(copy_index(of_checkpoint(ckpt).training_text()), ranked.samples, args.max_copied,
+                              args.copy_min))  # fmt: skip
+        order = [i for i in order if i in kept]
+        if len(order) < args.num_samples:
+            print(f"charnn: note: {len(order)} of {args.best_of} samples copied at most {args.max_copied:.0%} of their "
+                  f"text; printing those", file=sys.stderr)  # fmt: skip
+    return [(ranked.samples[i], ranked.mean_logprobs[i]) for i in order[: args.num_samples]]
 
 
 def _stream(args, ckpt, prime: str, sampling: SampleConfig, seed: int, labelled: bool) -> None:

@@ -86,6 +86,13 @@ class CopyIndex:
         return CopyReport(len(text), min_length, longest, share, spans)
 
 
+def not_copied(index: CopyIndex, samples: list[str], max_copied: float, min_length: int = MIN_LENGTH) -> list[int]:
+    """The indices of the samples that copied at most a share `max_copied` of their characters."""
+    if not 0.0 <= max_copied <= 1.0:
+        raise ConfigError(f"`max_copied` must be a share from 0 to 1, got {max_copied}")
+    return [i for i, sample in enumerate(samples) if index.report(sample, min_length).share <= max_copied]
+
+
 def _common_prefix(text: str, training: str, offset: int) -> int:
     """How many characters `text` and `training[offset:]` share at their start."""
     low, high = 0, min(len(text), len(training) - offset)
