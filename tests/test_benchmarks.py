@@ -114,3 +114,10 @@ def test_base_model_compares_fine_tuning_with_training_from_scratch(tmp_path: Pa
     row = next(line for line in out.splitlines() if line.startswith("| unseen.txt |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert len(cells) == 7 and all(c.endswith("%)") for c in cells[3:])
+
+
+def test_constraints_times_each_arm(tiny_run: Path):
+    out = run_benchmark(str(BENCHMARKS / "constraints.py"), str(tiny_run), "--repeats", "1", "--length", "40",
+                        "--streams", "4")  # fmt: skip
+    assert "| streams | free | --ban eE | --allow a-m[:space:][:punct:] |" in out
+    assert out.count("\n| 1 | ") == 1 and out.count("\n| 4 | ") == 1
