@@ -2,6 +2,7 @@
 openai client, and constrained rows beside unconstrained ones in one batch."""
 
 import asyncio
+import json
 
 import httpx
 import openai
@@ -73,3 +74,21 @@ def test_a_constrained_request_beside_unconstrained_ones_in_one_batch(server, ck
                              seed=5)  # fmt: skip
     assert first.json()["samples"] == second.json()["samples"] == expected  # the ban did not reach them
     assert all("e" not in s for s in constrained.json()["samples"])
+
+
+def test_generate_reports_what_each_sample_copied_when_asked(server, ckpt):
+    from charnn.data.dataset import of_checkpoint
+    from charnn.scoring.copies import CopyIndex
+
+    index = CopyIndex(of_checkpoint(ckpt).training_text())
+    with httpx.Client(base_url=server.url, timeout=DEADLINE) as client:
+        body = {"prompt": "Pip", "max_new_chars": 200, "seed": 2, "num_samples": 2}
+        plain = client.post("/v1/generate", json=body).json()
+        assert "copies" not in plain  # only when asked for
+        answer = client.post("/v1/generate", json={**body, "copies": True}).json()
+        assert answer["samples"] == plain["samples"]
+        assert answer["copies"] == [index.report(s).to_dict() for s in answer["samples"]]
+        with client.stream("POST", "/v1/generate", json={**body, "copies": True, "stream": True}) as stream:
+            events = [line.removeprefix("data: ") for line in stream.iter_lines() if line.startswith("data: ")]
+        summary = next(json.loads(e) for e in events if e.startswith("{") and "finish_reasons" in e)
+        assert summary["copies"] == answer["copies"]

@@ -77,6 +77,7 @@ def create_app(checkpoint_path: str | Path, *, limits: ServeLimits = ServeLimits
         "/v1/generate",
         summary="Generate text from a prompt",
         response_model=GenerateResponse,
+        response_model_exclude_none=True,  # copies only when asked for
         responses={200: {"content": GENERATE_EVENTS}, **ERRORS},
     )
     async def generate(body: GenerateRequest, http: HttpRequest):  # its name is in /openapi.json

@@ -1,7 +1,8 @@
 """`POST /v1/generate`: charnn's own API, several samples of one prompt with their seed.
 
-`{prompt, max_new_chars, temperature, top_k, top_p, seed, num_samples, stop, stream, ban, allow}` ->
-`{samples, finish_reason, finish_reasons, seed, model}`; with `"stream": true`, server-sent
+`{prompt, max_new_chars, temperature, top_k, top_p, seed, num_samples, stop, stream, ban, allow, copies}`
+-> `{samples, finish_reason, finish_reasons, seed, model}`, with `"copies": true` also each sample's
+copy report (what it copied from the model's training text); with `"stream": true`, server-sent
 events `{"text", "sample"}`, then each sample's `finish_reason`, then a summary, then `[DONE]`.
 """
 
@@ -20,8 +21,10 @@ async def generate_response(service: Service, body: Any, http: HttpRequest):
     """The response to a `GenerateRequest`."""
     sampling = service.sampling(body.temperature, body.top_k, body.top_p, body)
     seed = body.seed if body.seed is not None else new_seed()
+    index = await service.copy_index() if body.copies else None  # a 422 before generating, when there is none
     job = service.start(body.prompt, body.max_new_chars, sampling, body.num_samples, seed, body.stop)
-    return await respond(service, job, http, body.stream, _Generation(body.num_samples, seed, service.name))
+    shape = _Generation(body.num_samples, seed, service, index)
+    return await respond(service, job, http, body.stream, shape)
 
 
 def _overall(reasons: list[str]) -> str:
@@ -29,13 +32,22 @@ def _overall(reasons: list[str]) -> str:
 
 
 class _Generation(Shape):
-    def __init__(self, num_samples: int, seed: int, model: str):
-        self.reasons, self.seed, self.model = ["length"] * num_samples, seed, model
+    def __init__(self, num_samples: int, seed: int, service: Service, index=None):
+        self.reasons, self.seed, self.service, self.model = ["length"] * num_samples, seed, service, service.name
+        self.index = index  # the training text's CopyIndex, when copies were asked for
+        self.texts: list[list[str]] = [[] for _ in range(num_samples)]  # streamed so far, for the copy report
+
+    async def _copies(self, texts: list[str]) -> dict:
+        if self.index is None:
+            return {}
+        reports = await self.service.run_scoring(lambda: [self.index.report(t).to_dict() for t in texts])
+        return {"copies": reports}
 
     async def batch(self, events: list[JobEvent]) -> str:
         out = []
         for event in events:
             if isinstance(event, SampleText):
+                self.texts[event.sample].append(event.text)
                 out.append(as_sse({"text": event.text, "sample": event.sample}))
             elif isinstance(event, SampleFinished):
                 self.reasons[event.sample] = event.reason
@@ -43,10 +55,16 @@ class _Generation(Shape):
             elif isinstance(event, JobDone):
                 reasons = self.reasons
                 summary = {"finish_reason": _overall(reasons), "finish_reasons": reasons, "seed": self.seed}
-                out += [as_sse({**summary, "model": self.model}), as_sse("[DONE]")]
+                summary |= {"model": self.model, **await self._copies(["".join(t) for t in self.texts])}
+                out += [as_sse(summary), as_sse("[DONE]")]
         return "".join(out)
 
     async def answer(self, texts: list[str], reasons: list[str]) -> GenerateResponse:
         return GenerateResponse(
-            samples=texts, finish_reason=_overall(reasons), finish_reasons=reasons, seed=self.seed, model=self.model
+            samples=texts,
+            finish_reason=_overall(reasons),
+            finish_reasons=reasons,
+            seed=self.seed,
+            model=self.model,
+            **await self._copies(texts),
         )

@@ -67,12 +67,29 @@ class ErrorBody(BaseModel):
     error: ErrorDetail
 
 
+class CopySpan(BaseModel):
+    start: int
+    length: int
+    training_offset: int
+
+
+class CopyReportBody(BaseModel):
+    """What a sample copied from the model's training text (`charnn.scoring.copies.CopyReport`)."""
+
+    characters: int
+    min_length: int
+    longest: CopySpan | None = None  # none for an empty sample
+    share: float = Field(description="of the sample's characters, those in copied spans of at least min_length")
+    spans: list[tuple[int, int]] = Field(description="[start, end) of each copied stretch")
+
+
 class GenerateResponse(BaseModel):
     samples: list[str] = Field(description="the new text of each sample, without the prompt")
     finish_reason: FinishReason = Field(description='"length" if any sample reached max_new_chars, else "stop"')
     finish_reasons: list[FinishReason]
     seed: int
     model: str
+    copies: list[CopyReportBody] | None = Field(None, description="each sample's copy report, when asked for")
 
 
 class CompletionLogprobs(BaseModel):
@@ -160,6 +177,7 @@ def request_models(limits: ServeLimits, characters) -> tuple[type[BaseModel], ty
         num_samples: _integer(ge=1, le=limits.max_num_samples) = 1
         stop: Stops = Field(None, description="end a sample before the first of these strings")
         stream: bool = Field(False, description="server-sent events as characters are produced")
+        copies: bool = Field(False, description="also report what each sample copied from the training text")
         ban: Banned | None = Field(None, description=BAN_HELP)
         allow: Allowed | None = Field(None, description=ALLOW_HELP)
 
@@ -284,6 +302,7 @@ GENERATE_EVENTS = _events_schema(
             "finish_reasons": {"type": "array", "items": _REASON},
             "seed": {"type": "integer"},
             "model": {"type": "string"},
+            "copies": {"type": "array", "description": "each sample's copy report, when asked for"},
         },
     },
     _ERROR_EVENT,
