@@ -118,3 +118,48 @@ def test_the_command_line_and_python_keep_to_the_allowed_letters(tiny_run):
     assert done.returncode == 2 and done.stderr.strip().endswith(
         "leave no character of the model's vocabulary to draw; allow some"
     )
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    phrases=st.lists(
+        st.sampled_from(["Joe", "marsh", "stars", "你好", "—", "ee", "the river"]), min_size=1, max_size=3
+    ),
+    within=st.integers(25, 60),
+    precision=st.sampled_from(["fp32", "int8"]),
+    num_samples=st.sampled_from([1, 3]),
+    temperature=st.sampled_from([0.0, 1.0, 2.0]),
+)
+def test_every_required_phrase_appears_within_its_bound(checkpoint, seed, phrases, within, precision, num_samples,
+                                                       temperature):  # fmt: skip
+    sampling = SampleConfig(temperature, logit_bias=ban_bias(checkpoint.vocab, ban="Q!"))  # and a ban beside it
+    samples = generate_text(checkpoint.model, checkpoint.vocab, "Pip", length=60, sampling=sampling, seed=seed,
+                            num_samples=num_samples, precision=precision, require=tuple(phrases),
+                            within=within)  # fmt: skip
+    for sample in samples:
+        assert len(sample) == 60 and "!" not in sample
+        for phrase in phrases:
+            assert phrase in sample[:within], (phrase, sample)
+
+
+def test_required_phrases_that_cannot_be_met_are_refused_with_a_reason(checkpoint, tiny_run):
+    vocab = checkpoint.vocab
+
+    def refused(**options) -> str:
+        with pytest.raises(ConfigError) as caught:
+            generate_text(checkpoint.model, vocab, "Pip", length=options.pop("length", 20), **options)
+        return str(caught.value)
+
+    assert "need 12 characters, more than the 10" in refused(require=("the river", "Joe"), within=10)
+    assert "uses banned characters: 'J'" in refused(require=("Joe",), sampling=SampleConfig(logit_bias=ban_bias(
+        vocab, ban="J")))  # fmt: skip
+    assert "characters the model does not know: 'Z'" in refused(require=("Zoo",))
+    assert "`within` must be from 1 to `length` (20), got 30" in refused(require=("Joe",), within=30)
+    done = run_cli("generate", str(tiny_run), "--require", "Joe", "--beam", "2")
+    assert done.returncode == 2 and "--require places phrases in sampled text" in done.stderr
+    done = run_cli("generate", str(tiny_run), "--prime", "Pip", "--length", "40", "--require", "stars", "--require",
+                   "Joe", "--within", "30", "--num-samples", "2", "--seed", "4", "--json")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    for sample in json.loads(done.stdout)["samples"]:
+        assert "stars" in sample[:30] and "Joe" in sample[:30]

@@ -71,3 +71,79 @@ def ban_bias(vocab: Vocabulary, *, ban: str | None = None, allow: str | None = N
     if not kept:
         raise ConfigError("the constraints leave no character of the model's vocabulary to draw; allow some")
     return tuple((index, BAN) for index, c in enumerate(vocab.characters) if c in banned)
+
+
+class Required:
+    """Phrases each sample must hold within its first `within` new characters.
+
+    Each row keeps, per phrase, how much of it the text drawn so far ends with (a Knuth-Morris-Pratt
+    automaton over the characters). Sampling stays free while the phrases still fit in the
+    characters left; once they only just fit, the row takes the next character of the phrase it
+    is furthest into, then of the next, so every phrase appears, however the draws went.
+    """
+
+    def __init__(self, phrases: tuple[str, ...], within: int, vocab: Vocabulary, banned: set[str], rows: int):
+        for phrase in phrases:
+            if not phrase:
+                raise ConfigError("a required phrase is empty")
+            unknown = vocab.unknown(phrase)
+            if unknown:
+                shown = ", ".join(repr(c) for c in unknown)
+                raise ConfigError(f"the required phrase {phrase!r} has characters the model does not know: {shown}")
+            if set(phrase) & banned:
+                shown = ", ".join(repr(c) for c in sorted(set(phrase) & banned))
+                raise ConfigError(f"the required phrase {phrase!r} uses banned characters: {shown}")
+        if sum(map(len, phrases)) > within:
+            raise ConfigError(
+                f"the required phrases need {sum(map(len, phrases))} characters, more than the {within} "
+                "they must appear within; give a larger `within` or `length`"
+            )
+        self.phrases = [vocab.encode(phrase).tolist() for phrase in phrases]
+        self.fallbacks = [_failure(phrase) for phrase in self.phrases]
+        self.within = within
+        self.matched = [[0] * len(phrases) for _ in range(rows)]  # per row, per phrase; len(phrase) when found
+        self.current: list[int | None] = [None] * rows  # the phrase a row is being made to finish
+
+    def forced(self, step: int) -> dict[int, int]:
+        """{row: the character it must take at this step}, for the rows whose phrases only just fit.
+
+        The test counts each phrase still missing at its full length, whatever part of it the text
+        ends with (a free draw can lose that part): so a row is free only while every phrase fits
+        from scratch, and once forcing begins it finishes one phrase before it looks again.
+        """
+        left = self.within - step
+        forced = {}
+        for row, matched in enumerate(self.matched):
+            pending = [j for j, phrase in enumerate(self.phrases) if matched[j] < len(phrase)]
+            current = self.current[row]
+            if current is None or matched[current] == len(self.phrases[current]):
+                current = None
+                if pending and sum(len(self.phrases[j]) for j in pending) >= left:
+                    current = max(pending, key=lambda j: (matched[j], -j))  # the one it is furthest into
+                self.current[row] = current
+            if current is not None:
+                forced[row] = self.phrases[current][matched[current]]
+        return forced
+
+    def advance(self, chosen: list[int]) -> None:
+        """Move each row's automata on by the character it drew."""
+        for matched, character in zip(self.matched, chosen, strict=True):
+            for j, phrase in enumerate(self.phrases):
+                k = matched[j]
+                if k == len(phrase):
+                    continue
+                while k and phrase[k] != character:
+                    k = self.fallbacks[j][k - 1]
+                matched[j] = k + 1 if phrase[k] == character else 0
+
+
+def _failure(phrase: list[int]) -> list[int]:
+    """Knuth-Morris-Pratt: for each prefix, the length of its longest proper prefix that is also its suffix."""
+    table, k = [0] * len(phrase), 0
+    for i in range(1, len(phrase)):
+        while k and phrase[i] != phrase[k]:
+            k = table[k - 1]
+        if phrase[i] == phrase[k]:
+            k += 1
+        table[i] = k
+    return table

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
-from charnn.config import SampleConfig
+from charnn.config import BAN, SampleConfig
+from charnn.constraints import Required
 from charnn.errors import ConfigError
 from charnn.fast.step import Stepper
 from charnn.model import CharRNN
@@ -37,8 +38,13 @@ def generate(
     seed: int = 0,
     first_sample: int = 0,
     precision: str = "auto",
+    require: tuple[str, ...] = (),
+    within: int | None = None,
 ) -> Iterator[list[str]]:
     """Yield `length` times one new character per sample (the prime itself is not yielded).
+
+    Every phrase of `require` appears in each sample's first `within` new characters (default: all
+    `length` of them; `charnn.constraints.Required`).
 
     Sample i draws from the random stream (seed, first_sample + i), so drawing samples one
     at a time with `first_sample` set gives the same texts as drawing them together.
@@ -53,8 +59,16 @@ def generate(
     if not prime:
         raise ConfigError("the prime is empty; give at least one character to start from")
     tokens = torch.from_numpy(vocab.encode(prime))
+    required = None
+    if require:
+        within = length if within is None else within
+        if not 0 < within <= length:
+            raise ConfigError(f"`within` must be from 1 to `length` ({length}), got {within}")
+        banned = {vocab.characters[i] for i, value in sampling.logit_bias if value <= BAN and i < len(vocab)}
+        required = Required(tuple(require), within, vocab, banned, num_samples)
     stepper = Stepper(model, precision)
-    return _generate(stepper, vocab, tokens, length, sampling, RandomStreams(seed, num_samples, first_sample))
+    streams = RandomStreams(seed, num_samples, first_sample)
+    return _generate(stepper, vocab, tokens, length, sampling, streams, required)
 
 
 def check_options(
@@ -65,6 +79,7 @@ def check_options(
     stream: bool = False,
     beam: int | None = None,
     max_copied: float | None = None,
+    require: tuple[str, ...] = (),
 ) -> None:
     """Refuse what `generate` (or `generate_best_of`, keeping `num_samples` of `best_of`, or
     `charnn.beam.beam_search`, keeping `num_samples` of its `beam`) cannot do.
@@ -83,6 +98,8 @@ def check_options(
     if max_copied is not None and best_of is None:
         raise ConfigError("`max_copied` chooses among the samples of `best_of`; give `best_of` too")
     if beam is not None:
+        if require:
+            raise ConfigError("`require` places phrases in sampled text; the beam searches without it")
         if best_of is not None:
             raise ConfigError("give `beam` or `best_of`, not both: the beam is the most likely text already")
         if beam < num_samples:
@@ -91,14 +108,22 @@ def check_options(
             raise ConfigError("`beam` cannot `stream`: the most likely text is known only at the end")
 
 
-def _generate(stepper, vocab, tokens, length, sampling, streams) -> Iterator[list[str]]:
+def _generate(stepper, vocab, tokens, length, sampling, streams, required=None) -> Iterator[list[str]]:
     num_samples = len(streams.generators)
     characters = vocab.characters
     # inference_mode is entered per call (by the stepper's methods), not around the loop:
     # a generator must not leave it switched on in its caller's code between two characters.
     logits, state = stepper.prefill(tokens.unsqueeze(0).expand(num_samples, -1))  # (N, P) -> (N, V)
     for step in range(length):
+        forced = required.forced(step) if required is not None else {}
+        if forced:  # rows whose required phrases only just fit take their next character
+            logits = logits.clone()
+            for row, character in forced.items():
+                logits[row] = float("-inf")
+                logits[row, character] = 0.0
         chosen = stepper.sample(logits, sampling, streams.next())
+        if required is not None:
+            required.advance(chosen.tolist())
         yield [characters[i] for i in chosen.tolist()]
         if step + 1 < length:
             logits = stepper.step(chosen, state)
@@ -114,12 +139,13 @@ def generate_text(
     num_samples: int = 1,
     seed: int = 0,
     precision: str = "auto",
+    require: tuple[str, ...] = (),
+    within: int | None = None,
 ) -> list[str]:
     """The new text of each sample, without the prime."""
     pieces: list[list[str]] = [[] for _ in range(num_samples)]
-    for step in generate(
-        model, vocab, prime, length=length, sampling=sampling, num_samples=num_samples, seed=seed, precision=precision
-    ):
+    for step in generate(model, vocab, prime, length=length, sampling=sampling, num_samples=num_samples, seed=seed,
+                         precision=precision, require=require, within=within):  # fmt: skip
         for sample, character in zip(pieces, step, strict=True):
             sample.append(character)
     return ["".join(p) for p in pieces]
@@ -163,11 +189,12 @@ def generate_best_of(
     best_of: int,
     seed: int = 0,
     precision: str = "auto",
+    require: tuple[str, ...] = (),
+    within: int | None = None,
 ) -> Ranked:
     """Draw `best_of` samples (those of `generate_text` with the same seed) and rank them (`rank_samples`)."""
     if best_of < 1:
         raise ConfigError(f"`best_of` must be at least 1, got {best_of}")
-    samples = generate_text(
-        model, vocab, prime, length=length, sampling=sampling, num_samples=best_of, seed=seed, precision=precision
-    )
+    samples = generate_text(model, vocab, prime, length=length, sampling=sampling, num_samples=best_of, seed=seed,
+                            precision=precision, require=require, within=within)  # fmt: skip
     return rank_samples(model, vocab, prime, samples)

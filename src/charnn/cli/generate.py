@@ -31,6 +31,11 @@ def add_parser(commands) -> None:
     p.add_argument("--best-of", type=int, metavar="N", help="draw N samples and print the --num-samples of them "
                    "with the highest mean log-probability per character (scored by the model at temperature 1, "
                    "whatever --temperature drew them; best first)")  # fmt: skip
+    p.add_argument("--require", action="append", default=[], metavar="PHRASE", help="a word or phrase every sample "
+                   "must hold (again for more): where the model has not written it when it only just fits, it is "
+                   "written then, so leave it room")  # fmt: skip
+    p.add_argument("--within", type=int, metavar="N", help="with --require: the phrases appear within the first N "
+                   "new characters (default: --length)")  # fmt: skip
     p.add_argument("--beam", type=int, metavar="N", help="beam search with N continuations: the most likely text "
                    "rather than a random one, the same every time (--temperature, --top-k, --top-p and --seed do "
                    "not apply; --num-samples prints that many of the N, most likely first)")  # fmt: skip
@@ -64,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
 
     samplings = [SampleConfig(t, args.top_k, args.top_p) for t in _temperatures(args.temperature)]
     check_options(length=args.length, num_samples=args.num_samples, best_of=args.best_of, stream=args.stream,
-                  beam=args.beam, max_copied=args.max_copied)  # fmt: skip
+                  beam=args.beam, max_copied=args.max_copied, require=tuple(args.require))  # fmt: skip
     for spec in (args.ban, args.allow):
         character_set(spec or "")  # its spelling checked before the model is read
     ckpt = load_checkpoint(args.checkpoint, resolve_device(args.device))
@@ -120,7 +125,12 @@ def _samples(args, ckpt, prime: str, sampling: SampleConfig, seed: int) -> list[
     from charnn.generation import generate_text
 
     return generate_text(ckpt.model, ckpt.vocab, prime, length=args.length, sampling=sampling,
-                         num_samples=args.num_samples, seed=seed, precision=args.precision)  # fmt: skip
+                         num_samples=args.num_samples, seed=seed, precision=args.precision,
+                         **_required(args))  # fmt: skip
+
+
+def _required(args) -> dict:
+    return {"require": tuple(args.require), "within": args.within} if args.require else {}
 
 
 def _best_of(args, ckpt, prime: str, sampling: SampleConfig, seed: int) -> list[tuple[str, float]]:
@@ -128,7 +138,7 @@ def _best_of(args, ckpt, prime: str, sampling: SampleConfig, seed: int) -> list[
     from charnn.generation import generate_best_of
 
     ranked = generate_best_of(ckpt.model, ckpt.vocab, prime, args.length, sampling, best_of=args.best_of,
-                              seed=seed, precision=args.precision)  # fmt: skip
+                              seed=seed, precision=args.precision, **_required(args))  # fmt: skip
     order = ranked.order
     if args.max_copied is not None:
         from charnn.data.dataset import of_checkpoint
@@ -154,7 +164,7 @@ def _stream(args, ckpt, prime: str, sampling: SampleConfig, seed: int, labelled:
             print(f"--- temperature {sampling.temperature} ---")
         print(prime, end="", flush=True)
         steps = generate(ckpt.model, ckpt.vocab, prime, length=args.length, sampling=sampling, num_samples=1,
-                         seed=seed, first_sample=i, precision=args.precision)  # fmt: skip
+                         seed=seed, first_sample=i, precision=args.precision, **_required(args))  # fmt: skip
         for step in steps:
             print(step[0], end="", flush=True)
         print()
