@@ -144,6 +144,18 @@ def _pattern(characters) -> str:
     return f"^[{''.join(parts)}]+$"
 
 
+def _constraint_types(characters) -> tuple:
+    """The types of `ban`, `allow`, and `logit_bias`'s keys and values: they name the model's own
+    characters and indices, so the schema says exactly what is valid."""
+    size = len(characters)
+    character = Literal.__getitem__(tuple(characters))
+    banned = Annotated[list[character], Field(min_length=1, max_length=max(1, size - 1))]  # never all of them
+    allowed = Annotated[list[character], Field(min_length=1, max_length=size)]
+    index = Annotated[str, Field(pattern=_index_pattern(size))]
+    bias = Annotated[float, Field(ge=-100, le=100, allow_inf_nan=False)]
+    return banned, allowed, index, bias
+
+
 def request_models(limits: ServeLimits, characters) -> tuple[type[BaseModel], type[BaseModel]]:
     """The two request bodies, with the server's limits and the model's characters in their schema."""
     # The pattern documents which characters a prompt may hold; the server checks them itself,
@@ -156,18 +168,10 @@ def request_models(limits: ServeLimits, characters) -> tuple[type[BaseModel], ty
     TopP = Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)]
     TopK = _integer(ge=1)
     Zero = Annotated[float, Field(ge=0, le=0)]
-    # The constraints name the model's own characters, so the schema can say exactly what is valid.
-    size = len(characters)
-    Character = Literal.__getitem__(tuple(characters))
-    Banned = Annotated[list[Character], Field(min_length=1, max_length=max(1, size - 1))]  # never all of them
-    Allowed = Annotated[list[Character], Field(min_length=1, max_length=size)]
-    Index = Annotated[str, Field(pattern=_index_pattern(size))]
-    Bias = Annotated[float, Field(ge=-100, le=100, allow_inf_nan=False)]
+    Banned, Allowed, Index, Bias = _constraint_types(characters)
 
     class GenerateRequest(BaseModel):
-        model_config = ConfigDict(
-            extra="forbid", strict=True, json_schema_extra={"not": {"required": ["ban", "allow"]}}
-        )
+        model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=NOT_BOTH)
         prompt: Prompt = Field(description="text to continue: characters the model knows")
         max_new_chars: _integer(ge=0, le=limits.max_new_chars) = min(DEFAULT_NEW_CHARS, limits.max_new_chars)
         temperature: Temperature = Field(0.8, description="0 is greedy; higher is more random")
