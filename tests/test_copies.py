@@ -100,3 +100,14 @@ def test_best_of_leaves_out_samples_that_copied_too_much(memorised):
     assert done.returncode == 2 and "--max-copied chooses among the samples of --best-of" in done.stderr
     done = run_cli(*common, "--max-copied", "2")
     assert done.returncode == 2 and "--max-copied must be a share from 0 to 1, got 2.0" in done.stderr
+
+
+def test_without_its_training_text_the_report_says_why(tiny_run, tmp_path):
+    from charnn.checkpoint import save_checkpoint
+
+    ckpt = load_checkpoint(tiny_run)
+    save_checkpoint(tmp_path / "no-corpus", ckpt.model, ckpt.vocab, training=ckpt.training, corpus={})
+    done = run_cli("generate", str(tmp_path / "no-corpus"), "--length", "20", "--seed", "1", "--json")
+    assert done.returncode == 0 and "note" not in done.stderr
+    out = json.loads(done.stdout)
+    assert "copies" not in out and "does not say which corpus" in out["copies_unavailable"]

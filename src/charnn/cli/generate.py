@@ -171,15 +171,15 @@ def _stream(args, ckpt, prime: str, sampling: SampleConfig, seed: int, labelled:
 
 
 def _copies(ckpt, samples: list[str], min_length: int) -> dict:
-    """{"copies": [each sample's copy report]}, or {} with a note when the training corpus is not found."""
+    """{"copies": [each sample's copy report]}, or {"copies_unavailable": why} when the training text is
+    not to be had (a checkpoint that names no corpus, or one no longer where it was)."""
     from charnn.data.dataset import of_checkpoint
     from charnn.errors import CharnnError
 
     try:
         training_text = of_checkpoint(ckpt).training_text()
     except CharnnError as error:
-        print(f"charnn: note: no copy report ({error})", file=sys.stderr)
-        return {}
+        return {"copies_unavailable": str(error)}
     index = copy_index(training_text)
     return {"copies": [index.report(sample, min_length).to_dict() for sample in samples]}
 
