@@ -39,6 +39,8 @@ def test_a_planted_passage_is_found_exactly(tmp_path):
     assert report.spans == [(13, 73)] and report.share == pytest.approx(60 / len(sample))
     assert list(tmp_path.glob("suffix-array-*.npy"))  # built once, then read from the cache
     assert CopyIndex(TRAINING, tmp_path).report(sample, min_length=30) == report
+    long = "#" + TRAINING[100:700] + "#"  # longer than one step of the search compares at once
+    assert index.report(long).longest.length == 600 and index.report(long).spans == [(1, 601)]
 
 
 def test_text_the_model_never_saw_copies_nothing(tmp_path):

@@ -51,18 +51,23 @@ class CopyIndex:
 
     def longest_at(self, text: str, start: int) -> Span:
         """The longest prefix of `text[start:]` that the training text holds, and where it holds it."""
-        rest = text[start:]
-        # Suffixes sorted; the longest match of `rest` is next to where it would be inserted.
-        size = len(rest)
-        where = bisect.bisect_left(range(len(self.order)), rest, key=lambda i: self._piece(i, size))
-        best = Span(start, 0, 0)
-        for i in (where - 1, where):
-            if 0 <= i < len(self.order):
-                offset = int(self.order[i])
-                length = _common_prefix(rest, self.text, offset)
-                if length > best.length:
-                    best = Span(start, length, offset)
-        return best
+        # Suffixes sorted; the longest match of `rest` is next to where it would be inserted. Comparing
+        # only its first `size` characters keeps each step short; a match as long as that is looked
+        # for again with more, so a long copied passage is still measured whole.
+        size = 256
+        while True:
+            rest = text[start : start + size]
+            where = bisect.bisect_left(range(len(self.order)), rest, key=lambda i: self._piece(i, len(rest)))
+            best = Span(start, 0, 0)
+            for i in (where - 1, where):
+                if 0 <= i < len(self.order):
+                    offset = int(self.order[i])
+                    length = _common_prefix(rest, self.text, offset)
+                    if length > best.length:
+                        best = Span(start, length, offset)
+            if best.length < len(rest) or start + len(rest) >= len(text):
+                return best
+            size *= 4
 
     def _piece(self, i: int, size: int) -> str:
         offset = int(self.order[i])
