@@ -122,9 +122,10 @@ def _generate(stepper, vocab, tokens, length, sampling, streams, required=None) 
                 logits[row] = float("-inf")
                 logits[row, character] = 0.0
         chosen = stepper.sample(logits, sampling, streams.next())
+        indices = chosen.tolist()
         if required is not None:
-            required.advance(chosen.tolist())
-        yield [characters[i] for i in chosen.tolist()]
+            required.advance(indices)
+        yield [characters[i] for i in indices]
         if step + 1 < length:
             logits = stepper.step(chosen, state)
 

@@ -30,14 +30,6 @@ def add_copy_min(parser) -> None:
     )
 
 
-def copy_index(training_text: str):
-    """The training text's copy index, its suffix array cached with the other downloads and builds."""
-    from charnn.data.corpus import cache_dir
-    from charnn.scoring.copies import CopyIndex
-
-    return CopyIndex(training_text, cache_dir() / "copies")
-
-
 def render(text: str, renames: dict[str, str] | None = None) -> str:
     """`text` with each backticked name shown as its flag; `renames` maps a parameter to a flag of another name."""
     renames = renames or {}

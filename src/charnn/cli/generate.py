@@ -6,7 +6,7 @@ import json
 import math
 import sys
 
-from charnn.cli.flags import add_copy_min, add_device, add_precision, checkpoint, copy_index
+from charnn.cli.flags import add_copy_min, add_device, add_precision, checkpoint
 from charnn.config import SampleConfig
 from charnn.errors import ConfigError
 
@@ -141,11 +141,9 @@ def _best_of(args, ckpt, prime: str, sampling: SampleConfig, seed: int) -> list[
                               seed=seed, precision=args.precision, **_required(args))  # fmt: skip
     order = ranked.order
     if args.max_copied is not None:
-        from charnn.data.dataset import of_checkpoint
-        from charnn.scoring.copies import not_copied
+        from charnn.scoring.copies import index_of, not_copied
 
-        kept = set(not_copied(copy_index(of_checkpoint(ckpt).training_text()), ranked.samples, args.max_copied,
-                              args.copy_min))  # fmt: skip
+        kept = set(not_copied(index_of(ckpt), ranked.samples, args.max_copied, args.copy_min))
         order = [i for i in order if i in kept]
         if len(order) < args.num_samples:
             print(f"charnn: note: {len(order)} of {args.best_of} samples copied at most {args.max_copied:.0%} of their "
@@ -173,14 +171,13 @@ def _stream(args, ckpt, prime: str, sampling: SampleConfig, seed: int, labelled:
 def _copies(ckpt, samples: list[str], min_length: int) -> dict:
     """{"copies": [each sample's copy report]}, or {"copies_unavailable": why} when the training text is
     not to be had (a checkpoint that names no corpus, or one no longer where it was)."""
-    from charnn.data.dataset import of_checkpoint
     from charnn.errors import CharnnError
+    from charnn.scoring.copies import index_of
 
     try:
-        training_text = of_checkpoint(ckpt).training_text()
+        index = index_of(ckpt)  # the same index --max-copied used, if it did
     except CharnnError as error:
         return {"copies_unavailable": str(error)}
-    index = copy_index(training_text)
     return {"copies": [index.report(sample, min_length).to_dict() for sample in samples]}
 
 

@@ -13,7 +13,6 @@ from charnn.cli.flags import (
     add_encoding,
     add_precision,
     checkpoint,
-    copy_index,
 )
 from charnn.cli.progress import Progress
 from charnn.cli.summaries import Surprises, print_evaluation, print_score_summary
@@ -188,7 +187,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
     report["checkpoint"] = str(ckpt.path)
     report["text"] = args.text or "held-out part of the training corpus"
     if args.text:  # a text of its own, a generated one perhaps: what it copied from the training text
-        report["copies"] = copy_index(train_text).report(text, args.copy_min).to_dict()
+        from charnn.scoring.copies import index_for
+
+        report["copies"] = index_for(train_text).report(text, args.copy_min).to_dict()
     if args.json:
         print(json.dumps(report, ensure_ascii=False))
     else:

@@ -42,6 +42,27 @@ class CopyReport:
         return asdict(self) | {"spans": [list(span) for span in self.spans]}
 
 
+_INDEXES: dict[tuple[str, str], "CopyIndex"] = {}  # per checkpoint and corpus, once per process
+
+
+def index_for(training_text: str) -> "CopyIndex":
+    """The copy index of `training_text`, its suffix array cached with charnn's other downloads and builds."""
+    from charnn.data.corpus import cache_dir
+
+    return CopyIndex(training_text, cache_dir() / "copies")
+
+
+def index_of(checkpoint) -> "CopyIndex":
+    """The copy index of a checkpoint's training text, found again as `charnn evaluate` finds it (a
+    CharnnError says why it cannot be); built once per process however often it is asked for."""
+    from charnn.data.dataset import of_checkpoint
+
+    key = (str(checkpoint.path), str(checkpoint.corpus.get("sha256")))
+    if key not in _INDEXES:
+        _INDEXES[key] = index_for(of_checkpoint(checkpoint).training_text())
+    return _INDEXES[key]
+
+
 class CopyIndex:
     """The training text and its suffix array, for finding what another text copied from it."""
 

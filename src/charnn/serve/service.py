@@ -49,7 +49,6 @@ class Service:
         # Scoring (logprobs, best_of) runs the plain model in fp32 here, one pass at a time, off the
         # event loop and beside the engine thread; requests that ask for neither never touch it.
         self.scoring = ThreadPoolExecutor(max_workers=1, thread_name_prefix="charnn-scoring")
-        self._copy_index = None
         model = self.checkpoint.model
         self.info = _finite(
             {
@@ -77,13 +76,13 @@ class Service:
             self.scoring.shutdown(wait=False, cancel_futures=True)
 
     async def copy_index(self):
-        """The training text's `CopyIndex`, built on the scoring thread at the first request that asks."""
-        if self._copy_index is None:
-            try:
-                self._copy_index = await self.run_scoring(_copy_index, self.checkpoint)
-            except CharnnError as error:
-                raise ApiError(422, "copies", f"no training text to compare with ({error})") from None
-        return self._copy_index
+        """The training text's `CopyIndex`, built on the scoring thread by the first request that asks."""
+        from charnn.scoring.copies import index_of
+
+        try:
+            return await self.run_scoring(index_of, self.checkpoint)
+        except CharnnError as error:
+            raise ApiError(422, "copies", f"no training text to compare with ({error})") from None
 
     def sampling(self, temperature: float, top_k, top_p, body: Any) -> SampleConfig:
         """A request's sampling options, its `ban`, `allow` and `logit_bias` made one logit bias (the schema has
@@ -129,11 +128,3 @@ class Service:
         """Give back a job's slot and stop its rows at the next step (a finished job has none)."""
         job.cancel()
         self.jobs.discard(job)
-
-
-def _copy_index(checkpoint):
-    from charnn.data.corpus import cache_dir
-    from charnn.data.dataset import of_checkpoint
-    from charnn.scoring.copies import CopyIndex
-
-    return CopyIndex(of_checkpoint(checkpoint).training_text(), cache_dir() / "copies")
