@@ -9,7 +9,7 @@ import argparse
 import os
 import sys
 
-from charnn.cli import export, generate, info, score, serve, train
+from charnn.cli import console, export, generate, info, score, serve, train
 from charnn.cli.flags import flag, render
 from charnn.errors import CharnnError
 
@@ -40,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    console.prepare()  # before anything is printed: characters the console lacks become escapes
     args = build_parser().parse_args(argv)
     args.argv = argv
     try:
