@@ -1,7 +1,10 @@
 """The command line: each user mistake gives one line and exit code 2; a real end-to-end run."""
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 
@@ -10,7 +13,7 @@ from charnn.cli import main
 from charnn.config import ModelConfig
 from charnn.errors import ConfigError
 from charnn.run_folder import resolve
-from conftest import TINY_TEXT, run_cli
+from conftest import SRC, TINY_TEXT, run_cli
 
 SMALL = ["--embedding-dim", "8", "--hidden-size", "16", "--seq-len", "10", "--batch-size", "4", "--precision", "fp32"]
 
@@ -296,3 +299,24 @@ def test_progress_off_a_terminal_passes_records_through_and_draws_nothing(capsys
         progress("a phase", 3, 10)
         assert progress.bar is None
     assert capsys.readouterr().err == ""
+
+
+def test_a_huge_length_is_written_as_it_is_drawn_and_stops_quietly_on_a_closed_pipe(tiny_run):
+    """10**10 characters, read 20,000 of them, close the pipe: output arrived long before the end
+    (nothing is held whole), and the command ends at once, exit 0, without a traceback."""
+    for options in ([], ["--stream", "--num-samples", "2"]):
+        env = dict(os.environ, PYTHONPATH=str(SRC))
+        command = [sys.executable, "-m", "charnn", "generate", str(tiny_run), "--length", str(10**10), *options]
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        head = process.stdout.read(20_000)
+        process.stdout.close()
+        assert process.wait(timeout=120) == 0
+        assert len(head) == 20_000 and head.startswith(b"\n")  # the default prime, then the text
+        stderr = process.stderr.read().decode()
+        assert "Traceback" not in stderr and "Error" not in stderr, stderr
+
+
+def test_a_huge_length_held_whole_is_refused_before_the_model_is_read(capsys, tmp_path):
+    for options in (["--json"], ["--num-samples", "3"], ["--best-of", "2"], ["--beam", "2"]):
+        message = fails(capsys, "generate", str(tmp_path / "nowhere"), "--length", str(10**13), *options)
+        assert "--length 10,000,000,000,000 is too long to hold" in message and "memory" in message

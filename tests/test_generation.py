@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from charnn.beam import beam_search
 from charnn.config import SampleConfig
 from charnn.errors import ConfigError, UnknownCharactersError
 from charnn.generation import generate, generate_text
@@ -64,3 +65,14 @@ def test_options_are_checked_before_any_work_with_their_parameters_named():
         with pytest.raises(ConfigError) as error:
             check_options(**options)
         assert str(error.value).startswith(message)
+
+
+def test_texts_held_whole_are_refused_where_they_would_not_fit_and_a_stream_is_not(tiny_run):
+    ckpt = load_checkpoint(tiny_run)
+    huge = 10**13  # characters: hundreds of terabytes held whole, on any machine
+    with pytest.raises(ConfigError, match=r"`length` 10,000,000,000,000 is too long to hold 2 texts whole.*memory"):
+        generate_text(ckpt.model, ckpt.vocab, "Pip", length=huge, num_samples=2)
+    with pytest.raises(ConfigError, match="too long to hold the text whole"):
+        beam_search(ckpt.model, ckpt.vocab, "Pip", length=huge)
+    steps = generate(ckpt.model, ckpt.vocab, "Pip", length=huge)  # yields as it draws: no limit
+    assert [next(steps) for _ in range(5)] and len(next(steps)) == 1

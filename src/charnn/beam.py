@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from charnn.errors import ConfigError
+from charnn.generation import BEAM_BYTES_PER_STEP, check_held
 from charnn.model import CharRNN, concat_rows, eval_mode, select_rows
 from charnn.sample import bias_vector
 from charnn.vocab import Vocabulary
@@ -43,6 +44,7 @@ def beam_search(
         raise ConfigError(f"`beam` must be at least 1, got {width}")
     if length < 0:
         raise ConfigError(f"`length` must be 0 or more, got {length}")
+    check_held(length, 1, BEAM_BYTES_PER_STEP)
     if not prime:
         raise ConfigError("the prime is empty; give at least one character to start from")
     device = next(model.parameters()).device

@@ -2,6 +2,7 @@
 
 import contextlib
 import functools
+import os
 from pathlib import Path
 
 import torch
@@ -19,6 +20,14 @@ def cpu_flags() -> frozenset[str]:
     except OSError:
         pass
     return frozenset()
+
+
+def memory_bytes() -> int | None:
+    """The machine's physical memory, or None where the system does not say (Windows has no sysconf)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
 
 
 def cpu_has_bf16() -> bool:

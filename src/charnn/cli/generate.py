@@ -1,4 +1,5 @@
-"""charnn generate: samples from a checkpoint, printed whole, streamed, as JSON, or the best of N."""
+"""charnn generate: samples from a checkpoint, written as they are drawn, printed whole, as JSON, or the
+best of N."""
 
 import argparse
 import dataclasses
@@ -39,7 +40,12 @@ def add_parser(commands) -> None:
     p.add_argument("--beam", type=int, metavar="N", help="beam search with N continuations: the most likely text "
                    "rather than a random one, the same every time (--temperature, --top-k, --top-p and --seed do "
                    "not apply; --num-samples prints that many of the N, most likely first)")  # fmt: skip
-    p.add_argument("--stream", action="store_true", help="print characters as they are produced")
+    p.add_argument(
+        "--stream",
+        action="store_true",
+        help="show each character as soon as it is drawn "
+        "(one sample is written as it is drawn anyway, in blocks); several samples one after another",
+    )
     p.add_argument("--json", action="store_true", help="print {samples, seed, checkpoint} as JSON (no prime), and "
                    "what each sample copied from the training text where its corpus is found (copies: the longest "
                    "span found verbatim, and the share of characters in spans of --copy-min or more)")  # fmt: skip
@@ -62,7 +68,7 @@ def _temperatures(text: str) -> list[float]:
 
 def run(args: argparse.Namespace) -> int:
     from charnn.constraints import ban_bias, character_set
-    from charnn.generation import check_options
+    from charnn.generation import check_held, check_options
     from charnn.hardware import resolve_device
     from charnn.run_folder import load_checkpoint
     from charnn.sample import new_seed
@@ -70,6 +76,9 @@ def run(args: argparse.Namespace) -> int:
     samplings = [SampleConfig(t, args.top_k, args.top_p) for t in _temperatures(args.temperature)]
     check_options(length=args.length, num_samples=args.num_samples, best_of=args.best_of, stream=args.stream,
                   beam=args.beam, max_copied=args.max_copied, require=tuple(args.require))  # fmt: skip
+    held = _held_texts(args, len(samplings))
+    if held:
+        check_held(args.length, held)
     for spec in (args.ban, args.allow):
         character_set(spec or "")  # its spelling checked before the model is read
     ckpt = load_checkpoint(args.checkpoint, resolve_device(args.device))
@@ -83,13 +92,13 @@ def run(args: argparse.Namespace) -> int:
     labelled = len(samplings) > 1
     results = []  # (temperature, sample)
     means = []  # with --best-of: each printed sample's mean log-probability per character
-    for sampling in samplings:
+    for number, sampling in enumerate(samplings):
         if args.best_of is not None:
             ranked = _best_of(args, ckpt, prime, sampling, seed)
             results += [(sampling.temperature, sample) for sample, _ in ranked]
             means += [mean for _, mean in ranked]
-        elif args.stream and not args.json:
-            _stream(args, ckpt, prime, sampling, seed, labelled)
+        elif not held:
+            _write(args, ckpt, prime, sampling, seed, labelled, after=number > 0)
         else:
             results += [(sampling.temperature, s) for s in _samples(args, ckpt, prime, sampling, seed)]
     if args.json:
@@ -100,10 +109,20 @@ def run(args: argparse.Namespace) -> int:
             out["mean_logprobs"] = [m if math.isfinite(m) else None for m in means]
         out |= _copies(ckpt, out["samples"], args.copy_min)
         print(json.dumps(out, ensure_ascii=False))
-    elif not args.stream:
+    elif held:
         blocks = [(f"--- temperature {t} ---\n" if labelled else "") + prime + s for t, s in results]
         print("\n\n".join(blocks))
     return 0
+
+
+def _held_texts(args: argparse.Namespace, temperatures: int) -> int:
+    """How many texts are held whole until printed; 0 where each sample is written as it is drawn
+    (one at a time, or --stream), so that its length is bounded by nothing but time."""
+    if args.beam is not None:
+        return 0  # beam_search checks its own memory
+    if args.json or args.best_of is not None:
+        return temperatures * (args.best_of or args.num_samples)
+    return 0 if args.stream or args.num_samples == 1 else temperatures * args.num_samples
 
 
 def _beam(args, ckpt, prime: str, logit_bias) -> int:
@@ -151,21 +170,28 @@ def _best_of(args, ckpt, prime: str, sampling: SampleConfig, seed: int) -> list[
     return [(ranked.samples[i], ranked.mean_logprobs[i]) for i in order[: args.num_samples]]
 
 
-def _stream(args, ckpt, prime: str, sampling: SampleConfig, seed: int, labelled: bool) -> None:
-    """Each sample printed a character at a time, one after another."""
+def _write(args, ckpt, prime: str, sampling: SampleConfig, seed: int, labelled: bool, after: bool) -> None:
+    """Each sample written as it is drawn, one after another (`after`: another block came before);
+    with --stream, each character shown at once, else as standard output's buffer fills."""
     from charnn.generation import generate
 
+    out = sys.stdout
     for i in range(args.num_samples):
-        if labelled or i:
-            print()
+        if after or i:
+            out.write("\n")  # a blank line between samples, as when they are printed whole
         if labelled:
-            print(f"--- temperature {sampling.temperature} ---")
-        print(prime, end="", flush=True)
+            out.write(f"--- temperature {sampling.temperature} ---\n")
+        out.write(prime)
+        if args.stream:
+            out.flush()
         steps = generate(ckpt.model, ckpt.vocab, prime, length=args.length, sampling=sampling, num_samples=1,
                          seed=seed, first_sample=i, precision=args.precision, **_required(args))  # fmt: skip
         for step in steps:
-            print(step[0], end="", flush=True)
-        print()
+            out.write(step[0])
+            if args.stream:
+                out.flush()
+        out.write("\n")
+        out.flush()
 
 
 def _copies(ckpt, samples: list[str], min_length: int) -> dict:
