@@ -99,3 +99,21 @@ def test_each_environment_has_its_own_build(monkeypatch, tmp_path):
     assert build.build_folder(build.TRAINING) != here
     monkeypatch.setattr(torch, "__file__", "/another/venv/lib/python3.11/site-packages/torch/__init__.py")
     assert build.build_folder(build.GENERATION) != here
+
+
+def test_a_compiler_without_openmp_still_builds_a_training_kernel_that_matches_pytorch(tmp_path):
+    """Apple's clang has no OpenMP. A compiler that refuses -fopenmp (g++ behind a wrapper here) still
+    builds the training kernel, whose loops then run on one thread, with the same numbers."""
+    compiler = tmp_path / "c++"
+    compiler.write_text('#!/bin/sh\nfor word in "$@"; do [ "$word" = -fopenmp ] && { echo "unsupported option '
+                        "'-fopenmp'\" >&2; exit 1; }; done\nexec g++ \"$@\"\n")  # fmt: skip
+    compiler.chmod(0o755)
+    check = ("import torch; from test_recurrence import test_same_logits_and_gradients_as_the_model as same; "
+             "same(torch.float32, 1e-5, 48, 1)")  # fmt: skip
+    env = _env(tmp_path / "cache", CXX=str(compiler), CHARNN_KERNEL_WAIT="900")
+    env["PYTHONPATH"] += os.pathsep + str(Path(__file__).parent)
+    result = subprocess.run([sys.executable, "-c", check], env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr
+    assert "the C++ compiler has no OpenMP: the GRU training kernel is built without it" in result.stderr
+    assert "could not be built" not in result.stderr, result.stderr
+    assert len(list((tmp_path / "cache" / "kernels").glob(f"*/{build.TRAINING.name}.so"))) == 1

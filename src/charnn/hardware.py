@@ -1,8 +1,11 @@
-"""Where and in what precision to compute: CUDA when present, bf16 where the CPU has it natively."""
+"""Where and in what precision to compute: CUDA when present, bf16 where the CPU has it natively;
+what the CPU offers (`cpu_flags`, on Linux, macOS or elsewhere) and how much memory there is."""
 
 import contextlib
 import functools
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -12,14 +15,62 @@ from charnn.errors import TrainingError
 
 @functools.cache
 def cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags as Linux lists them (empty where /proc/cpuinfo is missing)."""
+    """The CPU's feature flags, by the names Linux gives them (avx2, avx512f, avx512_vnni, amx_int8 on
+    x86; asimd, asimddp, bf16, i8mm on ARM): from /proc/cpuinfo on Linux, from sysctl on macOS, which
+    has no /proc, else from PyTorch's own reading of the CPU, which gives the vector level only."""
+    return _linux_flags() or _macos_flags() or _torch_flags()
+
+
+def _linux_flags() -> frozenset[str]:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
+            if line.startswith(("flags", "Features")):  # x86, ARM
                 return frozenset(line.split(":", 1)[1].split())
     except OSError:
         pass
     return frozenset()
+
+
+def _macos_flags() -> frozenset[str]:
+    if sys.platform != "darwin":
+        return frozenset()
+    words = []
+    for names in (["machdep.cpu.features", "machdep.cpu.leaf7_features"], ["hw.optional"]):  # Intel's; both
+        try:
+            found = subprocess.run(["sysctl", *names], capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            continue
+        words += sysctl_flags(found.stdout)
+    return frozenset(words)
+
+
+# macOS's names (upper-cased words of machdep.cpu.*, keys of hw.optional.*) that Linux spells otherwise.
+_MACOS_NAMES = {"avx1.0": "avx", "avx1_0": "avx", "avx2_0": "avx2", "sse4.1": "sse4_1", "sse4.2": "sse4_2",
+                "avx512vnni": "avx512_vnni", "avx512vbmi2": "avx512_vbmi2", "avx512bitalg": "avx512_bitalg",
+                "avx512vpopcntdq": "avx512_vpopcntdq", "avx512bf16": "avx512_bf16", "avxvnni": "avx_vnni",
+                "neon": "asimd", "advsimd": "asimd", "feat_dotprod": "asimddp", "feat_bf16": "bf16",
+                "feat_i8mm": "i8mm", "feat_fp16": "asimdhp", "feat_fhm": "asimdfhm"}  # fmt: skip
+
+
+def sysctl_flags(text: str) -> list[str]:
+    """Linux's names for what macOS's `sysctl machdep.cpu.features machdep.cpu.leaf7_features hw.optional`
+    printed: "machdep.cpu.features: FPU ... AVX1.0" lines, and "hw.optional.arm.FEAT_DotProd: 1" ones."""
+    names = []
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.startswith("machdep.cpu."):
+            names += value.lower().split()
+        elif key.startswith("hw.optional.") and value.strip() == "1":
+            names.append(key.rsplit(".", 1)[1].lower())
+    return [_MACOS_NAMES.get(name, name) for name in names]
+
+
+def _torch_flags() -> frozenset[str]:
+    """What PyTorch's vector level implies (ATen asks for FMA with AVX2, and BW, VL, DQ with AVX-512)."""
+    capability = getattr(torch.backends.cpu, "get_cpu_capability", lambda: "DEFAULT")()
+    implied = {"AVX2": {"avx", "avx2", "fma"}, "AVX512": {"avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl",
+                                                          "avx512dq"}}  # fmt: skip
+    return frozenset(implied.get(capability, ()))
 
 
 def memory_bytes() -> int | None:

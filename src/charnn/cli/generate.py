@@ -179,13 +179,14 @@ def _write(args, ckpt, prime: str, sampling: SampleConfig, seed: int, labelled: 
     for i in range(args.num_samples):
         if after or i:
             out.write("\n")  # a blank line between samples, as when they are printed whole
+        # Started before the prime is written, so that a note about the kernel comes before the text.
+        steps = generate(ckpt.model, ckpt.vocab, prime, length=args.length, sampling=sampling, num_samples=1,
+                         seed=seed, first_sample=i, precision=args.precision, **_required(args))  # fmt: skip
         if labelled:
             out.write(f"--- temperature {sampling.temperature} ---\n")
         out.write(prime)
         if args.stream:
             out.flush()
-        steps = generate(ckpt.model, ckpt.vocab, prime, length=args.length, sampling=sampling, num_samples=1,
-                         seed=seed, first_sample=i, precision=args.precision, **_required(args))  # fmt: skip
         for step in steps:
             out.write(step[0])
             if args.stream:

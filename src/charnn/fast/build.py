@@ -28,6 +28,7 @@ import signal
 import subprocess
 import sys
 import sysconfig
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,9 +42,11 @@ from charnn.locks import Lock
 
 CSRC = Path(__file__).parent / "csrc"
 UNITS = 16  # hidden units per block of the kernels: hidden sizes must be a multiple of it
-# AVX-512 with FMA; OpenMP so that at::parallel_for really runs in parallel (with PyTorch's
-# own OpenMP runtime); no contraction, so every path rounds alike.
-_BASE_FLAGS = ("-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mfma", "-fopenmp", "-ffp-contract=off")
+# AVX-512 with FMA; no contraction, so every path rounds alike.
+_BASE_FLAGS = ("-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mfma", "-ffp-contract=off")
+# For the training kernel's at::parallel_for to run in parallel (with PyTorch's own OpenMP runtime),
+# where the compiler has it (`_flags`). The int8 kernel has threads of its own and needs none.
+_OPENMP = "-fopenmp"
 _AVX512 = {"avx512f", "avx512bw", "avx512vl", "fma"}
 BUILD_LIMIT = 900  # seconds: a build still running then is stopped (a compiler that hangs)
 
@@ -58,8 +61,14 @@ class Kernel:
 
 GENERATION = Kernel("charnn_gru_int8", "gru_int8.cpp", (*_BASE_FLAGS, "-mavx512vnni", "-mamx-tile", "-mamx-int8"),
                     "the int8 generation kernel")  # fmt: skip
-TRAINING = Kernel("charnn_gru_train", "gru_train.cpp", _BASE_FLAGS, "the GRU training kernel")
+TRAINING = Kernel("charnn_gru_train", "gru_train.cpp", (*_BASE_FLAGS, _OPENMP), "the GRU training kernel")
 KERNELS = {kernel.name: kernel for kernel in (GENERATION, TRAINING)}
+
+
+# How much slower PyTorch's operations are than each kernel: measured on this project's 2-core AMD
+# EPYC with CHARNN_KERNELS=0, alternating with the default in one session (issue 29).
+_WITHOUT = {GENERATION.name: "one-stream generation about 5-7 times slower than with it",
+            TRAINING.name: "training about 1.2-2 times slower than with it"}  # fmt: skip
 
 
 def cpu_supports_generation() -> bool:
@@ -91,7 +100,23 @@ def _library(kernel: Kernel) -> Path:
 
 
 def _note(kernel: Kernel, why: str) -> None:
-    print(f"charnn: note: {kernel.what} {why}; using PyTorch's operations instead (slower)", file=sys.stderr)
+    print(f"charnn: note: {kernel.what} {why}; using PyTorch's operations instead ({_WITHOUT[kernel.name]})",
+          file=sys.stderr)  # fmt: skip
+
+
+@functools.cache
+def note_unavailable(kernel: Kernel) -> bool:
+    """Whether `kernel` cannot run here at all (switched off, or a CPU without what it needs); where
+    so, one note per process says which path runs instead and how much slower to expect."""
+    if _switched_off():
+        why = "CHARNN_KERNELS=0 switches the compiled kernels off"
+    elif not (cpu_supports_generation() if kernel is GENERATION else cpu_supports_training()):
+        why = f"this CPU lacks {'AVX-512 with VNNI' if kernel is GENERATION else 'AVX-512'}"
+    else:
+        return False
+    print(f"charnn: note: {why}, so {kernel.what} does not run here: PyTorch's operations do, "
+          f"{_WITHOUT[kernel.name]}", file=sys.stderr)  # fmt: skip
+    return True
 
 
 def _load(kernel: Kernel):
@@ -155,7 +180,7 @@ def _build(kernel: Kernel) -> int:
         logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
         # Built in private, then renamed into place (replacing an old folder without a library in it).
         with atomic.replacing_folder(folder) as private:
-            build(kernel.name, [str(CSRC / kernel.source)], extra_cflags=list(kernel.flags),
+            build(kernel.name, [str(CSRC / kernel.source)], extra_cflags=_flags(kernel),
                   build_directory=str(private), is_python_module=True)  # fmt: skip
     except Exception as error:  # no compiler, no ninja, a failed build: the slower path still works
         lines = [line.strip() for line in str(error).splitlines()]
@@ -165,6 +190,30 @@ def _build(kernel: Kernel) -> int:
     return 0
 
 
+def _flags(kernel: Kernel) -> list[str]:
+    """`kernel`'s flags, less OpenMP's where the compiler has none (Apple's clang): without it,
+    at::parallel_for runs its whole loop in the calling thread, so the kernel builds and runs on one thread."""
+    if _OPENMP not in kernel.flags or _compiles(_OPENMP) or not _compiles():  # no compiler at all: the build says
+        return list(kernel.flags)
+    print(f"charnn: note: the C++ compiler has no OpenMP: {kernel.what} is built without it and runs its loops on "
+          "one thread", file=sys.stderr)  # fmt: skip
+    return [flag for flag in kernel.flags if flag != _OPENMP]
+
+
+def _compiles(*flags: str) -> bool:
+    """Whether the compiler PyTorch's builder runs ($CXX, else c++) builds a program with `flags`
+    (with -fopenmp, one that calls OpenMP, so that its header and library are checked too)."""
+    with tempfile.TemporaryDirectory() as folder:
+        source = Path(folder) / "probe.cpp"
+        body = "#include <omp.h>\nint main() { return omp_get_max_threads() > 0 ? 0 : 1; }\n"
+        source.write_text(body if _OPENMP in flags else "int main() { return 0; }\n")
+        command = [os.environ.get("CXX", "c++"), *flags, str(source), "-o", str(Path(folder) / "probe")]
+        try:
+            return subprocess.run(command, capture_output=True, timeout=120).returncode == 0
+        except (OSError, subprocess.SubprocessError):
+            return False
+
+
 def _switched_off() -> bool:
     return os.environ.get("CHARNN_KERNELS", "1") == "0"
 
@@ -172,7 +221,7 @@ def _switched_off() -> bool:
 @functools.cache
 def load_generation():
     """The int8 generation kernel (csrc/gru_int8.cpp), or None where it cannot be built or run here."""
-    if _switched_off() or not cpu_supports_generation():
+    if note_unavailable(GENERATION):
         return None
     module = _load(GENERATION)
     if module is not None and os.environ.get("CHARNN_AMX", "1") != "0":
@@ -183,7 +232,7 @@ def load_generation():
 @functools.cache
 def load_training():
     """The GRU training kernel (csrc/gru_train.cpp), or None where it cannot be built or run here."""
-    if _switched_off() or not cpu_supports_training():
+    if note_unavailable(TRAINING):
         return None
     return _load(TRAINING)
 

@@ -98,6 +98,12 @@ class _Workspace:
 _WORKSPACES: "weakref.WeakKeyDictionary[CharRNN, dict[int, _Workspace]]" = weakref.WeakKeyDictionary()
 
 
+def prepare(model: CharRNN) -> None:
+    """Load the compiled gates where this model can use them (building them once), so that a build, or
+    the note that they cannot run here and what that costs, comes before training starts."""
+    _kernel(model.config.hidden_size)
+
+
 def _kernel(hidden: int):
     """The compiled gates (charnn.fast.build.load_training), where they run for this hidden size."""
     return build.load_training() if hidden % build.UNITS == 0 else None

@@ -240,6 +240,8 @@ class Stepper:
         self.device = next(model.parameters()).device
         self.precision = resolve_step_precision(precision, self.device)
         self.fast = model.config.cell == "gru"
+        if self.fast and precision == "auto" and self.device.type == "cpu":
+            build.note_unavailable(build.GENERATION)  # a CPU the kernel cannot serve hears so once, and the cost
         self.weights = _cached_weights(model, self.precision) if self.fast else None
         # int8 steps run in the compiled kernel where it is built here; compiled=False keeps
         # them in PyTorch's operations (to compare the two).

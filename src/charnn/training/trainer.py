@@ -142,6 +142,8 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
         # A hand-written bf16 GRU recurrence where it applies; DDP must see every forward, so PyTorch's where it wraps.
         self.fast_forward = self.network is self.model and recurrence.supported(self.model, device, dtype)
+        if self.fast_forward:
+            recurrence.prepare(self.model)
         self.average = WeightAverage(self.model, config.ema, config.ema_init_share) if config.ema else None
         self.carried: trainer_state.Carried = None  # stateful training: each row's state from its last window
         self.result = TrainResult(best_val_loss=self.state.best_val_loss)

@@ -16,8 +16,10 @@
 
 #include <ATen/Parallel.h>
 #include <immintrin.h>
-#include <sys/syscall.h>
 #include <unistd.h>
+#if defined(__linux__)
+#include <sys/syscall.h>
+#endif
 
 #include <sched.h>
 
@@ -176,11 +178,16 @@ void block_sums_amx(const uint8_t* a, const int8_t* block, int64_t groups, int32
     for (int g = 0; g < 3; ++g) std::memcpy(sums[r] + 16 * g, c[g][r], 64);
 }
 
-// Asks Linux once for the AMX tile state; false where the CPU or the kernel has none.
+// Asks Linux once for the AMX tile state; false where the CPU or the kernel has none, and on
+// other systems (macOS has no arch_prctl, and no Mac has AMX), where VNNI computes every row.
 bool enable_amx() {
+#if defined(__linux__)
   constexpr int kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
   if (!__builtin_cpu_supports("amx-int8")) return false;
   return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+#else
+  return false;
+#endif
 }
 
 // ---- Threads ----------------------------------------------------------------------------
