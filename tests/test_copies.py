@@ -110,6 +110,7 @@ def test_without_its_training_text_the_report_says_why(tiny_run, tmp_path):
     ckpt = load_checkpoint(tiny_run)
     save_checkpoint(tmp_path / "no-corpus", ckpt.model, ckpt.vocab, training=ckpt.training, corpus={})
     done = run_cli("generate", str(tmp_path / "no-corpus"), "--length", "20", "--seed", "1", "--json")
-    assert done.returncode == 0 and "note" not in done.stderr
+    notes = [line for line in done.stderr.splitlines() if "note:" in line and "kernel" not in line]
+    assert done.returncode == 0 and not notes, done.stderr  # where the kernel cannot run, only that is noted
     out = json.loads(done.stdout)
     assert "copies" not in out and "does not say which corpus" in out["copies_unavailable"]
