@@ -52,6 +52,16 @@ def character_set(spec: str, alphabet: str = "") -> set[str]:
     return found
 
 
+def unescape(text: str) -> str:
+    """`text` with the escapes of a character set (``\\n``, ``\\t``, a backslash before any other
+    character) read as the characters they stand for, as a stop string is written on the command line."""
+    characters, i = [], 0
+    while i < len(text):
+        character, i = _character(text, i)
+        characters.append(character)
+    return "".join(characters)
+
+
 def _character(spec: str, i: int) -> tuple[str, int]:
     """The character at `i` (an escape is two), and where the next one starts."""
     if spec[i] == "\\" and i + 1 < len(spec):

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
+from charnn.beam import check_beam
 from charnn.config import BAN, SampleConfig
 from charnn.constraints import Required
 from charnn.errors import ConfigError
@@ -80,9 +81,13 @@ def check_options(
     beam: int | None = None,
     max_copied: float | None = None,
     require: tuple[str, ...] = (),
+    within: int | None = None,
+    length_penalty: float | None = None,
+    stop: tuple[str, ...] = (),
 ) -> None:
     """Refuse what `generate` (or `generate_best_of`, keeping `num_samples` of `best_of`, or
-    `charnn.beam.beam_search`, keeping `num_samples` of its `beam`) cannot do.
+    `charnn.beam.beam_search`, keeping `num_samples` of its `beam`, with its `length_penalty` and
+    `stop` strings) cannot do.
 
     Cheap, so a caller can check before loading a model.
     """
@@ -97,7 +102,14 @@ def check_options(
             raise ConfigError("`best_of` cannot `stream`: the best sample is known only when all are drawn")
     if max_copied is not None and best_of is None:
         raise ConfigError("`max_copied` chooses among the samples of `best_of`; give `best_of` too")
+    if within is not None and not require:
+        raise ConfigError("`within` bounds where the `require`d phrases appear; give `require` too")
+    if beam is None and length_penalty is not None:
+        raise ConfigError("`length_penalty` ranks the continuations of `beam`; give `beam` too")
+    if beam is None and stop:
+        raise ConfigError("`stop` ends the continuations of `beam`; give `beam` too")
     if beam is not None:
+        check_beam(beam, length, stop, length_penalty or 0.0)
         if require:
             raise ConfigError("`require` places phrases in sampled text; the beam searches without it")
         if best_of is not None:

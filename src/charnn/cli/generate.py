@@ -39,6 +39,11 @@ def add_parser(commands) -> None:
     p.add_argument("--beam", type=int, metavar="N", help="beam search with N continuations: the most likely text "
                    "rather than a random one, the same every time (--temperature, --top-k, --top-p and --seed do "
                    "not apply; --num-samples prints that many of the N, most likely first)")  # fmt: skip
+    p.add_argument("--length-penalty", type=float, metavar="A", help="with --beam: rank continuations by their "
+                   "log-probability / characters ** A, so those a --stop ends early compete fairly with longer ones: "
+                   "0 the plain sum (the default, which favours short texts), 1 the mean per character")  # fmt: skip
+    p.add_argument("--stop", action="append", default=[], metavar="TEXT", help="with --beam: a continuation that "
+                   "writes TEXT ends there, printed without it (again for more; escapes \\n \\t)")  # fmt: skip
     p.add_argument("--stream", action="store_true", help="print characters as they are produced")
     p.add_argument("--json", action="store_true", help="print {samples, seed, checkpoint} as JSON (no prime), and "
                    "what each sample copied from the training text where its corpus is found (copies: the longest "
@@ -69,7 +74,8 @@ def run(args: argparse.Namespace) -> int:
 
     samplings = [SampleConfig(t, args.top_k, args.top_p) for t in _temperatures(args.temperature)]
     check_options(length=args.length, num_samples=args.num_samples, best_of=args.best_of, stream=args.stream,
-                  beam=args.beam, max_copied=args.max_copied, require=tuple(args.require))  # fmt: skip
+                  beam=args.beam, max_copied=args.max_copied, require=tuple(args.require), within=args.within,
+                  length_penalty=args.length_penalty, stop=_stops(args))  # fmt: skip
     for spec in (args.ban, args.allow):
         character_set(spec or "")  # its spelling checked before the model is read
     ckpt = load_checkpoint(args.checkpoint, resolve_device(args.device))
@@ -110,15 +116,25 @@ def _beam(args, ckpt, prime: str, logit_bias) -> int:
     """The --num-samples most likely of the beam's continuations, most likely first."""
     from charnn.beam import beam_search
 
-    found = beam_search(ckpt.model, ckpt.vocab, prime, length=args.length, width=args.beam, logit_bias=logit_bias)
-    texts, logprobs = found.texts[: args.num_samples], found.logprobs[: args.num_samples]
+    found = beam_search(ckpt.model, ckpt.vocab, prime, length=args.length, width=args.beam, logit_bias=logit_bias,
+                        stop=_stops(args), length_penalty=args.length_penalty or 0.0)  # fmt: skip
+    kept = found.found[: args.num_samples]
+    texts = [c.text for c in kept]
     if args.json:
-        out = {"samples": texts, "beam": args.beam, "logprobs": logprobs, "greedy_logprob": found.greedy_logprob,
-               "checkpoint": str(ckpt.path)}  # fmt: skip
+        out = {"samples": texts, "beam": args.beam, "length_penalty": args.length_penalty or 0.0,
+               "logprobs": [c.logprob for c in kept], "scores": [c.score for c in kept],
+               "finish_reasons": [c.finish_reason for c in kept], "greedy_logprob": found.greedy.logprob,
+               "greedy_score": found.greedy.score, "checkpoint": str(ckpt.path)}  # fmt: skip
         print(json.dumps(out | _copies(ckpt, texts, args.copy_min), ensure_ascii=False))
     else:
         print("\n\n".join(prime + text for text in texts))
     return 0
+
+
+def _stops(args) -> tuple[str, ...]:
+    from charnn.constraints import unescape
+
+    return tuple(unescape(text) for text in args.stop)
 
 
 def _samples(args, ckpt, prime: str, sampling: SampleConfig, seed: int) -> list[str]:
