@@ -165,7 +165,8 @@ class _Search:
         self.finished: list[Continuation] = []  # the best `width` so far, best first
 
     def _score(self, logprob: float, characters: int) -> float:
-        return logprob / characters**self.length_penalty if characters else 0.0
+        # logprob / characters ** length_penalty, without overflow however large the penalty
+        return logprob * math.exp(-self.length_penalty * math.log(characters)) if characters else 0.0
 
     def running(self, length: int) -> bool:
         """Whether a live row may still do better than the `width` finished: a longer one's sum is no

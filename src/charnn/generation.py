@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import torch
 
 from charnn.beam import check_beam
-from charnn.config import BAN, SampleConfig
-from charnn.constraints import Required
+from charnn.config import SampleConfig
+from charnn.constraints import required_phrases
 from charnn.errors import ConfigError
 from charnn.fast.step import Stepper
 from charnn.model import CharRNN
@@ -60,13 +60,8 @@ def generate(
     if not prime:
         raise ConfigError("the prime is empty; give at least one character to start from")
     tokens = torch.from_numpy(vocab.encode(prime))
-    required = None
-    if require:
-        within = length if within is None else within
-        if not 0 < within <= length:
-            raise ConfigError(f"`within` must be from 1 to `length` ({length}), got {within}")
-        banned = {vocab.characters[i] for i, value in sampling.logit_bias if value <= BAN and i < len(vocab)}
-        required = Required(tuple(require), within, vocab, banned, num_samples)
+    required = required_phrases(vocab, tuple(require), length=length, within=within,
+                                logit_bias=sampling.logit_bias, rows=num_samples)  # fmt: skip
     stepper = Stepper(model, precision)
     streams = RandomStreams(seed, num_samples, first_sample)
     return _generate(stepper, vocab, tokens, length, sampling, streams, required)
@@ -127,12 +122,8 @@ def _generate(stepper, vocab, tokens, length, sampling, streams, required=None) 
     # a generator must not leave it switched on in its caller's code between two characters.
     logits, state = stepper.prefill(tokens.unsqueeze(0).expand(num_samples, -1))  # (N, P) -> (N, V)
     for step in range(length):
-        forced = required.forced(step) if required is not None else {}
-        if forced:  # rows whose required phrases only just fit take their next character
-            logits = logits.clone()
-            for row, character in forced.items():
-                logits[row] = float("-inf")
-                logits[row, character] = 0.0
+        if required is not None:  # rows whose required phrases only just fit take their next character
+            logits = required.force(logits)
         chosen = stepper.sample(logits, sampling, streams.next())
         indices = chosen.tolist()
         if required is not None:

@@ -6,7 +6,7 @@ sample) join the shared batch. Each step draws one character for every active ro
 from its own random stream and with its own request's sampling options, then runs one
 forward of the model over all rows: `(B, 1)` tokens and a `(layers, B, hidden)` state. Rows
 join and leave between steps, so ten concurrent users cost one batch of ten rows rather
-than ten forwards.
+than ten forwards. A request's required phrases are kept row by row as `generate` keeps them.
 
 Results come back to the asyncio side as events on each job's queue: `SampleText`,
 `SampleFinished`, then `JobDone`, or `JobFailed`. Text is delivered in bulk, not per character:
@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from charnn.config import SampleConfig
+from charnn.constraints import Required
 from charnn.fast.step import Stepper
 from charnn.model import CharRNN, State, concat_rows, select_rows
 from charnn.sample import BLOCK, RandomStreams
@@ -49,6 +50,7 @@ class Request:
     num_samples: int = 1
     seed: int = 0
     stop: tuple[str, ...] = ()
+    required: Required | None = None  # its phrases' automata, one row per sample (owned by the engine)
 
 
 FinishReason = Literal["stop", "length"]
@@ -179,9 +181,10 @@ class Engine:
         self._columns = 0  # columns of `_drawn` filled since the last delivery
         self._last_flush = 0.0
         # Derived from `rows`, rebuilt when rows join or leave: their slots, the rows with stops,
-        # and the rows of each sampling configuration.
+        # each job's rows by sample where it has required phrases, and the rows of each sampling configuration.
         self._slots = np.zeros(0, dtype=np.int64)
         self._stopping_rows: list[tuple[int, _Row]] = []
+        self._required: dict[Required, list[int]] = {}
         self._groups: list[tuple[SampleConfig, torch.Tensor | None]] = []
         # Unicode code points of the vocabulary: text is decoded a whole array at a time.
         self._code_points = np.array([ord(c) for c in vocab.characters], dtype="<u4")
@@ -255,6 +258,10 @@ class Engine:
         """The views of `rows` that each step uses, after rows joined or left."""
         self._slots = np.array([row.slot for row in self._rows], dtype=np.int64)
         self._stopping_rows = [(i, row) for i, row in enumerate(self._rows) if row.job.request.stop]
+        self._required = defaultdict(list)
+        for i, row in enumerate(self._rows):  # a job's rows are in the batch together, by sample
+            if row.job.request.required is not None:
+                self._required[row.job.request.required].append(i)
         groups: dict[SampleConfig, list[int]] = defaultdict(list)
         for i, row in enumerate(self._rows):
             groups[row.job.request.sampling].append(i)
@@ -380,8 +387,12 @@ class Engine:
         if self._columns == _COLUMNS:
             self._flush_all(events)
 
+        for required, rows in self._required.items():  # rows whose phrases only just fit take their next character
+            self._logits = required.force(self._logits, rows)
         chosen = self._sample()  # (B,)
         drawn = chosen.numpy()
+        for required, rows in self._required.items():
+            required.advance(drawn[rows].tolist())
         slots = self._slots
         self._drawn[slots, self._columns] = drawn
         self._columns += 1
