@@ -2,11 +2,11 @@
 
 Each step extends every kept continuation by every character and keeps the `width` whose
 log-probability in all (the sum of the plain model's fp32 log-probabilities of their new
-characters) is highest. A continuation that produces a stop string is finished there: it is set
-aside with its text cut before the stop, as the server cuts samples, and the search goes on with
-the others. Finished and unfinished ones are compared by their log-probability divided by
-characters ** `length_penalty` (the characters summed: the text, and the stop string that ended
-it, which plays the part of an end-of-text token):
+characters) is highest. A continuation that produces a stop string is finished there: each step
+the `width` likeliest that do are set aside, their texts cut before the stop as the server cuts
+samples, and the search goes on with the others. Finished and unfinished ones are compared by
+their log-probability divided by characters ** `length_penalty` (the characters summed: the
+text, and the stop string that ended it, which plays the part of an end-of-text token):
 
 - 0, the default, is the plain sum: a short text that stops early wins easily;
 - 1 is the mean log-probability per character, the figure `charnn generate --best-of` ranks by;
@@ -179,12 +179,13 @@ class _Search:
         return self._score(self.sums.max().item(), length) > self.finished[-1].score
 
     def extend(self, last: bool) -> None:
-        """Every one-character extension: those of the overall best `width` that end a stop string are
-        finished; the best `width` that do not are kept (all finished, at the `last` step)."""
+        """Every one-character extension: the best `width` that end a stop string are finished (greedy's
+        only if it is its best of all); the best `width` that do not are kept (finished at the `last` step)."""
         candidates = self.sums[:, None] + self.logprobs  # (k, V)
         size = candidates.shape[1]
         endings = self.endings.after(self.texts).to(candidates.device)  # (k, V)
-        top = candidates.flatten().topk(min(self.width, candidates.numel()))
+        ending = candidates if self.greedy else candidates.masked_fill(endings == 0, float("-inf"))
+        top = ending.flatten().topk(min(self.width, ending.numel()))
         for value, index in zip(top.values.tolist(), top.indices.tolist(), strict=True):
             row, character = divmod(index, size)
             cut = int(endings[row, character])
