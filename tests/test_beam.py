@@ -149,7 +149,7 @@ def test_the_command_line_beam_with_a_stop_and_a_length_penalty(tiny_run, checkp
     assert out["samples"] == found.texts[:3] and out["scores"] == pytest.approx(found.scores[:3])
     assert out["finish_reasons"] == [c.finish_reason for c in found.found[:3]] and out["length_penalty"] == 1.0
     for extra, message in ((["--length-penalty", "1"], "--length-penalty ranks the continuations of --beam"),
-                           (["--stop", "x"], "--stop ends the continuations of --beam"),
+                           (["--require", "Joe", "--stop", "x"], "--require cannot go with --stop"),
                            (["--beam", "2", "--length-penalty", "-1"], "--length-penalty must be a number 0 or more"),
                            (["--beam", "2", "--stop", ""], "a stop string is empty"),
                            (["--within", "5"], "give --require too")):  # fmt: skip

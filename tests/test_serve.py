@@ -44,15 +44,9 @@ def client(server):
 
 
 def reference(ckpt, prompt, length, sampling=SampleConfig(0.8), num_samples=1, seed=0, stop=()):
-    """What `charnn generate` gives, cut before the first stop sequence."""
-    samples = generate_text(
-        ckpt.model, ckpt.vocab, prompt, length=length, sampling=sampling, num_samples=num_samples, seed=seed
-    )
-    cut = []
-    for text in samples:
-        ends = [text.find(s) for s in stop if s in text]
-        cut.append(text[: min(ends)] if ends else text)
-    return cut
+    """What `charnn generate` gives (`--stop`: cut before the first stop sequence)."""
+    return generate_text(ckpt.model, ckpt.vocab, prompt, length=length, sampling=sampling, num_samples=num_samples,
+                         seed=seed, stop=tuple(stop))  # fmt: skip
 
 
 def sse_events(response: httpx.Response) -> list[str]:

@@ -60,9 +60,10 @@ class Model:
         them when more than one is asked for. The same seed gives the same text, as `charnn generate`'s.
         `ban` and `allow` are sets of characters never to draw, or the only ones to draw
         (`charnn.constraints.character_set`: ``"e"``, ``"a-m[:space:][:punct:]"``); every phrase of
-        `require` appears within the first `within` characters (default: all). `beam` finds the most
-        likely continuations instead (`charnn.beam.beam_search`), the same every time, each ended by the
-        first of its `stop` strings and ranked by log-probability / characters ** `length_penalty`."""
+        `require` appears within the first `within` characters (default: all); each text ends before the
+        first of its `stop` strings. `beam` finds the most likely continuations instead
+        (`charnn.beam.beam_search`), the same every time, ranked by log-probability / characters **
+        `length_penalty`."""
         require, stop = _strings(require), _strings(stop)
         check_options(length=length, num_samples=num_samples, beam=beam, require=require, within=within,
                       length_penalty=length_penalty, stop=stop)  # fmt: skip
@@ -75,7 +76,7 @@ class Model:
         seed = new_seed() if seed is None else seed
         samples = generate_text(self.checkpoint.model, self.checkpoint.vocab, prime, length=length,
                                 sampling=sampling, num_samples=num_samples, seed=seed, require=require,
-                                within=within)  # fmt: skip
+                                within=within, stop=stop)  # fmt: skip
         return samples[0] if num_samples == 1 else samples
 
     def score(self, text: str, *, context: str = "", top_k: int = 5):

@@ -101,8 +101,10 @@ def check_options(
         raise ConfigError("`within` bounds where the `require`d phrases appear; give `require` too")
     if beam is None and length_penalty is not None:
         raise ConfigError("`length_penalty` ranks the continuations of `beam`; give `beam` too")
-    if beam is None and stop:
-        raise ConfigError("`stop` ends the continuations of `beam`; give `beam` too")
+    if any(not s for s in stop):
+        raise ConfigError("a stop string is empty")
+    if require and stop:
+        raise ConfigError("`require` cannot go with `stop`: a stop could end a sample before its phrases")
     if beam is not None:
         check_beam(beam, length, stop, length_penalty or 0.0)
         if require:
@@ -145,14 +147,42 @@ def generate_text(
     precision: str = "auto",
     require: tuple[str, ...] = (),
     within: int | None = None,
+    stop: tuple[str, ...] = (),
 ) -> list[str]:
-    """The new text of each sample, without the prime."""
+    """The new text of each sample, without the prime, each cut before the first of its `stop` strings
+    (`cut_at_stop`, as the server ends a sample; drawing ends when every sample has one)."""
     pieces: list[list[str]] = [[] for _ in range(num_samples)]
+    ended, longest = [False] * num_samples, max(map(len, stop), default=0)
     for step in generate(model, vocab, prime, length=length, sampling=sampling, num_samples=num_samples, seed=seed,
                          precision=precision, require=require, within=within):  # fmt: skip
-        for sample, character in zip(pieces, step, strict=True):
+        for i, (sample, character) in enumerate(zip(pieces, step, strict=True)):
             sample.append(character)
-    return ["".join(p) for p in pieces]
+            ended[i] = ended[i] or any("".join(sample[-longest:]).endswith(s) for s in stop)
+        if stop and all(ended):
+            break
+    return [cut_at_stop("".join(p), stop)[0] for p in pieces]
+
+
+def cut_at_stop(text: str, stops: tuple[str, ...]) -> tuple[str, bool]:
+    """`text` before the first of `stops` it holds, and whether it held one; where several end at the
+    same character, the longest (it began first), as the server ends a sample."""
+    found = [(text.find(stop) + len(stop), -len(stop)) for stop in stops if stop in text]
+    if not found:
+        return text, False
+    end, minus = min(found)
+    return text[: end + minus], True
+
+
+def held_back(text: str, stops: tuple[str, ...]) -> int:
+    """How many characters at the end of `text` could still be the start of a stop string (and so wait
+    before they are shown)."""
+    held = 0
+    for stop in stops:
+        for k in range(min(len(stop) - 1, len(text)), held, -1):
+            if text.endswith(stop[:k]):
+                held = k
+                break
+    return held
 
 
 @dataclass(frozen=True)
@@ -195,10 +225,11 @@ def generate_best_of(
     precision: str = "auto",
     require: tuple[str, ...] = (),
     within: int | None = None,
+    stop: tuple[str, ...] = (),
 ) -> Ranked:
     """Draw `best_of` samples (those of `generate_text` with the same seed) and rank them (`rank_samples`)."""
     if best_of < 1:
         raise ConfigError(f"`best_of` must be at least 1, got {best_of}")
     samples = generate_text(model, vocab, prime, length=length, sampling=sampling, num_samples=best_of, seed=seed,
-                            precision=precision, require=require, within=within)  # fmt: skip
+                            precision=precision, require=require, within=within, stop=stop)  # fmt: skip
     return rank_samples(model, vocab, prime, samples)

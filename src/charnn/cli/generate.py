@@ -42,8 +42,9 @@ def add_parser(commands) -> None:
     p.add_argument("--length-penalty", type=float, metavar="A", help="with --beam: rank continuations by their "
                    "log-probability / characters ** A, so those a --stop ends early compete fairly with longer ones: "
                    "0 the plain sum (the default, which favours short texts), 1 the mean per character")  # fmt: skip
-    p.add_argument("--stop", action="append", default=[], metavar="TEXT", help="with --beam: a continuation that "
-                   "writes TEXT ends there, printed without it (again for more; escapes \\n \\t)")  # fmt: skip
+    p.add_argument("--stop", action="append", default=[], metavar="TEXT", help="end each sample (or beam "
+                   "continuation) where it first writes TEXT, printed without it, as the server ends them (again for "
+                   "more; escapes \\n \\t)")  # fmt: skip
     p.add_argument("--stream", action="store_true", help="print characters as they are produced")
     p.add_argument("--json", action="store_true", help="print {samples, seed, checkpoint} as JSON (no prime), and "
                    "what each sample copied from the training text where its corpus is found (copies: the longest "
@@ -141,7 +142,7 @@ def _samples(args, ckpt, prime: str, sampling: SampleConfig, seed: int) -> list[
     from charnn.generation import generate_text
 
     return generate_text(ckpt.model, ckpt.vocab, prime, length=args.length, sampling=sampling,
-                         num_samples=args.num_samples, seed=seed, precision=args.precision,
+                         num_samples=args.num_samples, seed=seed, precision=args.precision, stop=_stops(args),
                          **_required(args))  # fmt: skip
 
 
@@ -154,7 +155,7 @@ def _best_of(args, ckpt, prime: str, sampling: SampleConfig, seed: int) -> list[
     from charnn.generation import generate_best_of
 
     ranked = generate_best_of(ckpt.model, ckpt.vocab, prime, args.length, sampling, best_of=args.best_of,
-                              seed=seed, precision=args.precision, **_required(args))  # fmt: skip
+                              seed=seed, precision=args.precision, stop=_stops(args), **_required(args))  # fmt: skip
     order = ranked.order
     if args.max_copied is not None:
         from charnn.scoring.copies import index_of, not_copied
@@ -179,9 +180,24 @@ def _stream(args, ckpt, prime: str, sampling: SampleConfig, seed: int, labelled:
         print(prime, end="", flush=True)
         steps = generate(ckpt.model, ckpt.vocab, prime, length=args.length, sampling=sampling, num_samples=1,
                          seed=seed, first_sample=i, precision=args.precision, **_required(args))  # fmt: skip
-        for step in steps:
-            print(step[0], end="", flush=True)
-        print()
+        _print_until_stop((step[0] for step in steps), _stops(args))
+
+
+def _print_until_stop(characters, stops: tuple[str, ...]) -> None:
+    """Print characters as they come, up to the first stop string (not printed): those that may begin
+    one wait until it is clear they do not. Drawing ends there."""
+    from charnn.generation import cut_at_stop, held_back
+
+    text, shown = "", 0
+    for character in characters:
+        text += character
+        text, stopped = cut_at_stop(text, stops)
+        if stopped:
+            break
+        ready = len(text) - held_back(text, stops)
+        print(text[shown:ready], end="", flush=True)
+        shown = ready
+    print(text[shown:])
 
 
 def _copies(ckpt, samples: list[str], min_length: int) -> dict:

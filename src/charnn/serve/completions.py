@@ -21,7 +21,7 @@ from charnn.serve.engine import JobDone, JobEvent, SampleFinished, SampleText
 from charnn.serve.errors import ApiError
 from charnn.serve.events import Shape, as_sse, respond
 from charnn.serve.schemas import COMPLETIONS_DEFAULT_MAX_TOKENS, Completion, CompletionChoice, CompletionLogprobs, Usage
-from charnn.serve.service import Service
+from charnn.serve.service import Service, stops
 
 NAMES = {"length": "max_tokens", "num_samples": "n"}  # the library's names for the request's fields, where they differ
 
@@ -39,7 +39,7 @@ async def completion_response(service: Service, body: Any, http: HttpRequest):
     # best_of's own checks are OpenAI's, above; the library's say what goes with beam.
     service.check(NAMES, length=max_tokens, num_samples=n, stream=bool(body.stream), beam=body.beam,
                   best_of=body.best_of if body.beam is not None else None, require=tuple(body.require or ()),
-                  within=body.within, length_penalty=body.length_penalty)  # fmt: skip
+                  within=body.within, length_penalty=body.length_penalty, stop=stops(body.stop))  # fmt: skip
     temperature = 1.0 if body.temperature is None else body.temperature
     sampling = service.sampling(temperature, body.top_k, body.top_p, body)
     if body.beam is not None:

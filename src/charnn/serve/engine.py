@@ -35,6 +35,7 @@ import torch
 from charnn.config import SampleConfig
 from charnn.constraints import Required
 from charnn.fast.step import Stepper
+from charnn.generation import held_back
 from charnn.model import CharRNN, State, concat_rows, select_rows
 from charnn.sample import BLOCK, RandomStreams
 from charnn.vocab import Vocabulary
@@ -120,17 +121,6 @@ class _Row:
         self.slot = slot  # its row of the engine's per-row arrays (uniforms, tokens, characters left)
         self.tail = ""  # with stop sequences: the last characters drawn, enough to see a stop end
         self.held = ""  # with stop sequences: drawn, not sent, as it may be the start of a stop
-
-
-def _held_back(text: str, stops: tuple[str, ...]) -> int:
-    """How many characters at the end of `text` could still be the start of a stop sequence."""
-    held = 0
-    for stop in stops:
-        for k in range(min(len(stop) - 1, len(text)), held, -1):
-            if text.endswith(stop[:k]):
-                held = k
-                break
-    return held
 
 
 # How long drawn text may wait in the engine before it goes to the event loop, in seconds. One
@@ -362,7 +352,7 @@ class Engine:
             if row.job.request.stop:
                 # Characters that may begin a stop sequence wait until it is clear they do not.
                 text = row.held + text
-                keep = len(text) - _held_back(text, row.job.request.stop)
+                keep = len(text) - held_back(text, row.job.request.stop)
                 text, row.held = text[:keep], text[keep:]
             if text:
                 events.append((row.job, SampleText(row.sample, text)))

@@ -16,7 +16,7 @@ from charnn.sample import new_seed
 from charnn.serve.engine import JobDone, JobEvent, SampleFinished, SampleText
 from charnn.serve.events import Shape, as_sse, respond
 from charnn.serve.schemas import GenerateResponse
-from charnn.serve.service import Service
+from charnn.serve.service import Service, stops
 
 NAMES = {"length": "max_new_chars"}  # the library's names for the request's fields, where they differ
 
@@ -25,7 +25,7 @@ async def generate_response(service: Service, body: Any, http: HttpRequest):
     """The response to a `GenerateRequest`."""
     service.check(NAMES, length=body.max_new_chars, num_samples=body.num_samples, stream=body.stream,
                   beam=body.beam, require=tuple(body.require or ()), within=body.within,
-                  length_penalty=body.length_penalty)  # fmt: skip
+                  length_penalty=body.length_penalty, stop=stops(body.stop))  # fmt: skip
     sampling = service.sampling(body.temperature, body.top_k, body.top_p, body)
     index = await service.copy_index() if body.copies else None  # a 422 before generating, when there is none
     if body.beam is not None:

@@ -45,7 +45,8 @@ def _api_error(error: ConfigError, names: dict[str, str], field: str | None = No
     return ApiError(422, field or (names.get(named[0], named[0]) if named else None), message)
 
 
-def _stops(stop) -> tuple[str, ...]:
+def stops(stop) -> tuple[str, ...]:
+    """A request's `stop`: none, one string or a list, as a tuple."""
     return (stop,) if isinstance(stop, str) else tuple(stop or ())
 
 
@@ -135,8 +136,6 @@ class Service:
 
         Required phrases hold in every sample: the engine forces each row's (`charnn.constraints.Required`)."""
         self.check_prompt(prompt)
-        if require and stop:
-            raise ApiError(422, "require", "require cannot go with stop: a stop could end a sample before its phrases")
         try:
             required = required_phrases(self.checkpoint.vocab, tuple(require or ()), length=max_new_chars,
                                         within=within, logit_bias=sampling.logit_bias, rows=num_samples)  # fmt: skip
@@ -151,7 +150,7 @@ class Service:
                 f"{self.limits.max_streams}); try again shortly",
                 "rate_limit_error",
             )
-        job = self.engine.submit(Request(prompt, max_new_chars, sampling, num_samples, seed, _stops(stop), required))
+        job = self.engine.submit(Request(prompt, max_new_chars, sampling, num_samples, seed, stops(stop), required))
         self.jobs.add(job)
         return job
 
@@ -162,7 +161,7 @@ class Service:
         model, vocab = self.checkpoint.model, self.checkpoint.vocab
         try:
             return await self.run_scoring(beam_search, model, vocab, prompt, length=length, width=width,
-                                          logit_bias=sampling.logit_bias, stop=_stops(stop),
+                                          logit_bias=sampling.logit_bias, stop=stops(stop),
                                           length_penalty=length_penalty or 0.0)  # fmt: skip
         except ConfigError as error:
             raise _api_error(error, {}, "beam") from None
