@@ -105,7 +105,7 @@ def test_stops_and_the_length_penalty_keep_the_guarantees(checkpoint, start, siz
     greedy_text, greedy_score = greedy_cut(checkpoint, prime, 30, stop, penalty)
     assert found.scores[0] >= greedy_score - 1e-3
     assert found.scores == sorted(found.scores, reverse=True) and len(set(found.texts)) == len(found.texts)
-    for c in found.found:
+    for c in found.continuations:
         assert stop not in c.text  # ended at its first stop, or never wrote one
         written = c.text + stop if c.finish_reason == "stop" else c.text
         assert c.finish_reason == "stop" or len(c.text) == 30
@@ -127,13 +127,13 @@ def test_the_length_penalty_decides_between_a_short_and_a_long_continuation():
     # Stopping at once ("." first) has the highest sum; a long run of "a" the highest mean per character.
     model, vocab = unigram({"a": 0.6, "b": 0.1, ".": 0.3})
     plain = beam_search(model, vocab, "a", length=10, width=3, stop=".")
-    assert (plain.texts[0], plain.found[0].finish_reason) == ("", "stop")
+    assert (plain.texts[0], plain.continuations[0].finish_reason) == ("", "stop")
     assert plain.logprobs[0] == pytest.approx(math.log(0.3))
     assert plain.texts[1:] == ["a", "aa"]  # each one more "a": the sum falls
     mean = beam_search(model, vocab, "a", length=10, width=3, stop=".", length_penalty=1.0)
-    assert (mean.texts[0], mean.found[0].finish_reason) == ("a" * 10, "length")
+    assert (mean.texts[0], mean.continuations[0].finish_reason) == ("a" * 10, "length")
     assert mean.scores[0] == pytest.approx(math.log(0.6))
-    assert mean.found[0].score > mean.scores[1] and plain.found[0].logprob > mean.found[0].logprob
+    assert mean.scores[0] > mean.scores[1] and plain.logprobs[0] > mean.logprobs[0]  # each wins under its own
     # Without a stop string every continuation is as long as the others, and the penalty changes nothing.
     penalised = beam_search(model, vocab, "a", length=10, width=3, length_penalty=2.0)
     assert penalised.texts == beam_search(model, vocab, "a", length=10, width=3).texts
@@ -147,7 +147,7 @@ def test_the_command_line_beam_with_a_stop_and_a_length_penalty(tiny_run, checkp
     found = beam_search(checkpoint.model, checkpoint.vocab, "Pip", length=60, width=4, stop=("\n", "."),
                         length_penalty=1.0)  # fmt: skip
     assert out["samples"] == found.texts[:3] and out["scores"] == pytest.approx(found.scores[:3])
-    assert out["finish_reasons"] == [c.finish_reason for c in found.found[:3]] and out["length_penalty"] == 1.0
+    assert out["finish_reasons"] == [c.finish_reason for c in found.continuations[:3]] and out["length_penalty"] == 1.0
     for extra, message in ((["--length-penalty", "1"], "--length-penalty ranks the continuations of --beam"),
                            (["--require", "Joe", "--stop", "x"], "--require cannot go with --stop"),
                            (["--beam", "2", "--length-penalty", "-1"], "--length-penalty must be a number 0 or more"),

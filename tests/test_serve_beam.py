@@ -38,7 +38,7 @@ def test_v1_generate_beam_is_the_same_twice_and_beats_greedy(server, ckpt, start
     answer = first.json()
     found = beam_search(ckpt.model, ckpt.vocab, prime, length=40, width=width, stop=stop, length_penalty=penalty)
     assert answer["samples"] == found.texts and answer["scores"] == pytest.approx(found.scores)
-    assert answer["finish_reasons"] == [c.finish_reason for c in found.found] and "seed" not in answer
+    assert answer["finish_reasons"] == [c.finish_reason for c in found.continuations] and "seed" not in answer
     assert answer["logprobs"] == pytest.approx(found.logprobs)
     _, greedy_score = greedy_cut(ckpt, prime, 40, stop, penalty)
     assert answer["scores"][0] >= greedy_score - 1e-3
@@ -52,7 +52,7 @@ def test_v1_completions_beam_through_the_openai_client(server, ckpt):
         first, second = api.completions.create(**options), api.completions.create(**options)
         found = beam_search(ckpt.model, ckpt.vocab, prime, length=50, width=4, stop=".", length_penalty=1.0)
         assert [c.text for c in first.choices] == [c.text for c in second.choices] == found.texts[:3]
-        assert [c.finish_reason for c in first.choices] == [c.finish_reason for c in found.found[:3]]
+        assert [c.finish_reason for c in first.choices] == [c.finish_reason for c in found.continuations[:3]]
         _, greedy_score = greedy_cut(ckpt, prime, 50, ".", 1.0)
         assert found.scores[0] >= greedy_score - 1e-3
     scored = api.completions.create(model="charnn", prompt="Pip", max_tokens=30, logprobs=1, echo=True,

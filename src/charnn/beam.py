@@ -43,21 +43,21 @@ class Continuation:
 
 @dataclass(frozen=True)
 class Beams:
-    found: list[Continuation]  # the best the beam kept, best first, no text twice
+    continuations: list[Continuation]  # the best the beam kept, best first, no text twice
     greedy: Continuation  # greedy decoding's, for comparison (batched with the beam: on a near tie its
     # choice may differ from a one-row pass's)
 
     @property
     def texts(self) -> list[str]:
-        return [c.text for c in self.found]
+        return [c.text for c in self.continuations]
 
     @property
     def logprobs(self) -> list[float]:
-        return [c.logprob for c in self.found]
+        return [c.logprob for c in self.continuations]
 
     @property
     def scores(self) -> list[float]:
-        return [c.score for c in self.found]
+        return [c.score for c in self.continuations]
 
     @property
     def greedy_text(self) -> str:

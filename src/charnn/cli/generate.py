@@ -119,7 +119,7 @@ def _beam(args, ckpt, prime: str, logit_bias) -> int:
 
     found = beam_search(ckpt.model, ckpt.vocab, prime, length=args.length, width=args.beam, logit_bias=logit_bias,
                         stop=_stops(args), length_penalty=args.length_penalty or 0.0)  # fmt: skip
-    kept = found.found[: args.num_samples]
+    kept = found.continuations[: args.num_samples]
     texts = [c.text for c in kept]
     if args.json:
         out = {"samples": texts, "beam": args.beam, "length_penalty": args.length_penalty or 0.0,

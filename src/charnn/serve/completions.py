@@ -44,7 +44,7 @@ async def completion_response(service: Service, body: Any, http: HttpRequest):
     sampling = service.sampling(temperature, body.top_k, body.top_p, body)
     if body.beam is not None:
         found = await service.beam(body.prompt, max_tokens, sampling, body.beam, body.stop, body.length_penalty)
-        kept = found.found[:n]
+        kept = found.continuations[:n]
         return await _Completion(service, body, len(kept)).answer([c.text for c in kept],
                                                                   [c.finish_reason for c in kept])  # fmt: skip
     drawn = body.best_of or n  # samples to draw; the n best are returned

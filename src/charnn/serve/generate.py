@@ -40,7 +40,7 @@ async def generate_response(service: Service, body: Any, http: HttpRequest):
 async def _beam(service: Service, body: Any, sampling, index) -> GenerateResponse:
     """The `num_samples` most likely continuations, with their log-probabilities and scores (no seed)."""
     found = await service.beam(body.prompt, body.max_new_chars, sampling, body.beam, body.stop, body.length_penalty)
-    kept = found.found[: body.num_samples]
+    kept = found.continuations[: body.num_samples]
     shape = _Generation(len(kept), None, service, index)
     answer = await shape.answer([c.text for c in kept], [c.finish_reason for c in kept])
     return answer.model_copy(update={"logprobs": [c.logprob for c in kept], "scores": [c.score for c in kept]})
