@@ -1,18 +1,23 @@
-"""Beam search: the same text every time, at least as likely as greedy decoding's, scored as the model scores it."""
+"""Beam search: the same text every time, at least as likely as greedy decoding's, scored as the model scores it;
+stop strings end continuations, and the length penalty decides between those of different lengths."""
 
 import json
+import math
 
 import pytest
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from charnn.beam import beam_search
-from charnn.config import SampleConfig
+from charnn.config import ModelConfig, SampleConfig
 from charnn.constraints import ban_bias
 from charnn.errors import ConfigError
 from charnn.generation import generate_text
+from charnn.model import CharRNN
 from charnn.run_folder import load_checkpoint
 from charnn.scoring.score import score_continuations
+from charnn.vocab import Vocabulary
 from conftest import TINY_TEXT, run_cli
 
 
@@ -72,3 +77,81 @@ def test_the_command_line_prints_the_beam(tiny_run, checkpoint):
                            (["--num-samples", "5"], "--beam must be at least --num-samples (5)")):  # fmt: skip
         done = run_cli("generate", str(tiny_run), "--beam", "4", *extra)
         assert done.returncode == 2 and message in done.stderr
+
+
+def greedy_cut(checkpoint, prime: str, length: int, stop: str, penalty: float) -> tuple[str, float]:
+    """Greedy decoding as charnn generate does it, cut before the first stop as the server cuts a sample;
+    (its text, its score: the log-probability of the text and the stop over characters ** penalty)."""
+    text = generate_text(checkpoint.model, checkpoint.vocab, prime, length=length, sampling=SampleConfig(0),
+                         precision="fp32")[0]  # fmt: skip
+    end = text.find(stop)
+    if end < 0:
+        return text, total(checkpoint, prime, text) / length**penalty
+    return text[:end], total(checkpoint, prime, text[: end + len(stop)]) / (end + len(stop)) ** penalty
+
+
+STOPS = [" ", "e", "\n", "ar", "s."]
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(start=st.integers(0, len(TINY_TEXT) - 12), size=st.integers(1, 12), width=st.integers(1, 5),
+       stop=st.sampled_from(STOPS), penalty=st.sampled_from([0.0, 0.5, 1.0, 2.0]))  # fmt: skip
+def test_stops_and_the_length_penalty_keep_the_guarantees(checkpoint, start, size, width, stop, penalty):
+    prime = TINY_TEXT[start : start + size]
+    found = beam_search(checkpoint.model, checkpoint.vocab, prime, length=30, width=width, stop=stop,
+                        length_penalty=penalty)  # fmt: skip
+    assert beam_search(checkpoint.model, checkpoint.vocab, prime, length=30, width=width, stop=stop,
+                       length_penalty=penalty) == found  # the same again  # fmt: skip
+    greedy_text, greedy_score = greedy_cut(checkpoint, prime, 30, stop, penalty)
+    assert found.scores[0] >= greedy_score - 1e-3
+    assert found.scores == sorted(found.scores, reverse=True) and len(set(found.texts)) == len(found.texts)
+    for c in found.continuations:
+        assert stop not in c.text  # ended at its first stop, or never wrote one
+        written = c.text + stop if c.finish_reason == "stop" else c.text
+        assert c.finish_reason == "stop" or len(c.text) == 30
+        assert c.logprob == pytest.approx(total(checkpoint, prime, written), abs=1e-3)  # the stop counted
+        assert c.score == pytest.approx(c.logprob / len(written) ** penalty, rel=1e-6)
+
+
+def unigram(probabilities: dict[str, float]) -> tuple[CharRNN, Vocabulary]:
+    """A real CharRNN that ignores what came before: each character has its fixed probability."""
+    vocab = Vocabulary(tuple(probabilities))
+    model = CharRNN(ModelConfig(vocab_size=len(vocab), embedding_dim=4, hidden_size=4))
+    for parameter in model.parameters():
+        parameter.data.zero_()
+    model.head.bias.data = torch.tensor([math.log(p) for p in probabilities.values()])
+    return model, vocab
+
+
+def test_the_length_penalty_decides_between_a_short_and_a_long_continuation():
+    # Stopping at once ("." first) has the highest sum; a long run of "a" the highest mean per character.
+    model, vocab = unigram({"a": 0.6, "b": 0.1, ".": 0.3})
+    plain = beam_search(model, vocab, "a", length=10, width=3, stop=".")
+    assert (plain.texts[0], plain.continuations[0].finish_reason) == ("", "stop")
+    assert plain.logprobs[0] == pytest.approx(math.log(0.3))
+    assert plain.texts[1:] == ["a", "aa"]  # each one more "a": the sum falls
+    mean = beam_search(model, vocab, "a", length=10, width=3, stop=".", length_penalty=1.0)
+    assert (mean.texts[0], mean.continuations[0].finish_reason) == ("a" * 10, "length")
+    assert mean.scores[0] == pytest.approx(math.log(0.6))
+    assert mean.scores[0] > mean.scores[1] and plain.logprobs[0] > mean.logprobs[0]  # each wins under its own
+    # Without a stop string every continuation is as long as the others, and the penalty changes nothing.
+    penalised = beam_search(model, vocab, "a", length=10, width=3, length_penalty=2.0)
+    assert penalised.texts == beam_search(model, vocab, "a", length=10, width=3).texts
+
+
+def test_the_command_line_beam_with_a_stop_and_a_length_penalty(tiny_run, checkpoint):
+    done = run_cli("generate", str(tiny_run), "--prime", "Pip", "--length", "60", "--beam", "4", "--stop", "\\n",
+                   "--stop", ".", "--length-penalty", "1", "--num-samples", "3", "--json")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    found = beam_search(checkpoint.model, checkpoint.vocab, "Pip", length=60, width=4, stop=("\n", "."),
+                        length_penalty=1.0)  # fmt: skip
+    assert out["samples"] == found.texts[:3] and out["scores"] == pytest.approx(found.scores[:3])
+    assert out["finish_reasons"] == [c.finish_reason for c in found.continuations[:3]] and out["length_penalty"] == 1.0
+    for extra, message in ((["--length-penalty", "1"], "--length-penalty ranks the continuations of --beam"),
+                           (["--require", "Joe", "--stop", "x"], "--require cannot go with --stop"),
+                           (["--beam", "2", "--length-penalty", "-1"], "--length-penalty must be a number 0 or more"),
+                           (["--beam", "2", "--stop", ""], "a stop string is empty"),
+                           (["--within", "5"], "give --require too")):  # fmt: skip
+        done = run_cli("generate", str(tiny_run), *extra)
+        assert done.returncode == 2 and message in done.stderr, done.stderr

@@ -11,7 +11,7 @@ from charnn.config import ModelConfig, SampleConfig
 from charnn.generation import generate_text
 from charnn.model import CharRNN
 from charnn.run_folder import load_checkpoint
-from charnn.serve.engine import Engine, JobDone, JobFailed, Request, SampleFinished, SampleText, _held_back
+from charnn.serve.engine import Engine, JobDone, JobFailed, Request, SampleFinished, SampleText
 from charnn.vocab import Vocabulary
 from conftest import TINY_TEXT
 from serving import DEADLINE, gated
@@ -161,14 +161,6 @@ def test_a_failing_step_fails_its_jobs_and_the_engine_goes_on(tiny):
     event, (texts, _) = run(model, vocab, scenario)
     assert isinstance(event, JobFailed) and "boom" in event.message
     assert len(texts[0]) == 10
-
-
-def test_held_back_is_the_longest_partial_stop():
-    assert _held_back("abc", ("cd",)) == 1
-    assert _held_back("abc", ("bcd", "cx")) == 2
-    assert _held_back("abc", ("xyz",)) == 0
-    assert _held_back("a", ("abc",)) == 1
-    assert _held_back("", ("abc",)) == 0
 
 
 @pytest.mark.parametrize("flush_interval", [0.0, math.inf])

@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import torch
 
@@ -6,6 +8,7 @@ from charnn.config import SampleConfig
 from charnn.errors import ConfigError, UnknownCharactersError
 from charnn.generation import generate, generate_text
 from charnn.run_folder import load_checkpoint
+from conftest import run_cli
 
 
 def test_same_seed_same_sample(tiny_run):
@@ -76,3 +79,44 @@ def test_texts_held_whole_are_refused_where_they_would_not_fit_and_a_stream_is_n
         beam_search(ckpt.model, ckpt.vocab, "Pip", length=huge)
     steps = generate(ckpt.model, ckpt.vocab, "Pip", length=huge)  # yields as it draws: no limit
     assert [next(steps) for _ in range(5)] and len(next(steps)) == 1
+
+
+def test_a_stop_string_ends_a_sample_as_the_server_ends_it(tiny_run):
+    from charnn.generation import cut_at_stop
+
+    assert cut_at_stop("xaby", ("b", "ab")) == ("x", True)  # both end at "b": the longer began first
+    assert cut_at_stop("xaby", ("y", "ab")) == ("x", True) and cut_at_stop("xy", ("z",)) == ("xy", False)
+    ckpt = load_checkpoint(tiny_run)
+    options = {"length": 120, "sampling": SampleConfig(1.2), "num_samples": 4, "precision": "fp32"}
+    for seed in range(5):
+        whole = generate_text(ckpt.model, ckpt.vocab, "Pip", seed=seed, **options)
+        cut = generate_text(ckpt.model, ckpt.vocab, "Pip", seed=seed, stop=("e ", "."), **options)
+        assert cut == [cut_at_stop(text, ("e ", "."))[0] for text in whole]
+        for text, part in zip(whole, cut, strict=True):
+            assert text.startswith(part) and "e " not in part and "." not in part
+
+
+def test_the_command_line_stops_samples_printed_whole_streamed_and_as_json(tiny_run):
+    from charnn.generation import cut_at_stop
+
+    ckpt = load_checkpoint(tiny_run)
+    command = ["generate", str(tiny_run), "--prime", "Pip", "--length", "150", "--seed", "2", "--precision", "fp32",
+               "--temperature", "1.2", "--stop", "e ", "--stop", "\\n"]  # fmt: skip
+    whole = generate_text(ckpt.model, ckpt.vocab, "Pip", length=150, sampling=SampleConfig(1.2), num_samples=3,
+                          seed=2, precision="fp32")  # fmt: skip
+    expected = [cut_at_stop(text, ("e ", "\n"))[0] for text in whole]
+    done = run_cli(*command, "--num-samples", "3", "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["samples"] == expected
+    streamed = run_cli(*command)
+    assert streamed.stdout == "Pip" + expected[0] + "\n"
+
+
+def test_held_back_is_the_longest_partial_stop():
+    from charnn.generation import held_back
+
+    assert held_back("abc", ("cd",)) == 1
+    assert held_back("abc", ("bcd", "cx")) == 2
+    assert held_back("abc", ("xyz",)) == 0
+    assert held_back("a", ("abc",)) == 1
+    assert held_back("", ("abc",)) == 0

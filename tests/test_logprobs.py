@@ -214,7 +214,9 @@ def test_schema_describes_the_fields(server):
     request = schema["components"]["schemas"]["CompletionRequest"]
     assert request["properties"]["best_of"]["anyOf"][0]["maximum"] == LIMITS.max_num_samples
     assert request["properties"]["logprobs"]["anyOf"][0]["maximum"] == 5
-    assert len(request["allOf"]) == LIMITS.max_num_samples  # stream, then best_of >= n for n = 2, 3, 4
+    branches = next(rule["anyOf"] for rule in request["allOf"] if "anyOf" in rule)[1:]  # n = 2, 3, 4: best_of >= n
+    assert [b["properties"]["n"]["minimum"] for b in branches] == list(range(2, LIMITS.max_num_samples + 1))
+    assert all(b["properties"]["best_of"]["anyOf"][1]["minimum"] == b["properties"]["n"]["minimum"] for b in branches)
     choice = schema["components"]["schemas"]["CompletionChoice"]["properties"]["logprobs"]
     assert any(option.get("$ref", "").endswith("CompletionLogprobs") for option in choice["anyOf"])
 

@@ -44,15 +44,9 @@ def client(server):
 
 
 def reference(ckpt, prompt, length, sampling=SampleConfig(0.8), num_samples=1, seed=0, stop=()):
-    """What `charnn generate` gives, cut before the first stop sequence."""
-    samples = generate_text(
-        ckpt.model, ckpt.vocab, prompt, length=length, sampling=sampling, num_samples=num_samples, seed=seed
-    )
-    cut = []
-    for text in samples:
-        ends = [text.find(s) for s in stop if s in text]
-        cut.append(text[: min(ends)] if ends else text)
-    return cut
+    """What `charnn generate` gives (`--stop`: cut before the first stop sequence)."""
+    return generate_text(ckpt.model, ckpt.vocab, prompt, length=length, sampling=sampling, num_samples=num_samples,
+                         seed=seed, stop=tuple(stop))  # fmt: skip
 
 
 def sse_events(response: httpx.Response) -> list[str]:
@@ -418,7 +412,9 @@ def test_schemathesis_finds_no_server_errors(server, tmp_path):
     command = [str(Path(sys.executable).with_name("schemathesis")), "run", server.url + "/openapi.json",
                "--checks", "all", "--max-examples", "25", "--seed", "1", "--generation-database", "none",
                "--workers", "1", "--no-color", "--request-timeout", str(DEADLINE)]  # fmt: skip
-    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    hooks = Path(__file__).with_name("schemathesis_hooks.py")  # what the schema cannot say: fields compared
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, SCHEMATHESIS_HOOKS=str(hooks)))  # fmt: skip
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
     assert "No issues found" in done.stdout
 

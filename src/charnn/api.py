@@ -50,23 +50,33 @@ class Model:
         num_samples: int = 1,
         ban: str | None = None,
         allow: str | None = None,
+        require: str | tuple[str, ...] = (),
+        within: int | None = None,
         beam: int | None = None,
+        length_penalty: float | None = None,
+        stop: str | tuple[str, ...] = (),
     ) -> str | list[str]:
         """`length` new characters after `prime` (the text without the prime); a list of `num_samples` of
         them when more than one is asked for. The same seed gives the same text, as `charnn generate`'s.
         `ban` and `allow` are sets of characters never to draw, or the only ones to draw
-        (`charnn.constraints.character_set`: ``"e"``, ``"a-m[:space:][:punct:]"``). `beam` finds the most
-        likely continuations instead (`charnn.beam.beam_search`), the same every time."""
-        check_options(length=length, num_samples=num_samples, beam=beam)
+        (`charnn.constraints.character_set`: ``"e"``, ``"a-m[:space:][:punct:]"``); every phrase of
+        `require` appears within the first `within` characters (default: all); each text ends before the
+        first of its `stop` strings. `beam` finds the most likely continuations instead
+        (`charnn.beam.beam_search`), the same every time, ranked by log-probability / characters **
+        `length_penalty`."""
+        require, stop = _strings(require), _strings(stop)
+        check_options(length=length, num_samples=num_samples, beam=beam, require=require, within=within,
+                      length_penalty=length_penalty, stop=stop)  # fmt: skip
         bias = ban_bias(self.checkpoint.vocab, ban=ban, allow=allow) if ban or allow is not None else ()
         if beam is not None:
             found = beam_search(self.checkpoint.model, self.checkpoint.vocab, prime, length=length, width=beam,
-                                logit_bias=bias)  # fmt: skip
+                                logit_bias=bias, stop=stop, length_penalty=length_penalty or 0.0)  # fmt: skip
             return found.texts[0] if num_samples == 1 else found.texts[:num_samples]
         sampling = SampleConfig(temperature, top_k, top_p, logit_bias=bias)
         seed = new_seed() if seed is None else seed
         samples = generate_text(self.checkpoint.model, self.checkpoint.vocab, prime, length=length,
-                                sampling=sampling, num_samples=num_samples, seed=seed)  # fmt: skip
+                                sampling=sampling, num_samples=num_samples, seed=seed, require=require,
+                                within=within, stop=stop)  # fmt: skip
         return samples[0] if num_samples == 1 else samples
 
     def score(self, text: str, *, context: str = "", top_k: int = 5):
@@ -99,6 +109,11 @@ class Model:
     def __repr__(self) -> str:
         config = self.checkpoint.config
         return f"Model({str(self.path)!r}: {config.cell} {config.hidden_size}, {config.vocab_size} characters)"
+
+
+def _strings(value: str | tuple[str, ...]) -> tuple[str, ...]:
+    """One string or several, as a tuple (a lone string is one phrase, not its characters)."""
+    return (value,) if isinstance(value, str) else tuple(value)
 
 
 def load(path: str | Path, device: str = "cpu") -> Model:

@@ -52,6 +52,16 @@ def character_set(spec: str, alphabet: str = "") -> set[str]:
     return found
 
 
+def unescape(text: str) -> str:
+    """`text` with the escapes of a character set (``\\n``, ``\\t``, a backslash before any other
+    character) read as the characters they stand for, as a stop string is written on the command line."""
+    characters, i = [], 0
+    while i < len(text):
+        character, i = _character(text, i)
+        characters.append(character)
+    return "".join(characters)
+
+
 def _character(spec: str, i: int) -> tuple[str, int]:
     """The character at `i` (an escape is two), and where the next one starts."""
     if spec[i] == "\\" and i + 1 < len(spec):
@@ -71,6 +81,21 @@ def ban_bias(vocab: Vocabulary, *, ban: str | None = None, allow: str | None = N
     if not kept:
         raise ConfigError("the constraints leave no character of the model's vocabulary to draw; allow some")
     return tuple((index, BAN) for index, c in enumerate(vocab.characters) if c in banned)
+
+
+def required_phrases(
+    vocab: Vocabulary, phrases: tuple[str, ...], *, length: int, within: int | None, logit_bias, rows: int
+) -> "Required | None":
+    """The `Required` automata of `rows` samples of `length` new characters, whose `phrases` must appear
+    within their first `within` (default: all `length`); None without phrases. Raises ConfigError for
+    phrases that cannot appear (a banned character of `logit_bias`, too long for `within`)."""
+    if not phrases:
+        return None
+    within = length if within is None else within
+    if not 0 < within <= length:
+        raise ConfigError(f"`within` must be from 1 to `length` ({length}), got {within}")
+    banned = {vocab.characters[i] for i, value in logit_bias if value <= BAN and i < len(vocab)}
+    return Required(tuple(phrases), within, vocab, banned, rows)
 
 
 class Required:
@@ -103,6 +128,19 @@ class Required:
         self.within = within
         self.matched = [[0] * len(phrases) for _ in range(rows)]  # per row, per phrase; len(phrase) when found
         self.current: list[int | None] = [None] * rows  # the phrase a row is being made to finish
+        self.step = 0  # characters drawn so far
+
+    def force(self, logits, rows=None):
+        """`logits` (rows, V) with each row whose phrases only just fit made to take its phrase's next
+        character (a new tensor where any is); `rows`: each sample's row of `logits`, if not the same."""
+        forced = self.forced(self.step)
+        if forced:
+            logits = logits.clone()
+            for sample, character in forced.items():
+                row = sample if rows is None else rows[sample]
+                logits[row] = float("-inf")
+                logits[row, character] = 0.0
+        return logits
 
     def forced(self, step: int) -> dict[int, int]:
         """{row: the character it must take at this step}, for the rows whose phrases only just fit.
@@ -127,6 +165,7 @@ class Required:
 
     def advance(self, chosen: list[int]) -> None:
         """Move each row's automata on by the character it drew."""
+        self.step += 1
         for matched, character in zip(self.matched, chosen, strict=True):
             for j, phrase in enumerate(self.phrases):
                 k = matched[j]

@@ -17,11 +17,12 @@ from dataclasses import dataclass
 
 import torch
 
-from charnn.config import BAN, SampleConfig
-from charnn.constraints import Required
+from charnn.beam import check_beam
+from charnn.config import SampleConfig
+from charnn.constraints import required_phrases
 from charnn.errors import ConfigError
 from charnn.fast.step import Stepper
-from charnn.hardware import memory_bytes
+from charnn.limits import check_held
 from charnn.model import CharRNN
 from charnn.sample import RandomStreams
 from charnn.scoring.score import mean_logprob, score_continuations
@@ -60,13 +61,8 @@ def generate(
     if not prime:
         raise ConfigError("the prime is empty; give at least one character to start from")
     tokens = torch.from_numpy(vocab.encode(prime))
-    required = None
-    if require:
-        within = length if within is None else within
-        if not 0 < within <= length:
-            raise ConfigError(f"`within` must be from 1 to `length` ({length}), got {within}")
-        banned = {vocab.characters[i] for i, value in sampling.logit_bias if value <= BAN and i < len(vocab)}
-        required = Required(tuple(require), within, vocab, banned, num_samples)
+    required = required_phrases(vocab, tuple(require), length=length, within=within,
+                                logit_bias=sampling.logit_bias, rows=num_samples)  # fmt: skip
     stepper = Stepper(model, precision)
     streams = RandomStreams(seed, num_samples, first_sample)
     return _generate(stepper, vocab, tokens, length, sampling, streams, required)
@@ -81,9 +77,13 @@ def check_options(
     beam: int | None = None,
     max_copied: float | None = None,
     require: tuple[str, ...] = (),
+    within: int | None = None,
+    length_penalty: float | None = None,
+    stop: tuple[str, ...] = (),
 ) -> None:
     """Refuse what `generate` (or `generate_best_of`, keeping `num_samples` of `best_of`, or
-    `charnn.beam.beam_search`, keeping `num_samples` of its `beam`) cannot do.
+    `charnn.beam.beam_search`, keeping `num_samples` of its `beam`, with its `length_penalty` and
+    `stop` strings) cannot do.
 
     Cheap, so a caller can check before loading a model.
     """
@@ -98,7 +98,16 @@ def check_options(
             raise ConfigError("`best_of` cannot `stream`: the best sample is known only when all are drawn")
     if max_copied is not None and best_of is None:
         raise ConfigError("`max_copied` chooses among the samples of `best_of`; give `best_of` too")
+    if within is not None and not require:
+        raise ConfigError("`within` bounds where the `require`d phrases appear; give `require` too")
+    if beam is None and length_penalty is not None:
+        raise ConfigError("`length_penalty` ranks the continuations of `beam`; give `beam` too")
+    if any(not s for s in stop):
+        raise ConfigError("a stop string is empty")
+    if require and stop:
+        raise ConfigError("`require` cannot go with `stop`: a stop could end a sample before its phrases")
     if beam is not None:
+        check_beam(beam, length, stop, length_penalty or 0.0)
         if require:
             raise ConfigError("`require` places phrases in sampled text; the beam searches without it")
         if best_of is not None:
@@ -107,36 +116,6 @@ def check_options(
             raise ConfigError(f"`beam` must be at least `num_samples` ({num_samples}), got {beam}")
         if stream:
             raise ConfigError("`beam` cannot `stream`: the most likely text is known only at the end")
-        check_held(length, 1, BEAM_BYTES_PER_STEP)
-
-
-# Texts held whole before they are printed (several samples, best-of, JSON): while drawn, each
-# character is a list slot (8 bytes); joined, up to 4 more; printed or put in JSON, a copy and its
-# encoded bytes (up to 4 + 8). 32 bytes a character is a ceiling, not a measurement.
-BYTES_PER_HELD_CHARACTER = 32
-# Beam search keeps two small tensors a step per search (beam and greedy) until it follows the
-# texts back at the end: 1.6 to 2.8 KB a step measured at width 4 on a small model.
-BEAM_BYTES_PER_STEP = 4096
-HELD_SHARE = 0.5  # of the machine's physical memory, the most that held texts may take
-
-
-def check_held(length: int, texts: int, bytes_per_character: int = BYTES_PER_HELD_CHARACTER) -> None:
-    """Refuse `texts` texts of `length` characters, held whole until the end, that would not fit in
-    memory (more than HELD_SHARE of it); `generate`, which yields as it draws, has no such limit."""
-    memory = memory_bytes()
-    need = length * texts * bytes_per_character
-    if memory is not None and need > memory * HELD_SHARE:
-        count = f"{texts} texts" if texts > 1 else "the text"
-        raise ConfigError(
-            f"`length` {length:,} is too long to hold {count} whole until the end: about {_size(need)} at "
-            f"{bytes_per_character} bytes a character, more than half of this machine's memory ({_size(memory)}); "
-            "ask for fewer characters, or `stream` the samples: each is written as it is drawn, however long "
-            "(not with `json`, `best_of` or `beam`; a single sample is written so anyway)"
-        )
-
-
-def _size(count: int) -> str:
-    return f"{count / 1e12:,.1f} TB" if count >= 1e12 else f"{count / 1e9:,.1f} GB"
 
 
 def _generate(stepper, vocab, tokens, length, sampling, streams, required=None) -> Iterator[list[str]]:
@@ -146,12 +125,8 @@ def _generate(stepper, vocab, tokens, length, sampling, streams, required=None) 
     # a generator must not leave it switched on in its caller's code between two characters.
     logits, state = stepper.prefill(tokens.unsqueeze(0).expand(num_samples, -1))  # (N, P) -> (N, V)
     for step in range(length):
-        forced = required.forced(step) if required is not None else {}
-        if forced:  # rows whose required phrases only just fit take their next character
-            logits = logits.clone()
-            for row, character in forced.items():
-                logits[row] = float("-inf")
-                logits[row, character] = 0.0
+        if required is not None:  # rows whose required phrases only just fit take their next character
+            logits = required.force(logits)
         chosen = stepper.sample(logits, sampling, streams.next())
         indices = chosen.tolist()
         if required is not None:
@@ -173,15 +148,43 @@ def generate_text(
     precision: str = "auto",
     require: tuple[str, ...] = (),
     within: int | None = None,
+    stop: tuple[str, ...] = (),
 ) -> list[str]:
-    """The new text of each sample, without the prime."""
+    """The new text of each sample, without the prime, each cut before the first of its `stop` strings
+    (`cut_at_stop`, as the server ends a sample; drawing ends when every sample has one)."""
     check_held(length, num_samples)
     pieces: list[list[str]] = [[] for _ in range(num_samples)]
+    ended, longest = [False] * num_samples, max(map(len, stop), default=0)
     for step in generate(model, vocab, prime, length=length, sampling=sampling, num_samples=num_samples, seed=seed,
                          precision=precision, require=require, within=within):  # fmt: skip
-        for sample, character in zip(pieces, step, strict=True):
+        for i, (sample, character) in enumerate(zip(pieces, step, strict=True)):
             sample.append(character)
-    return ["".join(p) for p in pieces]
+            ended[i] = ended[i] or any("".join(sample[-longest:]).endswith(s) for s in stop)
+        if stop and all(ended):
+            break
+    return [cut_at_stop("".join(p), stop)[0] for p in pieces]
+
+
+def cut_at_stop(text: str, stops: tuple[str, ...]) -> tuple[str, bool]:
+    """`text` before the first of `stops` it holds, and whether it held one; where several end at the
+    same character, the longest (it began first), as the server ends a sample."""
+    found = [(text.find(stop) + len(stop), -len(stop)) for stop in stops if stop in text]
+    if not found:
+        return text, False
+    end, minus = min(found)
+    return text[: end + minus], True
+
+
+def held_back(text: str, stops: tuple[str, ...]) -> int:
+    """How many characters at the end of `text` could still be the start of a stop string (and so wait
+    before they are shown)."""
+    held = 0
+    for stop in stops:
+        for k in range(min(len(stop) - 1, len(text)), held, -1):
+            if text.endswith(stop[:k]):
+                held = k
+                break
+    return held
 
 
 @dataclass(frozen=True)
@@ -224,10 +227,11 @@ def generate_best_of(
     precision: str = "auto",
     require: tuple[str, ...] = (),
     within: int | None = None,
+    stop: tuple[str, ...] = (),
 ) -> Ranked:
     """Draw `best_of` samples (those of `generate_text` with the same seed) and rank them (`rank_samples`)."""
     if best_of < 1:
         raise ConfigError(f"`best_of` must be at least 1, got {best_of}")
     samples = generate_text(model, vocab, prime, length=length, sampling=sampling, num_samples=best_of, seed=seed,
-                            precision=precision, require=require, within=within)  # fmt: skip
+                            precision=precision, require=require, within=within, stop=stop)  # fmt: skip
     return rank_samples(model, vocab, prime, samples)

@@ -40,6 +40,12 @@ def add_parser(commands) -> None:
     p.add_argument("--beam", type=int, metavar="N", help="beam search with N continuations: the most likely text "
                    "rather than a random one, the same every time (--temperature, --top-k, --top-p and --seed do "
                    "not apply; --num-samples prints that many of the N, most likely first)")  # fmt: skip
+    p.add_argument("--length-penalty", type=float, metavar="A", help="with --beam: rank continuations by their "
+                   "log-probability / characters ** A, so those a --stop ends early compete fairly with longer ones: "
+                   "0 the plain sum (the default, which favours short texts), 1 the mean per character")  # fmt: skip
+    p.add_argument("--stop", action="append", default=[], metavar="TEXT", help="end each sample (or beam "
+                   "continuation) where it first writes TEXT, printed without it, as the server ends them (again for "
+                   "more; escapes \\n \\t)")  # fmt: skip
     p.add_argument(
         "--stream",
         action="store_true",
@@ -68,14 +74,16 @@ def _temperatures(text: str) -> list[float]:
 
 def run(args: argparse.Namespace) -> int:
     from charnn.constraints import ban_bias, character_set
-    from charnn.generation import check_held, check_options
+    from charnn.generation import check_options
     from charnn.hardware import resolve_device
+    from charnn.limits import check_held
     from charnn.run_folder import load_checkpoint
     from charnn.sample import new_seed
 
     samplings = [SampleConfig(t, args.top_k, args.top_p) for t in _temperatures(args.temperature)]
     check_options(length=args.length, num_samples=args.num_samples, best_of=args.best_of, stream=args.stream,
-                  beam=args.beam, max_copied=args.max_copied, require=tuple(args.require))  # fmt: skip
+                  beam=args.beam, max_copied=args.max_copied, require=tuple(args.require), within=args.within,
+                  length_penalty=args.length_penalty, stop=_stops(args))  # fmt: skip
     held = _held_texts(args, len(samplings))
     if held:
         check_held(args.length, held)
@@ -129,22 +137,32 @@ def _beam(args, ckpt, prime: str, logit_bias) -> int:
     """The --num-samples most likely of the beam's continuations, most likely first."""
     from charnn.beam import beam_search
 
-    found = beam_search(ckpt.model, ckpt.vocab, prime, length=args.length, width=args.beam, logit_bias=logit_bias)
-    texts, logprobs = found.texts[: args.num_samples], found.logprobs[: args.num_samples]
+    found = beam_search(ckpt.model, ckpt.vocab, prime, length=args.length, width=args.beam, logit_bias=logit_bias,
+                        stop=_stops(args), length_penalty=args.length_penalty or 0.0)  # fmt: skip
+    kept = found.continuations[: args.num_samples]
+    texts = [c.text for c in kept]
     if args.json:
-        out = {"samples": texts, "beam": args.beam, "logprobs": logprobs, "greedy_logprob": found.greedy_logprob,
-               "checkpoint": str(ckpt.path)}  # fmt: skip
+        out = {"samples": texts, "beam": args.beam, "length_penalty": args.length_penalty or 0.0,
+               "logprobs": [c.logprob for c in kept], "scores": [c.score for c in kept],
+               "finish_reasons": [c.finish_reason for c in kept], "greedy_logprob": found.greedy.logprob,
+               "greedy_score": found.greedy.score, "checkpoint": str(ckpt.path)}  # fmt: skip
         print(json.dumps(out | _copies(ckpt, texts, args.copy_min), ensure_ascii=False))
     else:
         print("\n\n".join(prime + text for text in texts))
     return 0
 
 
+def _stops(args) -> tuple[str, ...]:
+    from charnn.constraints import unescape
+
+    return tuple(unescape(text) for text in args.stop)
+
+
 def _samples(args, ckpt, prime: str, sampling: SampleConfig, seed: int) -> list[str]:
     from charnn.generation import generate_text
 
     return generate_text(ckpt.model, ckpt.vocab, prime, length=args.length, sampling=sampling,
-                         num_samples=args.num_samples, seed=seed, precision=args.precision,
+                         num_samples=args.num_samples, seed=seed, precision=args.precision, stop=_stops(args),
                          **_required(args))  # fmt: skip
 
 
@@ -157,7 +175,7 @@ def _best_of(args, ckpt, prime: str, sampling: SampleConfig, seed: int) -> list[
     from charnn.generation import generate_best_of
 
     ranked = generate_best_of(ckpt.model, ckpt.vocab, prime, args.length, sampling, best_of=args.best_of,
-                              seed=seed, precision=args.precision, **_required(args))  # fmt: skip
+                              seed=seed, precision=args.precision, stop=_stops(args), **_required(args))  # fmt: skip
     order = ranked.order
     if args.max_copied is not None:
         from charnn.scoring.copies import index_of, not_copied
@@ -187,12 +205,29 @@ def _write(args, ckpt, prime: str, sampling: SampleConfig, seed: int, labelled: 
         out.write(prime)
         if args.stream:
             out.flush()
-        for step in steps:
-            out.write(step[0])
-            if args.stream:
-                out.flush()
+        _write_until_stop(out, (step[0] for step in steps), _stops(args), flush=args.stream)
         out.write("\n")
         out.flush()
+
+
+def _write_until_stop(out, characters, stops: tuple[str, ...], flush: bool) -> None:
+    """Write characters as they come, up to the first stop string (not written): the few that may
+    begin one wait until it is clear they do not, and drawing ends there. Only those few are held,
+    however long the text."""
+    from charnn.generation import cut_at_stop, held_back
+
+    pending = ""
+    for character in characters:
+        pending, stopped = cut_at_stop(pending + character, stops)
+        if stopped:
+            break
+        ready = len(pending) - held_back(pending, stops)
+        if ready:
+            out.write(pending[:ready])
+            pending = pending[ready:]
+            if flush:
+                out.flush()
+    out.write(pending)
 
 
 def _copies(ckpt, samples: list[str], min_length: int) -> dict:

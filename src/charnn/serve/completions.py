@@ -4,6 +4,8 @@ Beyond sampling: `echo` (the prompt before each choice), `best_of` (draw that ma
 `n` the model finds likeliest, as `charnn generate --best-of` ranks them) and `logprobs` (OpenAI's
 legacy log-probabilities object, scored by the plain model in fp32 on the service's scoring thread
 as the text is delivered). Fields OpenAI has and this server does not are in `schemas.UNSUPPORTED`.
+Extensions, as `/v1/generate` has them: `ban`, `allow`, `require` and `within`, and `beam` with
+`length_penalty` (the `n` most likely continuations, never streamed).
 """
 
 import time
@@ -19,7 +21,9 @@ from charnn.serve.engine import JobDone, JobEvent, SampleFinished, SampleText
 from charnn.serve.errors import ApiError
 from charnn.serve.events import Shape, as_sse, respond
 from charnn.serve.schemas import COMPLETIONS_DEFAULT_MAX_TOKENS, Completion, CompletionChoice, CompletionLogprobs, Usage
-from charnn.serve.service import Service
+from charnn.serve.service import Service, stops
+
+NAMES = {"length": "max_tokens", "num_samples": "n"}  # the library's names for the request's fields, where they differ
 
 
 async def completion_response(service: Service, body: Any, http: HttpRequest):
@@ -31,12 +35,21 @@ async def completion_response(service: Service, body: Any, http: HttpRequest):
         if body.stream and body.best_of > 1:
             message = "best_of cannot be used with stream: the best samples are known only when all are drawn"
             raise ApiError(422, "best_of", message)
+    max_tokens = COMPLETIONS_DEFAULT_MAX_TOKENS if body.max_tokens is None else body.max_tokens
+    # best_of's own checks are OpenAI's, above; the library's say what goes with beam.
+    service.check(NAMES, length=max_tokens, num_samples=n, stream=bool(body.stream), beam=body.beam,
+                  best_of=body.best_of if body.beam is not None else None, require=tuple(body.require or ()),
+                  within=body.within, length_penalty=body.length_penalty, stop=stops(body.stop))  # fmt: skip
     temperature = 1.0 if body.temperature is None else body.temperature
     sampling = service.sampling(temperature, body.top_k, body.top_p, body)
+    if body.beam is not None:
+        found = await service.beam(body.prompt, max_tokens, sampling, body.beam, body.stop, body.length_penalty)
+        kept = found.continuations[:n]
+        return await _Completion(service, body, len(kept)).answer([c.text for c in kept],
+                                                                  [c.finish_reason for c in kept])  # fmt: skip
     drawn = body.best_of or n  # samples to draw; the n best are returned
-    max_tokens = COMPLETIONS_DEFAULT_MAX_TOKENS if body.max_tokens is None else body.max_tokens
     seed = body.seed if body.seed is not None else new_seed()
-    job = service.start(body.prompt, max_tokens, sampling, drawn, seed, body.stop)
+    job = service.start(body.prompt, max_tokens, sampling, drawn, seed, body.stop, body.require, body.within, NAMES)
     return await respond(service, job, http, bool(body.stream), _Completion(service, body, n))
 
 

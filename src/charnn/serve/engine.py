@@ -6,7 +6,7 @@ sample) join the shared batch. Each step draws one character for every active ro
 from its own random stream and with its own request's sampling options, then runs one
 forward of the model over all rows: `(B, 1)` tokens and a `(layers, B, hidden)` state. Rows
 join and leave between steps, so ten concurrent users cost one batch of ten rows rather
-than ten forwards.
+than ten forwards. A request's required phrases are kept row by row as `generate` keeps them.
 
 Results come back to the asyncio side as events on each job's queue: `SampleText`,
 `SampleFinished`, then `JobDone`, or `JobFailed`. Text is delivered in bulk, not per character:
@@ -33,7 +33,9 @@ import numpy as np
 import torch
 
 from charnn.config import SampleConfig
+from charnn.constraints import Required
 from charnn.fast.step import Stepper
+from charnn.generation import held_back
 from charnn.model import CharRNN, State, concat_rows, select_rows
 from charnn.sample import BLOCK, RandomStreams
 from charnn.vocab import Vocabulary
@@ -49,6 +51,7 @@ class Request:
     num_samples: int = 1
     seed: int = 0
     stop: tuple[str, ...] = ()
+    required: Required | None = None  # its phrases' automata, one row per sample (owned by the engine)
 
 
 FinishReason = Literal["stop", "length"]
@@ -120,17 +123,6 @@ class _Row:
         self.held = ""  # with stop sequences: drawn, not sent, as it may be the start of a stop
 
 
-def _held_back(text: str, stops: tuple[str, ...]) -> int:
-    """How many characters at the end of `text` could still be the start of a stop sequence."""
-    held = 0
-    for stop in stops:
-        for k in range(min(len(stop) - 1, len(text)), held, -1):
-            if text.endswith(stop[:k]):
-                held = k
-                break
-    return held
-
-
 # How long drawn text may wait in the engine before it goes to the event loop, in seconds. One
 # delivery carries every character each stream drew since its last one, so the event loop's work
 # (a queue, a task wake-up, an SSE event, a socket write per stream) is paid per delivery, not per
@@ -179,9 +171,10 @@ class Engine:
         self._columns = 0  # columns of `_drawn` filled since the last delivery
         self._last_flush = 0.0
         # Derived from `rows`, rebuilt when rows join or leave: their slots, the rows with stops,
-        # and the rows of each sampling configuration.
+        # each job's rows by sample where it has required phrases, and the rows of each sampling configuration.
         self._slots = np.zeros(0, dtype=np.int64)
         self._stopping_rows: list[tuple[int, _Row]] = []
+        self._required: dict[Required, list[int]] = {}
         self._groups: list[tuple[SampleConfig, torch.Tensor | None]] = []
         # Unicode code points of the vocabulary: text is decoded a whole array at a time.
         self._code_points = np.array([ord(c) for c in vocab.characters], dtype="<u4")
@@ -255,6 +248,10 @@ class Engine:
         """The views of `rows` that each step uses, after rows joined or left."""
         self._slots = np.array([row.slot for row in self._rows], dtype=np.int64)
         self._stopping_rows = [(i, row) for i, row in enumerate(self._rows) if row.job.request.stop]
+        self._required = defaultdict(list)
+        for i, row in enumerate(self._rows):  # a job's rows are in the batch together, by sample
+            if row.job.request.required is not None:
+                self._required[row.job.request.required].append(i)
         groups: dict[SampleConfig, list[int]] = defaultdict(list)
         for i, row in enumerate(self._rows):
             groups[row.job.request.sampling].append(i)
@@ -355,7 +352,7 @@ class Engine:
             if row.job.request.stop:
                 # Characters that may begin a stop sequence wait until it is clear they do not.
                 text = row.held + text
-                keep = len(text) - _held_back(text, row.job.request.stop)
+                keep = len(text) - held_back(text, row.job.request.stop)
                 text, row.held = text[:keep], text[keep:]
             if text:
                 events.append((row.job, SampleText(row.sample, text)))
@@ -380,8 +377,12 @@ class Engine:
         if self._columns == _COLUMNS:
             self._flush_all(events)
 
+        for required, rows in self._required.items():  # rows whose phrases only just fit take their next character
+            self._logits = required.force(self._logits, rows)
         chosen = self._sample()  # (B,)
         drawn = chosen.numpy()
+        for required, rows in self._required.items():
+            required.advance(drawn[rows].tolist())
         slots = self._slots
         self._drawn[slots, self._columns] = drawn
         self._columns += 1

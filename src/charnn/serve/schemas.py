@@ -18,10 +18,16 @@ MAX_STOP_CHARS = 50
 MAX_SEED = 2**53 - 1  # the largest integer a JavaScript client can send exactly
 DEFAULT_NEW_CHARS = 200  # /v1/generate; /v1/completions keeps OpenAI's default of 16
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16
-NOT_BOTH = {"not": {"required": ["ban", "allow"]}}
 BAN_HELP = "characters never to draw, each one of the model's (not all of them)"
 ALLOW_HELP = "the only characters to draw, each one of the model's; not with ban"
 MAX_LOGPROBS = 5  # alternatives per character in /v1/completions' logprobs, as OpenAI's legacy API allowed
+MAX_REQUIRED = 4  # phrases a request may require
+MAX_PHRASE_CHARS = 50
+REQUIRE_HELP = "phrases every sample holds (written where the model has not written them when they only just fit)"
+WITHIN_HELP = "with require: the phrases appear within the first this many new characters (default: all)"
+BEAM_HELP = ("beam search with this many continuations: the most likely text, the same every time (sampling "
+             "options and seed do not apply); not with stream")  # fmt: skip
+PENALTY_HELP = "with beam: rank continuations by log-probability / characters ** length_penalty (default 0, the sum)"
 
 # The server limit (a ServeLimits field) each request field is checked against, named in its error.
 LIMITS = {
@@ -31,6 +37,8 @@ LIMITS = {
     "num_samples": "max_num_samples",
     "n": "max_num_samples",
     "best_of": "max_num_samples",
+    "beam": "max_num_samples",
+    "within": "max_new_chars",
 }
 
 # OpenAI completions fields this server accepts only with their neutral values.
@@ -87,9 +95,13 @@ class GenerateResponse(BaseModel):
     samples: list[str] = Field(description="the new text of each sample, without the prompt")
     finish_reason: FinishReason = Field(description='"length" if any sample reached max_new_chars, else "stop"')
     finish_reasons: list[FinishReason]
-    seed: int
+    seed: int | None = Field(None, description="the seed the samples were drawn with (none with beam)")
     model: str
     copies: list[CopyReportBody] | None = Field(None, description="each sample's copy report, when asked for")
+    logprobs: list[float] | None = Field(
+        None, description="with beam: each text's log-probability, nats, with the stop string that ended it"
+    )
+    scores: list[float] | None = Field(None, description="with beam: what ranks them (see length_penalty)")
 
 
 class CompletionLogprobs(BaseModel):
@@ -169,9 +181,18 @@ def request_models(limits: ServeLimits, characters) -> tuple[type[BaseModel], ty
     TopK = _integer(ge=1)
     Zero = Annotated[float, Field(ge=0, le=0)]
     Banned, Allowed, Index, Bias = _constraint_types(characters)
+    # Keys that match no index are invalid: the schema says so, as the server does.
+    Biases = Annotated[dict[Index, Bias], Field(json_schema_extra={"additionalProperties": False})]
+    Phrase = Annotated[
+        str, Field(min_length=1, max_length=MAX_PHRASE_CHARS, json_schema_extra={"pattern": _pattern(characters)})
+    ]
+    Phrases = Annotated[list[Phrase], Field(min_length=1, max_length=MAX_REQUIRED)]
+    Within = _integer(ge=1, le=limits.max_new_chars)
+    Beam = _integer(ge=1, le=limits.max_num_samples)
+    Penalty = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 
     class GenerateRequest(BaseModel):
-        model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=NOT_BOTH)
+        model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=_rules("num_samples", limits))
         prompt: Prompt = Field(description="text to continue: characters the model knows")
         max_new_chars: _integer(ge=0, le=limits.max_new_chars) = min(DEFAULT_NEW_CHARS, limits.max_new_chars)
         temperature: Temperature = Field(0.8, description="0 is greedy; higher is more random")
@@ -184,11 +205,15 @@ def request_models(limits: ServeLimits, characters) -> tuple[type[BaseModel], ty
         copies: bool = Field(False, description="also report what each sample copied from the training text")
         ban: Banned | None = Field(None, description=BAN_HELP)
         allow: Allowed | None = Field(None, description=ALLOW_HELP)
+        require: Phrases | None = Field(None, description=REQUIRE_HELP + "; not with stop or beam")
+        within: Within | None = Field(None, description=WITHIN_HELP)
+        beam: Beam | None = Field(None, description=BEAM_HELP + "; at least num_samples")
+        length_penalty: Penalty | None = Field(None, description=PENALTY_HELP)
 
     class CompletionRequest(BaseModel):
         """OpenAI's completions request; tokens are characters."""
 
-        model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=_combinations(limits))
+        model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=_rules("n", limits, openai=True))
         model: str | None = Field(None, description="accepted and ignored: this server serves one model")
         prompt: Prompt
         max_tokens: _integer(ge=0, le=limits.max_new_chars) | None = COMPLETIONS_DEFAULT_MAX_TOKENS
@@ -207,13 +232,17 @@ def request_models(limits: ServeLimits, characters) -> tuple[type[BaseModel], ty
         # Sent by some clients with their neutral values; anything else is not supported.
         frequency_penalty: Zero | None = Field(None, description="only 0 is supported")
         presence_penalty: Zero | None = Field(None, description="only 0 is supported")
-        logit_bias: dict[Index, Bias] | None = Field(
+        logit_bias: Biases | None = Field(
             None,
             description="added to the logits of these characters (keys: vocabulary indices, as /v1/model lists "
             "the vocabulary); -100 bans a character",
         )
         ban: Banned | None = Field(None, description=BAN_HELP + " (an extension to OpenAI's API)")
         allow: Allowed | None = Field(None, description=ALLOW_HELP + " (an extension to OpenAI's API)")
+        require: Phrases | None = Field(None, description=REQUIRE_HELP + "; not with stop or beam (an extension)")
+        within: Within | None = Field(None, description=WITHIN_HELP + " (an extension)")
+        beam: Beam | None = Field(None, description=BEAM_HELP + ", best_of or logit_bias; at least n (an extension)")
+        length_penalty: Penalty | None = Field(None, description=PENALTY_HELP + " (an extension)")
         logprobs: _integer(ge=0, le=MAX_LOGPROBS) | None = Field(
             None, description="log-probabilities of each character, with this many alternatives"
         )
@@ -239,26 +268,51 @@ def _index_pattern(size: int) -> str:
     return "^(?:" + "|".join(parts) + ")$"
 
 
-def _combinations(limits: ServeLimits) -> dict:
-    """What JSON Schema can say of fields together: best_of at least n, and not above 1 with stream.
+def _given(*names: str) -> dict:
+    """The condition that each of these fields is sent, and not as null."""
+    return {"properties": {name: {"not": {"type": "null"}} for name in names}, "required": list(names)}
 
-    Both bounds are small numbers, so "best_of >= n" is one condition per value of n. The server
-    checks these itself (a 422 naming best_of); the schema says so for /docs and schemathesis.
-    """
-    conditions = [
-        {
-            "if": {"properties": {"stream": {"const": True}}, "required": ["stream"]},
-            "then": {"properties": {"best_of": {"anyOf": [{"type": "null"}, {"const": 1}]}}},
-        }
+
+def _at_least(fields: tuple[str, ...], count: str, size: int) -> dict:
+    """Each of `fields` (null, or an integer) at least `count` (an integer from 1 to `size`): one branch per
+    value of `count` (a branch, not a condition, per value: a generator explores them one by one)."""
+    at_least = lambda n: {"anyOf": [{"type": "null"}, {"type": "integer", "minimum": n}]}  # noqa: E731
+    one = {"properties": {count: {"anyOf": [{"type": "null"}, {"type": "integer", "maximum": 1}]}}}
+    branches = [
+        {"properties": {count: {"type": "integer", "minimum": n, "maximum": n}} | {f: at_least(n) for f in fields}}
+        for n in range(2, size + 1)
     ]
-    for n in range(2, limits.max_num_samples + 1):
-        conditions.append(
-            {
-                "if": {"properties": {"n": {"type": "integer", "minimum": n}}, "required": ["n"]},
-                "then": {"properties": {"best_of": {"anyOf": [{"type": "null"}, {"type": "integer", "minimum": n}]}}},
-            }
-        )
-    return {"allOf": conditions}
+    return {"anyOf": [one, *branches]}
+
+
+def _rules(count: str, limits: ServeLimits, *, openai: bool = False) -> dict:
+    """What JSON Schema can say of fields together, as the server checks it (each a 422 naming the field:
+    `Service.sampling`, `charnn.generation.check_options`, and stop, which could end a sample before its
+    required phrases): beam not with stream or require, and at least `count` (the samples asked for);
+    length_penalty only with beam; within only with require; ban or allow. With `openai`, best_of's too:
+    at least n, not above 1 with stream, and not with beam.
+
+    Each condition doubles the branches a generator (schemathesis) explores, so they are the fewest,
+    one per field that sets them off; and completions' schema leaves ban-or-allow out, the one too many
+    (tests/schemathesis_hooks.py says it instead). At max_num_samples of 8 and more, completions' is
+    already past what schemathesis explores.
+    """
+    null = {"type": "null"}
+    streamed = {"properties": {"stream": {"const": True}}, "required": ["stream"]}
+    on_stream = {"beam": null} | ({"best_of": {"anyOf": [null, {"const": 1}]}} if openai else {})
+    with_beam = {"require": null} | ({"best_of": null} if openai else {})
+    rules = [
+        {"if": streamed, "then": {"properties": on_stream}},
+        {"if": _given("beam"), "then": {"properties": with_beam}},
+        {"if": _given("require"), "then": {"properties": {"stop": null}}},
+        # "if not sent (or null), then neither is the other": a condition that requires no field is cheaper.
+        {"if": {"properties": {"beam": null}}, "then": {"properties": {"length_penalty": null}}},
+        {"if": {"properties": {"require": null}}, "then": {"properties": {"within": null}}},
+        _at_least(("beam", "best_of") if openai else ("beam",), count, limits.max_num_samples),
+    ]
+    if not openai:  # one condition too many for completions' schema to stay explorable; the server checks it
+        rules.append({"if": _given("ban"), "then": {"properties": {"allow": null}}})
+    return {"allOf": rules}
 
 
 # --- in the OpenAPI document: error responses and event streams ----------------------------
@@ -267,7 +321,8 @@ ERRORS = {
     400: {"model": ErrorBody, "description": "characters the model does not know"},
     422: {
         "model": ErrorBody,
-        "description": "a field that is missing, of the wrong type or out of range; best_of below n or with stream",
+        "description": "a field that is missing, of the wrong type or out of range; fields that do not go together "
+        "(best_of below n or with stream, beam with stream, require with stop); a required phrase that cannot appear",
     },
     429: {"model": ErrorBody, "description": "too many generation requests in flight (the server's max_streams limit)"},
 }

@@ -8,14 +8,18 @@ import asyncio
 import dataclasses
 import functools
 import math
+import re
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+from charnn.beam import Beams, beam_search
 from charnn.config import BAN, SampleConfig, ServeLimits
-from charnn.errors import CharnnError
+from charnn.constraints import required_phrases
+from charnn.errors import CharnnError, ConfigError
+from charnn.generation import check_options
 from charnn.run_folder import load_checkpoint
 from charnn.serve.engine import Engine, Job, Request
 from charnn.serve.errors import ApiError
@@ -31,6 +35,19 @@ def _finite(value: Any) -> Any:
     if isinstance(value, list):
         return [_finite(v) for v in value]
     return value
+
+
+def _api_error(error: ConfigError, names: dict[str, str], field: str | None = None) -> ApiError:
+    """A library's ConfigError as a 422: its backticked names (`length`, `num_samples`) as the request calls
+    them; the field at fault is `field`, else the first of them."""
+    named = re.findall(r"`(\w+)`", str(error))
+    message = re.sub(r"`(\w+)`", lambda match: names.get(match[1], match[1]), str(error))
+    return ApiError(422, field or (names.get(named[0], named[0]) if named else None), message)
+
+
+def stops(stop) -> tuple[str, ...]:
+    """A request's `stop`: none, one string or a list, as a tuple."""
+    return (stop,) if isinstance(stop, str) else tuple(stop or ())
 
 
 def _model_name(path: Path) -> str:
@@ -98,14 +115,33 @@ class Service:
             raise ApiError(422, "logit_bias", "the request bans every character; leave at least one to draw")
         return SampleConfig(temperature, top_k, top_p, logit_bias=tuple(sorted(bias.items())))
 
-    def start(self, prompt: str, max_new_chars: int, sampling: SampleConfig, num_samples: int, seed, stop) -> Job:
-        """Validate what the schema cannot, take a slot, and hand the request to the engine."""
-        # The one check of the prompt's characters (the schema's pattern only documents them):
-        # a 400 that names each one, before a slot is taken; the engine trusts its Request.
+    def check(self, names: dict[str, str], **options) -> None:
+        """`charnn.generation.check_options` on a request's options, under the route's `names` for them."""
+        try:
+            check_options(**options)
+        except ConfigError as error:
+            raise _api_error(error, names) from None
+
+    def check_prompt(self, prompt: str) -> None:
+        """The one check of the prompt's characters (the schema's pattern only documents them): a 400 that
+        names each one, before a slot is taken; the engine trusts its Request."""
         unknown = self.checkpoint.vocab.unknown(prompt)
         if unknown:
             shown = ", ".join(repr(c) for c in unknown)
             raise ApiError(400, "prompt", f"prompt has characters the model does not know: {shown}")
+
+    def start(self, prompt: str, max_new_chars: int, sampling: SampleConfig, num_samples: int, seed, stop,
+              require=None, within=None, names: dict[str, str] | None = None) -> Job:  # fmt: skip
+        """Validate what the schema cannot, take a slot, and hand the request to the engine.
+
+        Required phrases hold in every sample: the engine forces each row's (`charnn.constraints.Required`)."""
+        self.check_prompt(prompt)
+        try:
+            required = required_phrases(self.checkpoint.vocab, tuple(require or ()), length=max_new_chars,
+                                        within=within, logit_bias=sampling.logit_bias, rows=num_samples)  # fmt: skip
+        except ConfigError as error:
+            field = "within" if str(error).startswith("`within`") else "require"
+            raise _api_error(error, names or {}, field) from None
         if len(self.jobs) >= self.limits.max_streams:
             raise ApiError(
                 429,
@@ -114,10 +150,21 @@ class Service:
                 f"{self.limits.max_streams}); try again shortly",
                 "rate_limit_error",
             )
-        stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
-        job = self.engine.submit(Request(prompt, max_new_chars, sampling, num_samples, seed, stops))
+        job = self.engine.submit(Request(prompt, max_new_chars, sampling, num_samples, seed, stops(stop), required))
         self.jobs.add(job)
         return job
+
+    async def beam(self, prompt: str, length: int, sampling: SampleConfig, width: int, stop, length_penalty) -> Beams:
+        """Beam search (`charnn.beam.beam_search`) on the scoring thread, outside the batch: the same text
+        every time, from the plain model in fp32."""
+        self.check_prompt(prompt)
+        model, vocab = self.checkpoint.model, self.checkpoint.vocab
+        try:
+            return await self.run_scoring(beam_search, model, vocab, prompt, length=length, width=width,
+                                          logit_bias=sampling.logit_bias, stop=stops(stop),
+                                          length_penalty=length_penalty or 0.0)  # fmt: skip
+        except ConfigError as error:
+            raise _api_error(error, {}, "beam") from None
 
     async def run_scoring(self, function, *args, **kwargs):
         """`function(*args, **kwargs)` on the scoring thread."""
