@@ -52,3 +52,19 @@ def test_info_prints_the_card_and_puts_it_in_its_json(tiny_run):
     assert done.stdout.endswith(card)
     done = run_cli("info", str(tiny_run), "--json")
     assert json.loads(done.stdout)["card"] == card
+
+
+def test_a_model_trained_in_stages_lists_them_and_its_novels_in_a_table(tiny_run):
+    metadata = read_metadata(resolve(tiny_run))
+    metadata["training"]["stages"] = [
+        {"step": 4000, "characters_seen": 25_600_000, "elapsed_seconds": 5400.0, "best_val_loss": 1.3894},
+        {"step": 1500, "characters_seen": 9_600_000, "elapsed_seconds": 1110.0, "best_val_loss": 1.3527},
+    ]
+    metadata["evaluation"] = [
+        {"text": "novel-a", "characters": 4000, "loss": 1.2, "ngram_loss": 1.5, "gzip_loss": 2.2},
+        {"text": "novel-b", "characters": 5000, "loss": 1.3, "ngram_loss": 1.3, "gzip_loss": 2.4},
+    ]
+    card = model_card(metadata, "base", parameters=10)
+    assert "In 2 stages" in card and "2. 1,500 steps, 9,600,000 characters, 18.5 minutes, held-out loss 1.3527" in card
+    assert "| novel-a | 4,000 | 1.2000 | 1.5000 | 2.2000 | -20.0% |" in card
+    assert "| novel-b | 5,000 | 1.3000 | 1.3000 | 2.4000 | +0.0% |" in card

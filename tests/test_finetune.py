@@ -211,3 +211,14 @@ def test_the_cli_fine_tunes_end_to_end(parent, new_corpus, tmp_path):
         assert refused.returncode == 2 and refused.stderr.startswith(message), refused.stderr
         assert len(refused.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "other").exists()
+
+
+def test_a_second_stage_on_the_same_prepared_data_keeps_its_vocabulary_and_split(parent, tmp_path):
+    """A long run on prepared data goes on with other options (a lower, annealed rate) from its checkpoint."""
+    prepared = tmp_path / "prepared"
+    prepare(str(parent.parent / "corpus.txt"), prepared, val_fraction=0.2)
+    config = dataclasses.replace(CONFIG, lr=3e-4, lr_schedule="cosine", max_steps=3)
+    result = finetune(prepared, parent, config, tmp_path / "stage2")
+    stage2, first = load_checkpoint(result.last_checkpoint), load_checkpoint(parent)
+    assert stage2.vocab == first.vocab and stage2.training["init_from"]["added_characters"] == []
+    assert stage2.training["config"]["val_fraction"] == 0.2 and stage2.training["config"]["lr"] == 3e-4

@@ -9,10 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import SRC
 
 ROOT = SRC.parent
+PRETRAINING = ROOT / "pretraining"
 SCRIPT = ROOT / "pretraining" / "build_corpus.py"
 
 RAW = (
@@ -87,3 +89,39 @@ def test_the_manifest_holds_none_of_the_shared_corpora():
     digests = {hashlib.sha256(load_corpus(str(p)).text.encode()).hexdigest() for p in Path(shared).rglob("*.txt")}
     assert digests
     assert not digests & {row["sha256"] for row in rows("manifest.tsv")}
+
+
+def test_export_stores_the_weight_average_in_half_precision_with_its_card(tmp_path):
+    """pretraining/export_base.py on a numbered checkpoint: the run's weight average, float16, scored."""
+    from charnn.checkpoint import WEIGHTS, load_trainer_state, read_metadata
+    from charnn.run_folder import load_checkpoint
+    from charnn.training.average import averaged_weights
+    from conftest import TINY_TEXT, run_cli
+
+    corpus, novels = tmp_path / "corpus.txt", tmp_path / "novels"
+    corpus.write_text(TINY_TEXT * 40, encoding="utf-8")
+    novels.mkdir()
+    (novels / "unseen.txt").write_text(TINY_TEXT.replace("Pip", "Ned") * 30, encoding="utf-8")
+    small = ["--hidden-size", "16", "--embedding-dim", "8", "--batch-size", "4", "--seq-len", "20"]
+    done = run_cli("train", str(corpus), "--out", str(tmp_path / "run"), "--max-steps", "4", "--ema", "0.5",
+                   "--checkpoint-every", "2", "--precision", "fp32", *small)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    numbered = tmp_path / "run" / "ckpt_1_2"
+    assert read_metadata(numbered)["training"]["weights"] == "raw"
+    command = [sys.executable, str(PRETRAINING / "export_base.py"), str(numbered), "--eval-dir", str(novels),
+               "--machine", "a test", "--out", str(tmp_path / "base")]  # fmt: skip
+    env = dict(os.environ, PYTHONPATH=str(SRC))
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "the weight average of step 2" in done.stdout
+    with open(tmp_path / "base" / WEIGHTS, "rb") as f:
+        assert b'"F16"' in f.read(int.from_bytes(f.read(8), "little") + 8) and b'"F32"' not in f.read()
+    exported, raw = load_checkpoint(tmp_path / "base"), load_checkpoint(numbered)
+    assert exported.training["weights"] == "ema" and "state" not in exported.training
+    state, share = load_trainer_state(numbered), raw.training["config"]["ema_init_share"]
+    average = averaged_weights(state["ema"], state["initial"], 0.5, 2, share)
+    for weight, averaged in zip(exported.model.parameters(), average, strict=True):
+        assert torch.equal(weight, averaged.half().float())
+    assert not all(torch.equal(a, b) for a, b in zip(average, raw.model.parameters(), strict=True))
+    card = (tmp_path / "base" / "README.md").read_text(encoding="utf-8")
+    assert "| unseen |" in card and "CC0" in card and "a test" in card

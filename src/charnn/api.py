@@ -2,9 +2,11 @@
 
     import charnn
 
-    model = charnn.load("runs/ge")                       # a checkpoint or a run folder
-    print(model.generate("Pip", length=200, seed=1))
-    tuned = model.finetune("my-text.txt", "runs/mine", time_limit=2)   # a new run, loaded when it stops
+    base = charnn.load("base")                            # the base model that ships with charnn
+    print(base.generate("The ", length=200, seed=1))
+    mine = base.finetune("my-text.txt", "runs/mine", time_limit=2)   # a new run, loaded when it stops
+
+`charnn.load` takes a checkpoint folder or a run folder too.
 
 The methods are the library's functions (`charnn.generation`, `charnn.scoring.score`,
 `charnn.training.finetune`) with the model and its vocabulary filled in; like the CLI, this is a
@@ -96,12 +98,12 @@ class Model:
         from charnn.training import finetune
 
         fields = {f.name for f in dataclasses.fields(TrainConfig)}
-        changes = {k: v for k, v in options.items() if k in ModelConfig.__dataclass_fields__}
-        unknown = sorted(set(options) - fields - set(changes))
+        unknown = sorted(set(options) - fields - set(ModelConfig.__dataclass_fields__))
         if unknown:
             raise ConfigError(f"not options of fine-tuning: {', '.join(unknown)}; give TrainConfig fields")
-        merged = with_preset(preset, {k: v for k, v in options.items() if k in fields})
+        merged = with_preset(preset, options)  # the preset's dropout too, as `charnn train` takes it
         config = TrainConfig(**{k: v for k, v in merged.items() if k in fields})
+        changes = {k: v for k, v in merged.items() if k in ModelConfig.__dataclass_fields__}
         result = finetune(corpus, self.path, config, run_dir, model_changes=changes, on_event=on_event,
                           overwrite=overwrite)  # fmt: skip
         return load(result.best_checkpoint or result.last_checkpoint)
@@ -117,5 +119,6 @@ def _strings(value: str | tuple[str, ...]) -> tuple[str, ...]:
 
 
 def load(path: str | Path, device: str = "cpu") -> Model:
-    """The model of a checkpoint folder, or of a run folder (its best, else its newest checkpoint)."""
+    """The model of a checkpoint folder, of a run folder (its best, else its newest checkpoint), or
+    `"base"`: the base model that ships with charnn."""
     return Model(load_checkpoint(Path(path), device))

@@ -80,6 +80,17 @@ def _trained_on(corpus: dict[str, Any], training: dict[str, Any]) -> list[str]:
             f"{minutes:,.1f} minutes, {training.get('precision', '?')}"
             + (f", options starting from the `{preset}` preset." if preset else ".")
         )
+    stages = training.get("stages")
+    if isinstance(stages, list) and len(stages) > 1:
+        lines.append(f"- In {len(stages)} stages, each starting from the one before:")
+        lines += [
+            f"  {i}. {stage.get('step') or 0:,} steps, {stage.get('characters_seen') or 0:,} characters, "
+            f"{(stage.get('elapsed_seconds') or 0) / 60:,.1f} minutes"
+            + (f", held-out loss {stage['best_val_loss']:.4f}" if isinstance(stage.get("best_val_loss"), float) else "")
+            for i, stage in enumerate(stages, 1)
+        ]
+    if training.get("machine"):
+        lines.append(f"- Trained on: {training['machine']}.")
     return lines or ["- Not recorded."]
 
 
@@ -94,7 +105,7 @@ def _figures(training: dict[str, Any], evaluation: dict[str, Any] | None) -> lis
         lines.append(
             f"- Held-out loss at this checkpoint: {last:.4f} nats/char ({last * _NATS_TO_BITS:.3f} bits/char)."
         )
-    if evaluation:
+    if isinstance(evaluation, dict):
         lines += [
             "",
             f"On {evaluation.get('text', 'its held-out text')} ({evaluation.get('characters', 0):,} characters):",
@@ -105,4 +116,26 @@ def _figures(training: dict[str, Any], evaluation: dict[str, Any] | None) -> lis
         for label, key in (("this model", "loss"), ("Kneser-Ney 5-gram", "ngram_loss"), ("gzip -9", "gzip_loss")):
             if isinstance(evaluation.get(key), float):
                 lines.append(f"| {label} | {evaluation[key]:.4f} | {evaluation[key] * _NATS_TO_BITS:.4f} |")
+    elif isinstance(evaluation, list) and evaluation:
+        lines += ["", *_evaluation_table(evaluation)]
     return lines or ["- No held-out text was scored."]
+
+
+def _evaluation_table(rows: list[dict[str, Any]]) -> list[str]:
+    """Texts the model never saw, each scored on a held-out part beside the baselines fitted on the rest."""
+    lines = [
+        "On texts it was not trained on, in nats per character (lower is better): this model alone on each",
+        "text's held-out part, beside a Kneser-Ney 5-gram fitted on the rest of that text, and gzip -9.",
+        "",
+        "| text | held-out characters | this model | 5-gram | gzip -9 | against the 5-gram |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        loss, ngram, gz = (row.get(key) for key in ("loss", "ngram_loss", "gzip_loss"))
+        if not all(isinstance(x, float) for x in (loss, ngram, gz)):
+            continue
+        lines.append(
+            f"| {row.get('text', '?')} | {row.get('characters', 0):,} | {loss:.4f} | {ngram:.4f} | {gz:.4f} "
+            f"| {loss / ngram - 1:+.1%} |"
+        )
+    return lines

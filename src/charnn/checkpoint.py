@@ -62,15 +62,19 @@ def save_checkpoint(
     training: dict[str, Any],
     corpus: dict[str, Any],
     trainer_state: dict[str, Any] | None = None,
+    storage: torch.dtype = torch.float32,
+    extra: dict[str, Any] | None = None,
 ) -> Path:
     """Write a checkpoint folder atomically; an existing one of the same name is replaced.
 
     `trainer_state` (tensors, numbers, lists and dicts only) is what resuming needs besides
     the weights; it is read back with torch.load(weights_only=True), which runs no code.
+    `storage` float16 halves the file (the base model ships so); loading always gives float32
+    weights. `extra` adds keys to checkpoint.json, such as the card's `licence` and `evaluation`.
     """
     directory = Path(directory)
     with atomic.replacing_folder(directory) as tmp:
-        weights = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
+        weights = {k: v.detach().to("cpu", storage).contiguous() for k, v in model.state_dict().items()}
         # Serialised in memory, written by Python: a full disk is then a plain OSError.
         weights_bytes = safetensors.torch.save(weights)
         atomic.write_bytes(tmp / WEIGHTS, weights_bytes)
@@ -81,6 +85,7 @@ def save_checkpoint(
             "training": training,
             "corpus": corpus,
             "weights_sha256": hashlib.sha256(weights_bytes).hexdigest(),
+            **(extra or {}),
         }
         if trainer_state is not None:
             buffer = io.BytesIO()

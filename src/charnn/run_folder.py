@@ -38,6 +38,10 @@ from charnn.vocab import Vocabulary
 
 BEST = "best"
 METRICS = "metrics.jsonl"
+# The base model that ships inside the package (pretraining/README.md), found by this name
+# wherever a checkpoint is asked for, unless a folder of that name exists where it is asked.
+BASE_NAME = "base"
+BASE_MODEL = Path(__file__).resolve().parent / "base"
 _NUMBERED = re.compile(r"^ckpt_(\d+)(?:_(\d+))?$")
 
 
@@ -124,8 +128,13 @@ def best(run_dir: Path) -> Path | None:
 
 
 def resolve(path: Path) -> Path:
-    """A checkpoint folder as it is; a run folder gives its best checkpoint, else its newest."""
+    """A checkpoint folder as it is; a run folder gives its best checkpoint, else its newest; the
+    name `base` (where no such folder exists) the base model that ships with charnn."""
     path = Path(path)
+    if not path.exists() and str(path) == BASE_NAME:
+        if not is_checkpoint(BASE_MODEL):
+            raise CheckpointError(f"the base model is not installed here ({BASE_MODEL} holds no checkpoint)")
+        return BASE_MODEL
     if not path.exists():
         raise CheckpointError(f"no such checkpoint or run folder: {path}")
     if is_checkpoint(path):

@@ -15,6 +15,7 @@ from charnn.errors import ConfigError
 from charnn.presets import PRESETS, with_preset
 
 SIGNAL_EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}
+SCRATCH = "none"  # --init-from none: random weights
 
 
 def add_parser(commands) -> None:
@@ -26,9 +27,12 @@ def add_parser(commands) -> None:
                    "(its corpus and options are reused; --epochs, --max-steps, --time-limit may change)")  # fmt: skip
     add_encoding(p, " of the corpus")
     p.add_argument("--overwrite", action="store_true", help="replace whatever RUN_DIR already holds")
-    p.add_argument("--init-from", type=Path, metavar="CHECKPOINT", help="fine-tune: start from this checkpoint "
-                   "(or run folder: its best, else newest) instead of random weights; the model's shape comes from "
-                   "it, and its vocabulary grows by the corpus's new characters")  # fmt: skip
+    p.add_argument("--init-from", metavar="CHECKPOINT", help="fine-tune: start from this checkpoint (or run "
+                   "folder: its best, else newest; `base`: the base model that ships with charnn) instead of random "
+                   "weights; the model's shape comes from it, and its vocabulary grows by the corpus's new "
+                   "characters. `none`: random weights. Default: the base model when it knows 99%% of the text's "
+                   "characters and no option asks otherwise (--preset seed, a different model shape, prepared "
+                   "data); the run's first line says which")  # fmt: skip
     p.add_argument("--nproc", type=int, metavar="N", help="train in N processes on this machine (one per GPU, or "
                    "a share of the CPU cores each) through torchrun; --batch-size is the total over them")  # fmt: skip
     # The command starts from the default preset: its values are the defaults a user gets.
@@ -47,45 +51,79 @@ def run(args: argparse.Namespace) -> int:
         return _resume(args)
     if args.corpus is None or args.out is None:
         raise ConfigError("give a CORPUS and `out` RUN_DIR, or `resume` RUN_DIR")
+    if args.init_from == SCRATCH:
+        return _train(args)
     if args.init_from is not None:
-        return _finetune(args)
-    return _train(args)
+        return _finetune(args, args.init_from)
+    return _start_by_default(args)
 
 
-def _train(args: argparse.Namespace) -> int:
-    from charnn.data.dataset import open_corpus
+def _start_by_default(args: argparse.Namespace) -> int:
+    """No --init-from: the base model where it fits the text, else random weights, and say which."""
+    from charnn.data.corpus import load_corpus
+    from charnn.data.prepare import is_prepared
+    from charnn.training.finetuning import default_start
+
+    _check_cheaply(args)
+    corpus = None if is_prepared(args.corpus) else load_corpus(args.corpus, encoding=args.encoding)
+    explicit = {k: v for k, v in vars(args).items() if k in field_names(ModelConfig)}
+    start = default_start(corpus.text if corpus else None, explicit, vars(args).get("preset"))
+    if start.parent is None:
+        return _train(args, corpus, start.reason)
+    return _finetune(args, start.parent, corpus, start.reason)
+
+
+def _check_cheaply(args: argparse.Namespace) -> TrainConfig:
+    """The flags and the output folder, checked before a large corpus is read."""
     from charnn.run_folder import check_new
-    from charnn.training import train
 
-    # Cheap checks first: flags and the output folder, before reading a large corpus.
     options = _options(args)
     train_config = config_from_args(options, TrainConfig)
     config_from_args(options, ModelConfig, vocab_size=1)
     check_new(args.out, args.overwrite)
+    return train_config
+
+
+def _train(args: argparse.Namespace, corpus=None, why: str | None = None) -> int:
+    """A run from random weights; `corpus` is the text when the caller has read it already, and
+    `why` the line that says why it starts from random weights, printed when training starts."""
+    from charnn.data.dataset import open_corpus, split
+    from charnn.training import train
+
+    options = _options(args)
+    train_config = _check_cheaply(args)
     if _launching(args):
         return _launch(args, train_config)
     # Without --val-fraction, prepared data keeps the split it was prepared with.
-    data = open_corpus(args.corpus, encoding=args.encoding, val_fraction=vars(args).get("val_fraction"))
+    val_fraction = vars(args).get("val_fraction")
+    if corpus is not None:
+        data = split(corpus, val_fraction=val_fraction)
+    else:
+        data = open_corpus(args.corpus, encoding=args.encoding, val_fraction=val_fraction)
     train_config = dataclasses.replace(train_config, val_fraction=data.val_fraction)
     model_config = config_from_args(options, ModelConfig, vocab_size=len(data.vocab))
-    with Progress(data.describe()) as progress, _interrupts() as interrupts:
+    heading = data.describe() if why is None else f"{why}\n{data.describe()}"
+    with Progress(heading) as progress, _interrupts() as interrupts:
         result = train(data, model_config, train_config, args.out, on_event=progress.on_event,
                        overwrite=args.overwrite, should_stop=interrupts.reason)  # fmt: skip
         _draw_plot(args.out, progress)
     return _finish(result, args.out)
 
 
-def _finetune(args: argparse.Namespace) -> int:
-    """charnn train CORPUS --init-from CHECKPOINT --out RUN_DIR: the library checks the parent."""
+def _finetune(args: argparse.Namespace, parent, corpus=None, why: str | None = None) -> int:
+    """charnn train CORPUS --init-from CHECKPOINT --out RUN_DIR: the library checks the parent.
+    Without --init-from, `why` is the line that says why the run starts from the base model."""
     from charnn.training import finetune
 
-    # The preset's training options, then the flags given; the model's shape is the parent's.
-    train_config = config_from_args(_options(args), TrainConfig)
+    # The preset's options (its dropout too), then the flags given; the model's shape is the parent's.
+    options = _options(args)
+    train_config = config_from_args(options, TrainConfig)
     if _launching(args):
         return _launch(args, train_config)
-    changes = {k: v for k, v in vars(args).items() if k in field_names(ModelConfig)}
-    with Progress(f"fine-tuning {args.init_from} on {args.corpus}") as progress, _interrupts() as interrupts:
-        result = finetune(args.corpus, args.init_from, train_config, args.out, model_changes=changes,
+    changes = {k: v for k, v in vars(options).items() if k in field_names(ModelConfig)}
+    heading = why or f"fine-tuning {args.init_from} on {args.corpus}"
+    with Progress(heading) as progress, _interrupts() as interrupts:
+        result = finetune(corpus or args.corpus, parent, train_config, args.out, model_changes=changes,
                           encoding=args.encoding, on_event=progress.on_event, overwrite=args.overwrite,
                           should_stop=interrupts.reason)  # fmt: skip
         _draw_plot(args.out, progress)
