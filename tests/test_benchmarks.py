@@ -118,6 +118,7 @@ def test_base_model_compares_fine_tuning_with_training_from_scratch(tmp_path: Pa
 
 def test_constraints_times_each_arm(tiny_run: Path):
     out = run_benchmark(str(BENCHMARKS / "constraints.py"), str(tiny_run), "--repeats", "1", "--length", "40",
-                        "--streams", "4")  # fmt: skip
-    assert "| streams | free | --ban eE | --allow a-m[:space:][:punct:] |" in out
-    assert out.count("\n| 1 | ") == 1 and out.count("\n| 4 | ") == 1
+                        "--streams", "4", "--constrained", "1")  # fmt: skip
+    assert "| where | streams | free | --ban eE | --allow a-m[:space:][:punct:] | --require Pip |" in out
+    assert out.count("\n| alone | 1 | ") == 1 and out.count("\n| alone | 4 | ") == 1
+    assert out.count("\n| batch, one request of 1 rows as named | 4 | ") == 1
