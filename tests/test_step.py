@@ -178,3 +178,17 @@ def test_cli_generates_with_each_precision(tmp_path: Path):
         model, VOCAB, "Pip", length=50, sampling=SampleConfig(temperature=0.8), seed=5, precision="fp32"
     )[0]
     assert texts["fp32"] == expected
+
+
+@needs_int8
+def test_a_top_k_beyond_the_vocabulary_keeps_every_character_on_the_int8_kernel():
+    """Any integer is a valid top_k (the server takes one up to 2**63); beyond the vocabulary it
+    changes nothing, and never overflows the kernel's integer."""
+    model = make_model()
+    texts = {
+        top_k: generate_text(
+            model, VOCAB, "Pip", length=200, sampling=SampleConfig(top_k=top_k), seed=4, precision="int8"
+        )[0]  # fmt: skip
+        for top_k in (None, len(VOCAB), 7 * 10**26)
+    }
+    assert len(set(texts.values())) == 1

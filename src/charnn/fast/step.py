@@ -301,7 +301,9 @@ class Stepper:
                 return sample_next(logits, sampling, uniforms)
         top_p = 1.0 if sampling.top_p is None else sampling.top_p
         logits = biased(logits, sampling)
-        return build.load_generation().sample(logits, sampling.temperature, sampling.top_k or 0, top_p, uniforms)
+        # A top-k beyond the vocabulary keeps every character, and must fit the kernel's 64-bit integer.
+        top_k = min(sampling.top_k or 0, logits.shape[-1])
+        return build.load_generation().sample(logits, sampling.temperature, top_k, top_p, uniforms)
 
     def _fused_step(self, tokens: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
         if state.shape[1] != self._batch:
