@@ -10,7 +10,9 @@ minutes from the base below 10 minutes from scratch).
 
     python benchmarks/base_model.py --base BASE eval/*.txt --minutes 2 10 --scratch-minutes 10 --threads 1
 
-On a machine shared with other work, budgets in steps (--steps, --scratch-steps) keep the arms equal.
+Arms can be split between processes (one runs `--minutes 10 2 --scratch-minutes`, another
+`--minutes --scratch-minutes 10`), each with one thread on a 2-core machine. On a machine shared
+with other work, budgets in steps (--steps, --scratch-steps) keep the arms equal.
 """
 
 import argparse
@@ -46,8 +48,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("texts", nargs="+", help="text files the base has not seen")
     parser.add_argument("--base", type=Path, required=True, help="the base model: a checkpoint or run folder")
-    parser.add_argument("--minutes", type=float, nargs="+", default=[2.0, 10.0], help="budgets from the base")
-    parser.add_argument("--scratch-minutes", type=float, nargs="+", default=[10.0], help="budgets from scratch")
+    parser.add_argument("--minutes", type=float, nargs="*", default=[2.0, 10.0], help="budgets from the base "
+                        "(none: no such arm)")  # fmt: skip
+    parser.add_argument("--scratch-minutes", type=float, nargs="*", default=[10.0], help="budgets from scratch")
     parser.add_argument("--steps", type=int, nargs="+", default=None, help="budgets from the base in steps, for a "
                         "machine too busy for minutes to be equal (the base's steps cost a little more: its output "
                         "layer has a row for each of its characters)")  # fmt: skip

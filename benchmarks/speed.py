@@ -13,6 +13,11 @@ it, and a quiet moment counts for both.
     PYTHONPATH=src python benchmarks/speed.py            # 2 to 8 minutes on 2 cores, with the load
     PYTHONPATH=src python benchmarks/speed.py --quick    # a smoke run: that it works, not how fast
     PYTHONPATH=src python benchmarks/speed.py --profile  # and where the time goes
+    PYTHONPATH=src python benchmarks/speed.py --isa avx2 # the kernels' AVX2 path on a CPU that has more
+    PYTHONPATH=src python benchmarks/speed.py --isa none # no compiled kernel: PyTorch's operations
+
+--isa forces charnn's compiled kernels only (CHARNN_ISA; none is CHARNN_KERNELS=0): PyTorch's own
+operations, the matrix products of training among them, still use all that the CPU offers.
 """
 
 import argparse
@@ -32,6 +37,7 @@ from charnn.config import ModelConfig, SampleConfig, TrainConfig
 from charnn.data.batches import Batches
 from charnn.data.corpus import Corpus, load_corpus
 from charnn.errors import CorpusError
+from charnn.fast import build
 from charnn.fast.step import Stepper, int8_supported, resolve_step_precision
 from charnn.generation import _generate, generate
 from charnn.model import CharRNN
@@ -233,7 +239,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=None, help="alternating rounds per row (default 6, quick 1)")
     parser.add_argument("--profile", action="store_true", help="also print where charnn's time goes")
     parser.add_argument("--only", choices=("training", "generation"), help="measure only these rows")
+    parser.add_argument("--isa", choices=("auto", *build.ISAS, "none"), default="auto",
+                        help="the compiled kernels' instruction set (none: PyTorch's operations only)")  # fmt: skip
     args = parser.parse_args()
+    if args.isa == "none":
+        os.environ["CHARNN_KERNELS"] = "0"
+    elif args.isa != "auto":
+        os.environ["CHARNN_ISA"] = args.isa
     torch.set_num_threads(args.threads)
     repeats = args.repeats or (1 if args.quick else 6)
     train_steps, one_length, many_length = (2, 200, 20) if args.quick else (4, 1000, 100)
@@ -248,6 +260,8 @@ def main() -> None:
     auto = resolve_step_precision("auto", torch.device("cpu"))
     print(f"machine: {machine()}")
     print(f"corpus: {corpus.name}, {len(vocab)} symbols; generation precision auto = {auto}; repeats {repeats}")
+    isas = {role: build.chosen_isa(role) or "PyTorch's operations" for role in (build.GENERATION, build.TRAINING)}
+    print(f"kernels: generation {isas[build.GENERATION]}, training {isas[build.TRAINING]}")
 
     rows = []
     if args.only != "generation":

@@ -122,3 +122,15 @@ def test_constraints_times_each_arm(tiny_run: Path):
     assert "| where | streams | free | --ban eE | --allow a-m[:space:][:punct:] | --require Pip |" in out
     assert out.count("\n| alone | 1 | ") == 1 and out.count("\n| alone | 4 | ") == 1
     assert out.count("\n| batch, one request of 1 rows as named | 4 | ") == 1
+
+
+def test_contention_times_whole_runs_beside_busy_processes(tmp_path: Path):
+    text = tmp_path / "text.txt"
+    text.write_text(TINY_TEXT * 20, encoding="utf-8")
+    small = "--hidden-size 32 --batch-size 4 --seq-len 20"
+    settings = ["--setting", "one thread, passive=--threads 1;OMP_WAIT_POLICY=PASSIVE"]
+    out = run_benchmark(str(BENCHMARKS / "contention.py"), "--text", str(text), "--steps", "2", "--length", "200",
+                        "--busy", "0", "1", "--rounds", "1", "--train-args", small, *settings)  # fmt: skip
+    rows = [line for line in out.splitlines() if line.startswith(("| train ", "| generate "))]
+    assert len(rows) == 4 and "| one thread, passive | 1 |" in out, out  # 2 commands x 2 conditions
+    assert all(row.rstrip(" |").endswith("%") for row in rows), out

@@ -25,6 +25,11 @@ pytestmark = [
 ]
 
 
+def _here(role: str) -> build.Kernel:
+    """The build of `role`'s kernel that this CPU runs."""
+    return build.kernel_for(role, build.chosen_isa(role))
+
+
 def _env(cache: Path, **extra: str) -> dict[str, str]:
     return {**os.environ, "CHARNN_CACHE": str(cache), "PYTHONPATH": os.pathsep.join([str(SRC), *sys.path]), **extra}
 
@@ -70,13 +75,13 @@ def test_a_build_killed_midway_then_generate_gives_text(tmp_path):
     assert len(json.loads(result.stdout)["samples"][0]) == 30
     assert "compiling the int8 generation kernel" in result.stderr and "note:" not in result.stderr, result.stderr
     assert not list((cache / "kernels").glob("*.tmp-*"))
-    assert len(list((cache / "kernels").glob(f"*/{build.GENERATION.name}.so"))) == 1
+    assert len(list((cache / "kernels").glob(f"*/{_here(build.GENERATION).name}.so"))) == 1
 
 
 def test_a_build_held_by_another_process_is_waited_for_only_so_long(tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     monkeypatch.setenv("CHARNN_CACHE", str(cache))
-    folder = build.build_folder(build.GENERATION)
+    folder = build.build_folder(_here(build.GENERATION))
     folder.parent.mkdir(parents=True)
     lock = Lock(folder.with_name(folder.name + ".lock"))
     assert lock.acquire()  # this test's process stands for a build in progress that never ends
@@ -94,11 +99,11 @@ def test_a_build_held_by_another_process_is_waited_for_only_so_long(tmp_path, mo
 
 def test_each_environment_has_its_own_build(monkeypatch, tmp_path):
     monkeypatch.setenv("CHARNN_CACHE", str(tmp_path))
-    here = build.build_folder(build.GENERATION)
-    assert build.build_folder(build.GENERATION) == here  # the same build, found again
-    assert build.build_folder(build.TRAINING) != here
+    here = build.build_folder(_here(build.GENERATION))
+    assert build.build_folder(_here(build.GENERATION)) == here  # the same build, found again
+    assert build.build_folder(_here(build.TRAINING)) != here
     monkeypatch.setattr(torch, "__file__", "/another/venv/lib/python3.11/site-packages/torch/__init__.py")
-    assert build.build_folder(build.GENERATION) != here
+    assert build.build_folder(_here(build.GENERATION)) != here
 
 
 def test_a_compiler_without_openmp_still_builds_a_training_kernel_that_matches_pytorch(tmp_path):
@@ -108,12 +113,13 @@ def test_a_compiler_without_openmp_still_builds_a_training_kernel_that_matches_p
     compiler.write_text('#!/bin/sh\nfor word in "$@"; do [ "$word" = -fopenmp ] && { echo "unsupported option '
                         "'-fopenmp'\" >&2; exit 1; }; done\nexec g++ \"$@\"\n")  # fmt: skip
     compiler.chmod(0o755)
-    check = ("import torch; from test_recurrence import test_same_logits_and_gradients_as_the_model as same; "
-             "same(torch.float32, 1e-5, 48, 1)")  # fmt: skip
+    check = ("import pytest, torch; from charnn.fast import build; "
+             "from test_recurrence import test_same_logits_and_gradients_as_the_model as same; "
+             "same(torch.float32, 1e-5, 48, 1, build.chosen_isa(build.TRAINING), pytest.MonkeyPatch())")  # fmt: skip
     env = _env(tmp_path / "cache", CXX=str(compiler), CHARNN_KERNEL_WAIT="900")
     env["PYTHONPATH"] += os.pathsep + str(Path(__file__).parent)
     result = subprocess.run([sys.executable, "-c", check], env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr
     assert "the C++ compiler has no OpenMP: the GRU training kernel is built without it" in result.stderr
     assert "could not be built" not in result.stderr, result.stderr
-    assert len(list((tmp_path / "cache" / "kernels").glob(f"*/{build.TRAINING.name}.so"))) == 1
+    assert len(list((tmp_path / "cache" / "kernels").glob(f"*/{_here(build.TRAINING).name}.so"))) == 1

@@ -28,9 +28,20 @@ pytestmark = [
 ]
 
 
-def test_the_kernel_builds_here():
+# Each instruction set this CPU runs (AVX-512 and AVX2 here), asked for by CHARNN_ISA: the same tests hold on each.
+ISAS_HERE = [isa for isa in build.ISAS if build.runs_here(build.GENERATION, isa)]
+
+
+@pytest.fixture(params=ISAS_HERE)
+def isa(request, monkeypatch):
+    monkeypatch.setenv("CHARNN_ISA", request.param)
+    return request.param
+
+
+def test_the_kernel_builds_here(isa):
     # On a CPU that can run it, a failed build is a bug, not a reason to skip.
     assert build.load_generation() is not None
+    assert build.load_generation().isa() == isa
 
 
 def random_state(stepper: Stepper, batch: int, seed: int) -> torch.Tensor:
@@ -40,7 +51,7 @@ def random_state(stepper: Stepper, batch: int, seed: int) -> torch.Tensor:
 
 @pytest.mark.parametrize("num_layers", [1, 2])
 @pytest.mark.parametrize("batch", [1, 3, 16, 19])
-def test_compiled_step_matches_pytorch_int8(num_layers, batch):
+def test_compiled_step_matches_pytorch_int8(num_layers, batch, isa):
     model = make_model(num_layers=num_layers)
     compiled, plain = Stepper(model, "int8"), Stepper(model, "int8", compiled=False)
     assert compiled.fused is not None and plain.fused is None
@@ -60,7 +71,7 @@ def test_compiled_step_matches_pytorch_int8(num_layers, batch):
         torch.testing.assert_close(state_c, state_p, rtol=0, atol=atol)
 
 
-def test_a_rows_numbers_do_not_depend_on_batch_tiles_or_threads():
+def test_a_rows_numbers_do_not_depend_on_batch_tiles_or_threads(isa):
     model = make_model(num_layers=2)
     batch = 19  # 16 rows through AMX tiles (where the CPU has them), 3 through VNNI
     tokens = torch.randint(0, len(VOCAB), (batch,), generator=torch.Generator().manual_seed(4))
@@ -90,7 +101,7 @@ def test_a_rows_numbers_do_not_depend_on_batch_tiles_or_threads():
         module.enable_tiles()
 
 
-def test_generated_samples_do_not_depend_on_their_batch():
+def test_generated_samples_do_not_depend_on_their_batch(isa):
     model = make_model()
     sampling = SampleConfig(temperature=1.0)
     together = generate_text(
@@ -115,7 +126,7 @@ def test_generated_samples_do_not_depend_on_their_batch():
 
 
 @pytest.mark.parametrize("num_layers", [1, 2])
-def test_the_prompt_goes_through_the_compiled_step(num_layers):
+def test_the_prompt_goes_through_the_compiled_step(num_layers, isa):
     model = make_model(num_layers=num_layers)
     stepper = Stepper(model, "int8")
     assert stepper.fused is not None
@@ -185,7 +196,7 @@ def test_charnn_kernels_0_switches_the_kernel_off():
     [SampleConfig(temperature=0), SampleConfig(temperature=0.8), SampleConfig(temperature=1.3, top_k=5),
      SampleConfig(temperature=1.0, top_p=0.9), SampleConfig(temperature=0.5, top_k=20, top_p=0.5)],
 )  # fmt: skip
-def test_compiled_sampler_picks_what_sample_next_picks(sampling):
+def test_compiled_sampler_picks_what_sample_next_picks(sampling, isa):
     generator = torch.Generator().manual_seed(11)
     logits = torch.randn(3000, len(VOCAB), generator=generator) * 3
     logits[:5, :3] = 4.0  # ties for the largest logit: the first one wins in both

@@ -28,13 +28,21 @@ def loss_and_grads(model, forward, tokens, targets):
     return logits.detach().float(), {name: p.grad.clone() for name, p in model.named_parameters()}
 
 
+# Each instruction set this CPU runs the training kernel on (AVX-512 and AVX2 here), asked for by CHARNN_ISA.
+ISAS_HERE = [isa for isa in build.ISAS if build.runs_here(build.TRAINING, isa)] or ["none"]
+
+
+@pytest.mark.parametrize("isa", ISAS_HERE)
 @pytest.mark.parametrize("num_layers", [1, 2])
 @pytest.mark.parametrize("hidden_size", [40, 48])  # 48: the compiled gates where they build; 40: PyTorch's
 @pytest.mark.parametrize(("dtype", "tolerance"), [(torch.float32, 1e-5), (torch.bfloat16, 0.03)])
-def test_same_logits_and_gradients_as_the_model(dtype, tolerance, hidden_size, num_layers):
+def test_same_logits_and_gradients_as_the_model(dtype, tolerance, hidden_size, num_layers, isa, monkeypatch):
+    if isa != "none":
+        monkeypatch.setenv("CHARNN_ISA", isa)
     model = make_model(hidden_size, num_layers=num_layers)
     compiled = hidden_size == 48 and build.cpu_supports_training() and not build._switched_off()
     assert (recurrence._kernel(hidden_size) is not None) == compiled
+    assert not compiled or recurrence._kernel(hidden_size).isa() == isa
     generator = torch.Generator().manual_seed(1)
     tokens, targets = torch.randint(0, 23, (2, 5, 30), generator=generator)
     state = torch.randn(num_layers, 5, hidden_size, generator=generator)

@@ -108,6 +108,18 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype:
     return torch.bfloat16 if cpu_has_bf16() else torch.float32
 
 
+def precision_note(name: str, device: torch.device, dtype: torch.dtype) -> str:
+    """What `precision` `name` became, and why where `auto` chose: for a run's first line."""
+    chosen = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+    if name != "auto":
+        return chosen
+    if device.type == "cuda":
+        return f"{chosen} (auto, on CUDA)"
+    native = sorted(cpu_flags() & {"amx_bf16", "avx512_bf16"})
+    # bf16 products measured 3x faster than fp32 where the CPU has them natively; emulated, slower (docs/results.md).
+    return f"bf16 (auto: the CPU has {' and '.join(native)})" if native else "fp32 (auto: no native bf16 on this CPU)"
+
+
 def autocast(device: torch.device, dtype: torch.dtype):
     if dtype == torch.float32:
         return contextlib.nullcontext()

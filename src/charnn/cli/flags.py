@@ -11,7 +11,7 @@ import types
 import typing
 
 from charnn.config import DEVICES, GENERATE_PRECISIONS
-from charnn.errors import render_names
+from charnn.errors import ConfigError, render_names
 
 
 def flag(name: str) -> str:
@@ -118,6 +118,22 @@ def add_encoding(parser: argparse.ArgumentParser, of: str = "") -> None:
 def add_device(parser: argparse.ArgumentParser) -> None:
     """--device for the commands that run a model (training has TrainConfig's own)."""
     parser.add_argument("--device", choices=DEVICES, default="cpu", help="where to run (default: cpu)")
+
+
+def add_threads(parser: argparse.ArgumentParser) -> None:
+    """--threads for the commands that run a model without a TrainConfig (`apply_threads` sets it)."""
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for the model (default: every core; "
+                        "on a machine other jobs share, 1 is often faster)")  # fmt: skip
+
+
+def apply_threads(threads: int | None) -> None:
+    if threads is None:
+        return
+    if threads < 1:
+        raise ConfigError(f"`threads` must be at least 1, got {threads}")
+    import torch
+
+    torch.set_num_threads(threads)
 
 
 def add_precision(parser: argparse.ArgumentParser, help_text: str) -> None:

@@ -7,7 +7,7 @@ import json
 import math
 import sys
 
-from charnn.cli.flags import add_copy_min, add_device, add_precision, checkpoint
+from charnn.cli.flags import add_copy_min, add_device, add_precision, add_threads, apply_threads, checkpoint
 from charnn.config import SampleConfig
 from charnn.errors import ConfigError
 
@@ -60,6 +60,7 @@ def add_parser(commands) -> None:
                    "share of characters copied from the training text (in spans of --copy-min or more) is above "
                    "SHARE, e.g. 0 for none at all")  # fmt: skip
     add_device(p)
+    add_threads(p)
     add_precision(p, "weights after the prime: fp32 gives the exact model; auto picks int8 where the CPU computes "
                   "it fast (default: auto)")  # fmt: skip
     p.set_defaults(run=run, renames={"min_length": "copy_min"})
@@ -89,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
         check_held(args.length, held)
     for spec in (args.ban, args.allow):
         character_set(spec or "")  # its spelling checked before the model is read
+    apply_threads(args.threads)
     ckpt = load_checkpoint(args.checkpoint, resolve_device(args.device))
     if args.ban or args.allow is not None:
         bias = ban_bias(ckpt.vocab, ban=args.ban, allow=args.allow)

@@ -107,7 +107,8 @@ def _duration(seconds: float | None) -> str:
 def describe(event) -> str:
     """A training event as one log line."""
     if event.kind == "start":
-        return f"training: {event.total_steps:,} steps, {event.steps_per_epoch:,} per epoch"
+        text = f"training: {event.total_steps:,} steps, {event.steps_per_epoch:,} per epoch"
+        return f"{text}; {event.message}" if event.message else text
     if event.kind == "checkpoint":
         return f"saved {event.path}"
     text = (

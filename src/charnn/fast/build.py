@@ -2,15 +2,20 @@
 sampler (gru_int8.cpp, `load_generation()`, used by charnn.fast.step) and the fused gates of
 GRU training (gru_train.cpp, `load_training()`, used by charnn.fast.recurrence).
 
+Both are built for the first instruction set of ISAS that the CPU runs: AVX-512 (with VNNI for
+int8, and AMX where present), AVX2 with FMA, or ARM NEON (with the dot product instructions where
+present); the cores (int8_core.h, train_core.h) are plain C++ over csrc/simd.h's vectors.
+CHARNN_ISA=avx2 (or another) asks for one instruction set, to test a path this CPU would not pick.
+
 Each is compiled with PyTorch's extension builder (g++ and ninja) into charnn's cache
 (CHARNN_CACHE, else ~/.cache/charnn), once per distinct build: its sources, flags, PyTorch
 version and install folder, and Python's headers name the folder, so two environments never
 undo each other's build. A loader returns the module, or None where it cannot run here (a CPU
-without AVX-512, or without VNNI for int8; no compiler; a failed build; CHARNN_KERNELS=0 in
-the environment), and callers then use PyTorch's own operations. CHARNN_AMX=0 keeps the int8
-kernel on VNNI for every row.
+with none of those instruction sets; no compiler; a failed build; CHARNN_KERNELS=0 in the
+environment), and callers then use PyTorch's own operations. CHARNN_AMX=0 keeps the int8
+kernel off AMX.
 
-A build runs in a child process (`python -m charnn.fast.build --build NAME`) that shares an OS
+A build runs in a child process (`python -m charnn.fast.build --build ROLE ISA`) that shares an OS
 lock with its parent while it compiles into a private folder, then renames that into place:
 a build killed at any moment leaves no lock and no half-built kernel. A caller waits (for its
 own build, or for another process's) at most CHARNN_KERNEL_WAIT seconds (default 180); past
@@ -23,6 +28,7 @@ import hashlib
 import importlib.util
 import logging
 import os
+import platform
 import shutil
 import signal
 import subprocess
@@ -42,13 +48,18 @@ from charnn.locks import Lock
 
 CSRC = Path(__file__).parent / "csrc"
 UNITS = 16  # hidden units per block of the kernels: hidden sizes must be a multiple of it
-# AVX-512 with FMA; no contraction, so every path rounds alike.
-_BASE_FLAGS = ("-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mfma", "-ffp-contract=off")
+ISAS = ("avx512", "avx2", "neon")  # the kernels' instruction sets (csrc/simd.h), the first that runs here wins
+# No contraction, so every path rounds alike.
+_COMMON_FLAGS = ("-O3", "-ffp-contract=off")
+_ISA_FLAGS = {"avx512": ("-mavx512f", "-mavx512bw", "-mavx512vl", "-mfma"), "avx2": ("-mavx2", "-mfma"), "neon": ()}
 # For the training kernel's at::parallel_for to run in parallel (with PyTorch's own OpenMP runtime),
 # where the compiler has it (`_flags`). The int8 kernel has threads of its own and needs none.
 _OPENMP = "-fopenmp"
 _AVX512 = {"avx512f", "avx512bw", "avx512vl", "fma"}
+_AVX2 = {"avx2", "fma"}
 BUILD_LIMIT = 900  # seconds: a build still running then is stopped (a compiler that hangs)
+GENERATION, TRAINING = "generation", "training"  # the two kernels' roles
+_ROLES = {GENERATION: ("gru_int8", "the int8 generation kernel"), TRAINING: ("gru_train", "the GRU training kernel")}
 
 
 @dataclass(frozen=True)
@@ -57,28 +68,68 @@ class Kernel:
     source: str  # in csrc/
     flags: tuple[str, ...]
     what: str  # for messages
+    role: str
+    isa: str
 
 
-GENERATION = Kernel("charnn_gru_int8", "gru_int8.cpp", (*_BASE_FLAGS, "-mavx512vnni", "-mamx-tile", "-mamx-int8"),
-                    "the int8 generation kernel")  # fmt: skip
-TRAINING = Kernel("charnn_gru_train", "gru_train.cpp", (*_BASE_FLAGS, _OPENMP), "the GRU training kernel")
-KERNELS = {kernel.name: kernel for kernel in (GENERATION, TRAINING)}
+@functools.cache
+def kernel_for(role: str, isa: str) -> Kernel:
+    """The build of `role`'s kernel for instruction set `isa`."""
+    stem, what = _ROLES[role]
+    flags = [*_COMMON_FLAGS, *_ISA_FLAGS[isa]]
+    if role == GENERATION and isa == "avx512":
+        flags += ["-mavx512vnni", "-mamx-tile", "-mamx-int8"]
+    if isa == "neon" and "asimddp" in cpu_flags():  # the int8 dot product instructions (every Apple M chip)
+        flags.append("-march=armv8.2-a+dotprod")
+    if role == TRAINING:
+        flags.append(_OPENMP)
+    return Kernel(f"charnn_{stem}_{isa}", f"{stem}.cpp", tuple(flags), what, role, isa)
 
 
 # How much slower PyTorch's operations are than each kernel: measured on this project's 2-core AMD
 # EPYC with CHARNN_KERNELS=0, alternating with the default in one session (issue 29).
-_WITHOUT = {GENERATION.name: "one-stream generation about 5-7 times slower than with it",
-            TRAINING.name: "training about 1.2-2 times slower than with it"}  # fmt: skip
+_WITHOUT = {GENERATION: "one-stream generation about 5-7 times slower than with it",
+            TRAINING: "training about 1.2-2 times slower than with it"}  # fmt: skip
+
+
+def runs_here(role: str, isa: str) -> bool:
+    """Whether this CPU runs `role`'s kernel built for `isa` (AVX-512 generation needs VNNI too)."""
+    flags = cpu_flags()
+    if isa == "avx512":
+        return _AVX512 | ({"avx512_vnni"} if role == GENERATION else set()) <= flags
+    if isa == "avx2":
+        return _AVX2 <= flags
+    return isa == "neon" and platform.machine().lower() in ("aarch64", "arm64")
+
+
+def _forced() -> str:
+    """CHARNN_ISA: an instruction set asked for (to test a path this CPU would not pick), or ''."""
+    return os.environ.get("CHARNN_ISA", "").strip().lower()
+
+
+def _candidates() -> tuple[str, ...]:
+    return (_forced(),) if _forced() else ISAS
+
+
+def cpu_supports(role: str) -> bool:
+    """Whether a build of `role`'s kernel runs on this CPU (on CHARNN_ISA's instruction set, where set)."""
+    return any(isa in ISAS and runs_here(role, isa) for isa in _candidates())
+
+
+def chosen_isa(role: str) -> str | None:
+    """The instruction set `role`'s kernel runs on here: CHARNN_ISA's where this CPU runs it, else the
+    first of ISAS it runs; None where none does, or CHARNN_KERNELS=0 switches the kernels off."""
+    if _switched_off():
+        return None
+    return next((isa for isa in _candidates() if isa in ISAS and runs_here(role, isa)), None)
 
 
 def cpu_supports_generation() -> bool:
-    """The int8 generation kernel needs AVX-512 with VNNI (AMX is used where present)."""
-    return _AVX512 | {"avx512_vnni"} <= cpu_flags()
+    return cpu_supports(GENERATION)
 
 
 def cpu_supports_training() -> bool:
-    """The training kernel needs AVX-512 only."""
-    return _AVX512 <= cpu_flags()
+    return cpu_supports(TRAINING)
 
 
 def _wait_seconds() -> float:
@@ -90,7 +141,8 @@ def _wait_seconds() -> float:
 
 def build_folder(kernel: Kernel) -> Path:
     """The cache folder of one distinct build of `kernel`."""
-    texts = [(CSRC / kernel.source).read_text(), (CSRC / "simd.h").read_text(), *kernel.flags, torch.__version__,
+    headers = [path.read_text() for path in sorted(CSRC.glob("*.h"))]
+    texts = [(CSRC / kernel.source).read_text(), *headers, *kernel.flags, torch.__version__,
              str(Path(torch.__file__).parent), sysconfig.get_paths()["include"]]  # fmt: skip
     return cache_dir() / "kernels" / hashlib.sha256("\n".join(texts).encode()).hexdigest()[:16]
 
@@ -100,25 +152,36 @@ def _library(kernel: Kernel) -> Path:
 
 
 def _note(kernel: Kernel, why: str) -> None:
-    print(f"charnn: note: {kernel.what} {why}; using PyTorch's operations instead ({_WITHOUT[kernel.name]})",
+    print(f"charnn: note: {kernel.what} {why}; using PyTorch's operations instead ({_WITHOUT[kernel.role]})",
           file=sys.stderr)  # fmt: skip
 
 
-@functools.cache
-def note_unavailable(kernel: Kernel) -> bool:
-    """Whether `kernel` cannot run here at all (switched off, or a CPU without what it needs); where
+def note_unavailable(role: str) -> bool:
+    """Whether `role`'s kernel cannot run here at all (switched off, or a CPU without what it needs); where
     so, one note per process says which path runs instead and how much slower to expect."""
-    if _switched_off():
+    return _note_unavailable(role, _forced(), _switched_off())
+
+
+@functools.cache
+def _note_unavailable(role: str, forced: str, switched_off: bool) -> bool:
+    what = _ROLES[role][1]
+    if switched_off:
         why = "CHARNN_KERNELS=0 switches the compiled kernels off"
-    elif not (cpu_supports_generation() if kernel is GENERATION else cpu_supports_training()):
-        why = f"this CPU lacks {'AVX-512 with VNNI' if kernel is GENERATION else 'AVX-512'}"
+    elif forced and forced not in ISAS:
+        why = f"CHARNN_ISA={forced} is none of {', '.join(ISAS)}"
+    elif forced and not runs_here(role, forced):
+        why = f"this CPU cannot run CHARNN_ISA={forced}"
+    elif chosen_isa(role) is None:
+        needs = "AVX-512 with VNNI, " if role == GENERATION else "AVX-512, "
+        why = f"this CPU has none of {needs}AVX2 with FMA, or ARM NEON"
     else:
         return False
-    print(f"charnn: note: {why}, so {kernel.what} does not run here: PyTorch's operations do, "
-          f"{_WITHOUT[kernel.name]}", file=sys.stderr)  # fmt: skip
+    print(f"charnn: note: {why}, so {what} does not run here: PyTorch's operations do, {_WITHOUT[role]}",
+          file=sys.stderr)  # fmt: skip
     return True
 
 
+@functools.cache
 def _load(kernel: Kernel):
     """The built module of `kernel`, building it first if needed; None, after one note, where that fails."""
     library = _library(kernel)
@@ -131,6 +194,8 @@ def _load(kernel: Kernel):
     except (ImportError, OSError) as error:
         _note(kernel, f"could not be loaded ({str(error).splitlines()[0][:200]})")
         return None
+    if kernel.role == GENERATION and os.environ.get("CHARNN_AMX", "1") != "0":
+        module.enable_tiles()
     return module
 
 
@@ -150,7 +215,7 @@ def _build_in_child(kernel: Kernel) -> bool:
             return True
         # The child shares the lock (the same open file): killed, it lets go; the lock outlives
         # this process when the child goes on alone.
-        child = subprocess.Popen([sys.executable, "-m", "charnn.fast.build", "--build", kernel.name],
+        child = subprocess.Popen([sys.executable, "-m", "charnn.fast.build", "--build", kernel.role, kernel.isa],
                                  pass_fds=(lock.fd,), start_new_session=True)  # fmt: skip
         try:
             return child.wait(timeout=max(0.0, deadline - time.monotonic())) == 0  # on failure the child said why
@@ -168,7 +233,7 @@ def _build(kernel: Kernel) -> int:
     # Nobody else is building while we hold the lock: private folders left by killed builds are stale.
     for stale in folder.parent.glob(f".{folder.name}.tmp-*"):
         shutil.rmtree(stale, ignore_errors=True)
-    print(f"charnn: compiling {kernel.what} (once; under a minute)...", file=sys.stderr)
+    print(f"charnn: compiling {kernel.what} ({kernel.isa}; once, under a minute)...", file=sys.stderr)
     # A build that hangs must not hold the lock forever: this process and ninja go (a compiler
     # ninja started is in a process group of its own, and finishes its one file alone).
     signal.signal(signal.SIGALRM, lambda *_: os.killpg(0, signal.SIGKILL))
@@ -218,39 +283,37 @@ def _switched_off() -> bool:
     return os.environ.get("CHARNN_KERNELS", "1") == "0"
 
 
-@functools.cache
+def load(role: str):
+    """`role`'s kernel for this CPU (on CHARNN_ISA's instruction set, where set), or None where it cannot
+    be built or run here."""
+    if note_unavailable(role):
+        return None
+    return _load(kernel_for(role, chosen_isa(role)))
+
+
 def load_generation():
     """The int8 generation kernel (csrc/gru_int8.cpp), or None where it cannot be built or run here."""
-    if note_unavailable(GENERATION):
-        return None
-    module = _load(GENERATION)
-    if module is not None and os.environ.get("CHARNN_AMX", "1") != "0":
-        module.enable_tiles()
-    return module
+    return load(GENERATION)
 
 
-@functools.cache
 def load_training():
     """The GRU training kernel (csrc/gru_train.cpp), or None where it cannot be built or run here."""
-    if note_unavailable(TRAINING):
-        return None
-    return _load(TRAINING)
+    return load(TRAINING)
 
 
 def build_now() -> int:
     """Build (or find) the kernels; exit status for scripts/setup.sh (0: a failed build is not fatal)."""
-    for what, supported, loader in (
-        ("int8 generation", cpu_supports_generation, load_generation),
-        ("training", cpu_supports_training, load_training),
-    ):
-        if not supported():
-            print(f"charnn: this CPU lacks what the {what} kernel needs: PyTorch's operations are used")
+    for role in (GENERATION, TRAINING):
+        what = _ROLES[role][1]
+        if not cpu_supports(role) or _switched_off():
+            print(f"charnn: {what} does not run here: PyTorch's operations are used")
         else:
-            print(f"charnn: {what} kernel " + ("ready" if loader() is not None else "NOT built (see the note above)"))
+            ready = load(role) is not None
+            print(f"charnn: {what} ({chosen_isa(role)}) " + ("ready" if ready else "NOT built (see the note above)"))
     return 0
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "--build":
-        sys.exit(_build(KERNELS[sys.argv[2]]))
+    if len(sys.argv) == 4 and sys.argv[1] == "--build":
+        sys.exit(_build(kernel_for(sys.argv[2], sys.argv[3])))
     sys.exit(build_now())

@@ -104,6 +104,12 @@ def prepare(model: CharRNN) -> None:
     _kernel(model.config.hidden_size)
 
 
+def kernel_isa(model: CharRNN) -> str | None:
+    """The instruction set of the compiled gates that train `model` here, or None where PyTorch's operations do."""
+    kernel = _kernel(model.config.hidden_size) if model.config.cell == "gru" else None
+    return None if kernel is None else kernel.isa()
+
+
 def _kernel(hidden: int):
     """The compiled gates (charnn.fast.build.load_training), where they run for this hidden size."""
     return build.load_training() if hidden % build.UNITS == 0 else None

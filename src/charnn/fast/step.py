@@ -10,7 +10,7 @@ one time step, with less work per character:
   in the cores' L2 caches, and that is where the time of one stream goes;
 - the gates run in a few in-place operations on buffers allocated once per batch size (only
   the int8 kernel, which has no out= form, allocates its result and its uint8 input);
-- with int8 weights on a CPU with AVX-512 VNNI, a whole step (every layer, the gates and the
+- with int8 weights, on a CPU with AVX-512 VNNI, AVX2 or ARM NEON, a whole step (every layer, the gates and the
   output layer) is one call of a compiled kernel (csrc/gru_int8.cpp, built by
   `charnn.fast.build`) that keeps each core's half of the weights in its L2 cache: about 30 us
   a character for the reference model on 2 cores, against 210 us in PyTorch's operations;
@@ -29,7 +29,6 @@ behind it are shared and read-only.
 GRU models get the fast step; LSTM and RNN models step through ``model.forward``.
 """
 
-import functools
 import itertools
 import weakref
 from dataclasses import dataclass
@@ -53,12 +52,17 @@ _H_SCALE = 1.0 / 127
 _H_ZERO = 128
 
 
-@functools.cache
-def int8_supported() -> bool:
-    """True where oneDNN's int8 matrix product is present and the CPU has int8 dot products."""
+def _onednn_int8() -> bool:
+    """Whether PyTorch's own int8 product (oneDNN) is present and fast: a CPU with int8 dot products."""
     if cpu_flags().isdisjoint({"amx_int8", "avx512_vnni", "avx_vnni"}):
         return False
     return hasattr(torch.ops.onednn, "qlinear_pointwise") and hasattr(torch.ops.onednn, "qlinear_prepack")
+
+
+def int8_supported() -> bool:
+    """True where int8 generation is fast here: the compiled step runs (AVX-512, AVX2 or ARM NEON;
+    charnn.fast.build), or oneDNN's int8 product on a CPU with int8 dot products."""
+    return build.cpu_supports(build.GENERATION) and build.load_generation() is not None or _onednn_int8()
 
 
 def resolve_step_precision(name: str, device: torch.device) -> str:
@@ -66,7 +70,8 @@ def resolve_step_precision(name: str, device: torch.device) -> str:
     if name not in PRECISIONS:
         raise ConfigError(f"`precision` must be one of {', '.join(PRECISIONS)}, got {name!r}")
     if name == "int8" and (device.type != "cpu" or not int8_supported()):
-        raise ConfigError("`precision` int8 needs an x86 CPU with VNNI or AMX; use fp32 or bf16")
+        raise ConfigError("`precision` int8 needs charnn's compiled kernel (AVX-512, AVX2 or ARM NEON) or an x86 "
+                          "CPU with VNNI or AMX; use fp32 or bf16")  # fmt: skip
     if name == "auto":
         return "int8" if device.type == "cpu" and int8_supported() else "fp32"
     return name
@@ -208,6 +213,8 @@ def prepare_weights(model: CharRNN, precision: str) -> StepWeights:
         for i in range(model.config.num_layers):
             w_ih, b_ih = getattr(rnn, f"weight_ih_l{i}"), getattr(rnn, f"bias_ih_l{i}")
             w_hh, b_hh = getattr(rnn, f"weight_hh_l{i}"), getattr(rnn, f"bias_hh_l{i}")
+            if kind is _Int8 and not _onednn_int8():
+                continue  # the compiled step serves int8 here; PyTorch has no fast int8 product to compare with
             projection = None if i == 0 else kind(w_ih.float(), b_ih.float())
             layers.append(_Layer(projection, kind(w_hh.float(), b_hh.float())))
         head = _Fp32(model.head.weight.float(), model.head.bias.float())
@@ -246,6 +253,8 @@ class Stepper:
         # int8 steps run in the compiled kernel where it is built here; compiled=False keeps
         # them in PyTorch's operations (to compare the two).
         self.fused = self.weights.fused if self.fast and compiled else None
+        if self.fast and self.fused is None and not self.weights.layers:
+            raise ConfigError("`precision` int8 without the compiled step needs an x86 CPU with VNNI or AMX")
         self._batch = -1
 
     def init_state(self, batch_size: int) -> State:

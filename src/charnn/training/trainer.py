@@ -30,7 +30,7 @@ from charnn.data.dataset import Dataset
 from charnn.data.prepare import PreparedData
 from charnn.errors import ConfigError, TrainingError
 from charnn.fast import recurrence
-from charnn.hardware import autocast, resolve_device, resolve_precision
+from charnn.hardware import autocast, precision_note, resolve_device, resolve_precision
 from charnn.model import CharRNN, map_state
 from charnn.scoring.evaluate import loss_sums, model_loss
 from charnn.training import distributed, trainer_state
@@ -157,6 +157,15 @@ class Trainer:
         self.recent_losses: list[float] = []  # since the last metrics record
         self.clock = Clock(self.state, config, self.total_steps, self.batches.steps_per_epoch)
 
+    def _compute_note(self) -> str:
+        """How the steps are computed here, for the run's first line: precision and why, the GRU's path, threads."""
+        parts = [precision_note(self.config.precision, self.device, self.dtype)]
+        if self.device.type == "cpu":
+            kernel = recurrence.kernel_isa(self.model) if self.fast_forward else None
+            parts.append(f"GRU gates compiled for {kernel}" if kernel else "PyTorch's GRU operations")
+            parts.append(f"{torch.get_num_threads()} threads")
+        return ", ".join(parts)
+
     def _restore(self, saved: dict[str, Any]) -> None:
         s = self.state
         if self.config.stateful:
@@ -174,7 +183,7 @@ class Trainer:
     def run(self) -> TrainResult:
         s, config = self.state, self.config
         self.model.train()
-        self._emit("start", s.epoch_loss)
+        self._emit("start", s.epoch_loss, message=self._compute_note())
         # A resumed run may already be at its limit: nothing to do.
         stop = self.stopping.budget_spent(s.step, self.clock.run_seconds(self.clock.started))
         first_epoch = config.epochs + 1 if stop else s.epoch + 1 if s.epoch_complete else s.epoch
