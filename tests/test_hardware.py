@@ -108,3 +108,33 @@ def test_the_cli_runs_end_to_end_without_proc(tmp_path):
         "charnn: error: run folder run is in use by another process; wait for it to finish or stop it, or choose "
         "another folder"
     ), resumed.stderr
+
+
+HOG = "import os, sys; os.sched_setaffinity(0, {int(sys.argv[1])}); print('spinning', flush=True)\nwhile True: pass"
+
+
+@pytest.mark.skipif(not Path("/proc/stat").exists() or not hasattr(os, "sched_setaffinity"), reason="Linux only")
+def test_a_core_another_process_keeps_busy_is_not_counted_free():
+    cores = sorted(os.sched_getaffinity(0))
+    hog = subprocess.Popen([sys.executable, "-c", HOG, str(cores[0])], stdout=subprocess.PIPE, text=True)
+    try:
+        assert hog.stdout.readline().strip() == "spinning"
+        assert hardware.free_cores() <= len(cores) - 1
+        assert 1 <= hardware.default_threads() <= max(1, len(cores) - 1)
+    finally:
+        hog.kill()
+        hog.wait()
+
+
+def test_charnn_train_saves_the_thread_count_it_chose(tmp_path):
+    (tmp_path / "corpus.txt").write_text(TINY_TEXT * 40, encoding="utf-8")
+    shape = ["--hidden-size", "32", "--embedding-dim", "16", "--seq-len", "20", "--batch-size", "8", "--max-steps", "1"]
+    env = dict(os.environ, PYTHONPATH=str(SRC))
+    done = subprocess.run([sys.executable, "-m", "charnn", "train", "corpus.txt", "--out", "run", "--init-from", "none",
+                           *shape], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    from charnn.run_folder import load_checkpoint
+
+    threads = load_checkpoint(tmp_path / "run").training["config"]["threads"]
+    assert isinstance(threads, int) and 1 <= threads <= len(os.sched_getaffinity(0))  # a resumed run keeps it
+    assert f", {threads} thread" in done.stdout + done.stderr

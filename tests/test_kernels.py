@@ -23,7 +23,7 @@ from charnn.model import CharRNN
 from charnn.sample import sample_next
 
 pytestmark = [
-    pytest.mark.skipif(not build.cpu_supports_generation(), reason="no AVX-512 VNNI on this CPU"),
+    pytest.mark.skipif(not build.cpu_supports_generation(), reason="no instruction set for the kernel here"),
     pytest.mark.skipif(build._switched_off(), reason="CHARNN_KERNELS=0: the kernels are switched off"),
 ]
 

@@ -101,7 +101,11 @@ class TrainConfig(JsonConfig):
     seed: int = _option(0, "random seed for initialisation and data order")
     device: str = _option("auto", "where to train: auto picks CUDA when present", DEVICES)
     precision: str = _option("auto", "compute precision: auto picks bf16 where the hardware has it", PRECISIONS)
-    threads: int | None = _option(None, "CPU threads for PyTorch (default: all cores)")
+    threads: int | None = _option(
+        None,
+        "CPU threads for PyTorch (default: `charnn train` takes the cores other "
+        "processes leave free when it starts; the library, all cores)",
+    )
     val_fraction: float = _option(0.1, "share of the text, at its end, held out for validation")
     eval_every: int | None = _option(None, "also evaluate on the held-out text every N steps")
     patience: int | None = _option(

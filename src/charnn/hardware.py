@@ -6,6 +6,7 @@ import functools
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -71,6 +72,43 @@ def _torch_flags() -> frozenset[str]:
     implied = {"AVX2": {"avx", "avx2", "fma"}, "AVX512": {"avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl",
                                                           "avx512dq"}}  # fmt: skip
     return frozenset(implied.get(capability, ()))
+
+
+def free_cores(seconds: float = 0.25) -> int | None:
+    """How many of the cores this process may run on other processes leave idle: two readings of
+    /proc/stat `seconds` apart, a core more than half busy counting as taken; None without /proc/stat."""
+
+    def read() -> dict[int, tuple[int, int]]:  # cpu -> (idle and iowait ticks, all ticks)
+        ticks = {}
+        for line in Path("/proc/stat").read_text().splitlines():
+            name, *values = line.split()
+            if name.startswith("cpu") and name[3:].isdigit():
+                numbers = [int(v) for v in values[:8]]
+                ticks[int(name[3:])] = (numbers[3] + numbers[4], sum(numbers))
+        return ticks
+
+    try:
+        before = read()
+        time.sleep(seconds)  # the window the share is measured over
+        after = read()
+    except (OSError, ValueError, IndexError):
+        return None
+    allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(after)
+    free = 0
+    for cpu in allowed & before.keys() & after.keys():
+        idle, total = after[cpu][0] - before[cpu][0], after[cpu][1] - before[cpu][1]
+        free += total <= 0 or idle / total > 0.5
+    return free
+
+
+def default_threads() -> int:
+    """Threads for a `charnn train` run that asks for none: the cores other processes leave free when it
+    starts, at least one (all where that cannot be read). A thread whose core another process holds stalls
+    every step of the others: beside one busy process, 2 threads kept 40% of their idle rate, 1 thread 59%
+    (docs/results.md, "A busy machine")."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    free = free_cores()
+    return cores if free is None else max(1, min(cores, free))
 
 
 def memory_bytes() -> int | None:

@@ -94,6 +94,7 @@ def _train(args: argparse.Namespace, corpus=None, why: str | None = None) -> int
     train_config = _check_cheaply(args)
     if _launching(args):
         return _launch(args, train_config)
+    train_config = _threads_for_this_machine(train_config)
     # Without --val-fraction, prepared data keeps the split it was prepared with.
     val_fraction = vars(args).get("val_fraction")
     if corpus is not None:
@@ -120,6 +121,7 @@ def _finetune(args: argparse.Namespace, parent, corpus=None, why: str | None = N
     train_config = config_from_args(options, TrainConfig)
     if _launching(args):
         return _launch(args, train_config)
+    train_config = _threads_for_this_machine(train_config)
     changes = {k: v for k, v in vars(options).items() if k in field_names(ModelConfig)}
     heading = why or f"fine-tuning {args.init_from} on {args.corpus}"
     with Progress(heading) as progress, _interrupts() as interrupts:
@@ -145,6 +147,14 @@ def _resume(args: argparse.Namespace) -> int:
         result = resume(args.resume, overrides, on_event=progress.on_event, should_stop=interrupts.reason)
         _draw_plot(args.resume, progress)
     return _finish(result, args.resume)
+
+
+def _threads_for_this_machine(config: TrainConfig) -> TrainConfig:
+    """Without --threads, the cores other processes leave free now; saved with the run, so that a resumed
+    run keeps the count (and its numbers)."""
+    from charnn.hardware import default_threads
+
+    return config if config.threads else dataclasses.replace(config, threads=default_threads())
 
 
 def _options(args: argparse.Namespace) -> argparse.Namespace:

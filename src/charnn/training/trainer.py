@@ -163,7 +163,8 @@ class Trainer:
         if self.device.type == "cpu":
             kernel = recurrence.kernel_isa(self.model) if self.fast_forward else None
             parts.append(f"GRU gates compiled for {kernel}" if kernel else "PyTorch's GRU operations")
-            parts.append(f"{torch.get_num_threads()} threads")
+            threads = torch.get_num_threads()
+            parts.append(f"{threads} thread{'s' if threads > 1 else ''}")
         return ", ".join(parts)
 
     def _restore(self, saved: dict[str, Any]) -> None:
