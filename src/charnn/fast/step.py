@@ -10,8 +10,8 @@ one time step, with less work per character:
   in the cores' L2 caches, and that is where the time of one stream goes;
 - the gates run in a few in-place operations on buffers allocated once per batch size (only
   the int8 kernel, which has no out= form, allocates its result and its uint8 input);
-- with int8 weights, on a CPU with AVX-512 VNNI, AVX2 or ARM NEON, a whole step (every layer, the gates and the
-  output layer) is one call of a compiled kernel (csrc/gru_int8.cpp, built by
+- with int8 weights, on a CPU with AVX-512 VNNI, AVX2 or ARM NEON, a whole step (every layer,
+  the gates and the output layer) is one call of a compiled kernel (csrc/int8_core.h, built by
   `charnn.fast.build`) that keeps each core's half of the weights in its L2 cache: about 30 us
   a character for the reference model on 2 cores, against 210 us in PyTorch's operations;
   its compiled sampler picks the next characters (`Stepper.sample`).
@@ -62,7 +62,7 @@ def _onednn_int8() -> bool:
 def int8_supported() -> bool:
     """True where int8 generation is fast here: the compiled step runs (AVX-512, AVX2 or ARM NEON;
     charnn.fast.build), or oneDNN's int8 product on a CPU with int8 dot products."""
-    return build.cpu_supports(build.GENERATION) and build.load_generation() is not None or _onednn_int8()
+    return (build.cpu_supports(build.GENERATION) and build.load_generation() is not None) or _onednn_int8()
 
 
 def resolve_step_precision(name: str, device: torch.device) -> str:
